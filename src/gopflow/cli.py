@@ -1,0 +1,231 @@
+"""The ``gopflow`` command line: parse arguments into job configs and call ``gopflow.jobs``.
+
+Errors gopflow raises on purpose print as one line on stderr with a non-zero exit status;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from gopflow import __version__
+from gopflow.errors import GopflowError, UsageError
+
+EPILOG = """examples:
+  gopflow probe input.mp4
+  gopflow transcode input.mp4 -o out.mp4 --codec x264 --crf 20 --preset medium
+  gopflow transcode input.mkv -o out.mkv --codec x265 --bitrate 3000 --report report.json
+  gopflow transcode input.mp4 -o out.mp4 --ray-address 10.0.0.5:6379   # existing cluster
+  gopflow transcode input.mp4 -o out.mp4 --resume                      # after a crash/Ctrl-C
+"""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    return value
+
+
+def _bitrate_kbps(text: str) -> int:
+    """``3000``, ``3000k`` or ``3M`` -> kbit/s."""
+    raw = text.strip().lower()
+    scale = 1.0
+    if raw.endswith("k"):
+        raw = raw[:-1]
+    elif raw.endswith("m"):
+        raw, scale = raw[:-1], 1000.0
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a bitrate: {text!r} (e.g. 3000k or 3M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("bitrate must be positive")
+    return int(round(value))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gopflow",
+        description=(
+            "GOP-parallel video preprocessing and transcoding on Ray. A video is cut into "
+            "closed, scene-aligned GOPs; Ray workers decode and encode each GOP with "
+            "x264/x265 (through ffmpeg); the GOPs are joined into one file with the source's "
+            "audio."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gopflow {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks instead of one-line errors"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    probe = commands.add_parser(
+        "probe",
+        help="describe a video as JSON",
+        description=(
+            "Print a JSON description of INPUT: container, video stream (size, fps and "
+            "whether it is variable, frame count, duration, pixel format, colour range and "
+            "space, rotation) and audio streams."
+        ),
+    )
+    probe.add_argument("input", metavar="INPUT", help="video file")
+
+    tr = commands.add_parser(
+        "transcode",
+        help="encode a video GOP by GOP on Ray",
+        description=(
+            "Encode INPUT into OUTPUT (.mp4, .m4v, .mov or .mkv). The video is planned into "
+            "closed GOPs of at most --gop-seconds, cut at scene changes; Ray workers each "
+            "decode their own GOP and encode it; the GOPs are joined without re-encoding, "
+            "audio copied. Output has the source's frame count, frame rate and size (odd "
+            "sizes are padded by one replicated row/column to even, as 4:2:0 needs). A run "
+            "interrupted by a crash or Ctrl-C continues with --resume."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tr.add_argument("input", metavar="INPUT", help="video file to transcode")
+    tr.add_argument("-o", "--output", required=True, help="output file (.mp4/.m4v/.mov/.mkv)")
+    enc = tr.add_argument_group("encoding")
+    enc.add_argument("--codec", choices=["x264", "x265"], default="x264", help="default: x264")
+    rate = enc.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--crf", type=_positive_float, help="constant rate factor 0-51 (default: 23 x264, 28 x265)"
+    )
+    rate.add_argument(
+        "--bitrate", type=_bitrate_kbps, help="average bitrate with VBV, e.g. 3000k or 3M"
+    )
+    enc.add_argument("--maxrate", type=_bitrate_kbps, help="VBV max rate (default: --bitrate)")
+    enc.add_argument("--bufsize", type=_bitrate_kbps, help="VBV buffer (default: 2x maxrate)")
+    enc.add_argument("--preset", default="medium", help="x264/x265 preset (default: medium)")
+    enc.add_argument("--pix-fmt", default="yuv420p", help="output pixel format (default: yuv420p)")
+    enc.add_argument(
+        "--encoder-threads",
+        type=int,
+        default=1,
+        help="threads per GOP encode; part of the output's identity (default: 1, GOP "
+        "parallelism uses the cores; workers x threads never exceed the cluster's CPUs)",
+    )
+    plan = tr.add_argument_group("GOP planning")
+    plan.add_argument("--gop-seconds", type=float, default=2.0, help="max GOP length (2.0)")
+    plan.add_argument("--min-gop-seconds", type=float, default=0.5, help="min GOP length (0.5)")
+    plan.add_argument(
+        "--scene-threshold", type=float, default=10.0, help="ffmpeg scdet threshold (10)"
+    )
+    plan.add_argument(
+        "--no-scene-detect", action="store_true", help="fixed-length GOPs, no scene cuts"
+    )
+    run = tr.add_argument_group("execution")
+    run.add_argument(
+        "--ray-address",
+        help="existing Ray cluster (default: $RAY_ADDRESS, else a new local cluster)",
+    )
+    run.add_argument("--workers", type=int, help="GOPs encoded at once (default: cluster CPUs)")
+    run.add_argument("--retries", type=int, default=2, help="retries per failed GOP (2)")
+    run.add_argument("--work-dir", help="work directory root (default: OUTPUT's dir/.gopflow-work)")
+    run.add_argument("--resume", action="store_true", help="reuse finished GOPs of an earlier run")
+    run.add_argument("--keep-work", action="store_true", help="keep the work dir after success")
+    run.add_argument("--no-audio", action="store_true", help="drop the audio streams")
+    out = tr.add_argument_group("reporting")
+    out.add_argument("--report", help="write a JSON report (per-GOP frames, bytes, seconds)")
+    out.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    return parser
+
+
+def _transcode(args: argparse.Namespace) -> int:
+    from gopflow.jobs.transcode import TranscodeConfig, run_transcode
+    from gopflow.types import EncodeSettings
+
+    if args.bitrate is None and (args.maxrate or args.bufsize):
+        raise UsageError("--maxrate/--bufsize need --bitrate")
+    crf = args.crf
+    if crf is None and args.bitrate is None:
+        crf = 28.0 if args.codec == "x265" else 23.0
+    settings = EncodeSettings(
+        codec=args.codec,
+        preset=args.preset,
+        crf=crf if args.bitrate is None else None,
+        bitrate_kbps=args.bitrate,
+        maxrate_kbps=args.maxrate,
+        bufsize_kbps=args.bufsize,
+        pix_fmt=args.pix_fmt,
+        threads=args.encoder_threads,
+    )
+    config = TranscodeConfig(
+        input=args.input,
+        output=args.output,
+        settings=settings,
+        gop_seconds=args.gop_seconds,
+        min_gop_seconds=args.min_gop_seconds,
+        scene_detect=not args.no_scene_detect,
+        scene_threshold=args.scene_threshold,
+        ray_address=args.ray_address,
+        workers=args.workers,
+        max_retries=max(0, args.retries),
+        work_dir=args.work_dir,
+        resume=args.resume,
+        keep_work=args.keep_work,
+        report=args.report,
+        progress=args.progress,
+        copy_audio=not args.no_audio,
+    )
+    report = run_transcode(config, log=lambda message: print(message, file=sys.stderr))
+    totals = report.to_dict()["totals"]
+    print(
+        f"wrote {report.output}: {report.frames} frames, {report.output_width}x"
+        f"{report.output_height}, {totals['gops']} GOPs ({totals['resumed_gops']} resumed), "
+        f"{totals['bitrate_kbps']:.0f} kbit/s, {report.wall_seconds:.1f} s "
+        f"({totals['fps']:.1f} fps)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from gopflow.media.probe import probe
+
+    print(json.dumps(probe(args.input).to_dict(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handlers = {"probe": _probe, "transcode": _transcode}
+    try:
+        return handlers[args.command](args)
+    except GopflowError as exc:
+        if args.debug:
+            raise
+        print(f"gopflow: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("gopflow: interrupted; run again with --resume to continue", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"gopflow: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

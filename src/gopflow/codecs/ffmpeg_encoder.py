@@ -1,0 +1,173 @@
+"""x264/x265 hand-off through the ffmpeg CLI.
+
+Data flow: decoded frames -> packed planar bytes on ffmpeg's stdin (``-f rawvideo``) ->
+[pad odd sizes to even, edge pixels replicated] -> libx264/libx265 -> an MP4 segment in a
+temporary file -> bytes. Every GOP is a separate encode, so its first frame is an IDR
+(x264) / IDR (x265 with ``open-gop=0``) picture and the GOP is closed. Settings are
+identical for every GOP and include the thread count, so output is byte-identical
+wherever a GOP runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from gopflow.errors import EncoderError, UsageError
+from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.reader import feed_format, frame_bytes
+from gopflow.types import EncodeSettings, SourceFormat
+
+ENCODER_NAMES = {"x264": "libx264", "x265": "libx265"}
+PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast",
+    "medium", "slow", "slower", "veryslow", "placebo",
+)
+# Chroma subsampling (log2 of the divisor) per output pixel format family.
+_SUBSAMPLING = {"420": (1, 1), "422": (1, 0), "444": (0, 0)}
+
+
+def coded_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
+    """The size actually encoded: 4:2:0 needs even width and height, 4:2:2 an even width.
+
+    Odd sources are padded by one replicated row/column (documented in the README).
+    """
+    sub_x, sub_y = next((v for k, v in _SUBSAMPLING.items() if k in pix_fmt), (0, 0))
+    return width + (width % 2 if sub_x else 0), height + (height % 2 if sub_y else 0)
+
+
+def _colour_args(source: SourceFormat) -> list[str]:
+    args = []
+    for option, value in (
+        ("-color_range", source.color_range),
+        ("-colorspace", source.color_space),
+        ("-color_primaries", source.color_primaries),
+        ("-color_trc", source.color_trc),
+    ):
+        if value and value != "unknown":
+            args += [option, value]
+    return args
+
+
+def _rate_args(settings: EncodeSettings) -> list[str]:
+    if settings.bitrate_kbps:
+        maxrate = settings.maxrate_kbps or settings.bitrate_kbps
+        bufsize = settings.bufsize_kbps or 2 * maxrate
+        return [
+            "-b:v", f"{settings.bitrate_kbps}k",
+            "-maxrate", f"{maxrate}k",
+            "-bufsize", f"{bufsize}k",
+        ]
+    crf = 23.0 if settings.crf is None else settings.crf
+    return ["-crf", f"{crf:g}"]
+
+
+def _codec_args(settings: EncodeSettings) -> list[str]:
+    threads = max(1, settings.threads)
+    if settings.codec == "x264":
+        return [
+            "-c:v", "libx264",
+            "-preset", settings.preset,
+            "-threads", str(threads),
+            "-g", str(settings.keyint),
+            "-x264-params", "open-gop=0:sliced-threads=0",
+        ]
+    if settings.codec == "x265":
+        params = [
+            f"keyint={settings.keyint}",
+            "open-gop=0",
+            f"pools={threads}",
+            f"frame-threads={min(threads, 4)}",
+            "log-level=error",
+        ]
+        return [
+            "-c:v", "libx265",
+            "-preset", settings.preset,
+            "-x265-params", ":".join(params),
+            "-tag:v", "hvc1",
+        ]
+    raise UsageError(f"unknown codec {settings.codec!r}; choose x264 or x265")
+
+
+def build_command(ffmpeg: str, source: SourceFormat, settings: EncodeSettings,
+                  output: str) -> list[str]:
+    """The ffmpeg command that encodes raw frames on stdin into an MP4 segment."""
+    in_fmt = feed_format(source.pix_fmt, settings.pix_fmt)
+    width, height = coded_size(source.width, source.height, settings.pix_fmt)
+    filters = []
+    if (width, height) != (source.width, source.height):
+        pad_x, pad_y = width - source.width, height - source.height
+        filters.append(f"pad={width}:{height}:0:0")
+        filters.append(f"fillborders=right={pad_x}:bottom={pad_y}:mode=smear")
+    if in_fmt != settings.pix_fmt:
+        filters.append(f"format={settings.pix_fmt}")
+    colour = _colour_args(source)
+    command = [
+        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", in_fmt,
+        "-s", f"{source.width}x{source.height}",
+        "-framerate", f"{source.fps.numerator}/{source.fps.denominator}",
+        *colour,
+        "-i", "pipe:0",
+        "-an", "-sn", "-dn",
+    ]
+    if filters:
+        command += ["-vf", ",".join(filters)]
+    command += [
+        *_codec_args(settings),
+        *_rate_args(settings),
+        "-pix_fmt", settings.pix_fmt,
+        *colour,
+        "-map_metadata", "-1",
+        "-fflags", "+bitexact", "-flags:v", "+bitexact",
+        "-f", "mp4", output,
+    ]
+    return command
+
+
+class FfmpegEncoder:
+    """A :class:`~gopflow.codecs.base.GopEncoder` running libx264/libx265 in ffmpeg."""
+
+    def __init__(self, settings: EncodeSettings) -> None:
+        if settings.codec not in ENCODER_NAMES:
+            raise UsageError(f"unknown codec {settings.codec!r}; choose x264 or x265")
+        self.settings = settings
+        self.last_encode_seconds = 0.0
+
+    def encode_gop(self, frames: Iterable[Any], source: SourceFormat) -> bytes:
+        tool = find_ffmpeg()
+        tool.require(encoders=[ENCODER_NAMES[self.settings.codec]])
+        in_fmt = feed_format(source.pix_fmt, self.settings.pix_fmt)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="gopflow-enc-") as scratch:
+            output = os.path.join(scratch, "gop.mp4")
+            log_path = os.path.join(scratch, "ffmpeg.log")
+            command = build_command(tool.path, source, self.settings, output)
+            with open(log_path, "wb") as log:
+                # stderr goes to a file, so a chatty encoder can never block on a full pipe.
+                process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=log)
+                assert process.stdin is not None
+                try:
+                    for frame in frames:
+                        process.stdin.write(frame_bytes(frame, in_fmt))
+                    process.stdin.close()
+                except BrokenPipeError:
+                    pass
+                except BaseException:
+                    process.kill()
+                    process.wait()
+                    raise
+                code = process.wait()
+            if code != 0 or not os.path.exists(output):
+                with open(log_path, "rb") as log:
+                    lines = log.read().decode("utf-8", "replace").strip().splitlines()
+                reason = lines[-1] if lines else f"exit code {code}"
+                raise EncoderError(f"{ENCODER_NAMES[self.settings.codec]} failed: {reason}")
+            with open(output, "rb") as segment:
+                data = segment.read()
+        self.last_encode_seconds = time.perf_counter() - started
+        return data

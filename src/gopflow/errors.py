@@ -1,0 +1,66 @@
+"""The gopflow exception tree.
+
+Every error gopflow raises on purpose is a :class:`GopflowError`. Each subclass also inherits
+the built-in exception a caller would naturally catch (``ValueError`` for bad input,
+``OSError`` for files and processes, ``RuntimeError`` for failed work), as PyAV does with
+``InvalidDataError(ValueError)``. The CLI prints ``str(error)`` as one line and exits with
+:attr:`GopflowError.exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class GopflowError(Exception):
+    """Base class of every error gopflow raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(GopflowError, ValueError):
+    """Options that do not make sense together or are out of range."""
+
+    exit_code = 2
+
+
+class InputError(GopflowError, ValueError):
+    """The input cannot be used: missing, not a video, corrupt, truncated, empty."""
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """The input path does not exist."""
+
+
+class NoVideoStreamError(InputError):
+    """The input has no video stream (for example an audio-only file)."""
+
+
+class CorruptInputError(InputError):
+    """The input's data cannot be demuxed or decoded (corrupt or truncated)."""
+
+
+class OutputError(GopflowError, OSError):
+    """The output (or work directory) cannot be written."""
+
+
+class ToolMissingError(GopflowError, OSError):
+    """ffmpeg, or an encoder/filter gopflow needs, is not available."""
+
+
+class EncoderError(GopflowError, RuntimeError):
+    """An external encoder process failed on a GOP (worth a retry)."""
+
+
+class GopFailedError(GopflowError, RuntimeError):
+    """A GOP failed for good after its retries; the job cannot finish."""
+
+
+class FrameCountError(GopflowError, RuntimeError):
+    """A decoded or assembled stream does not have the frames it must have."""
+
+
+class WorkDirError(GopflowError, OSError):
+    """The work directory is inconsistent with the job being resumed."""
+
+
+class ClusterError(GopflowError, RuntimeError):
+    """The Ray cluster could not be started or reached."""

@@ -1,0 +1,1 @@
+"""Job entry points (transcode, ...): configs in, reports out; the CLI only parses."""

@@ -1,0 +1,237 @@
+"""The transcode job: probe -> plan -> GOPs on Ray -> ordered assembly -> report.
+
+Data flow::
+
+    input --probe--> VideoInfo --scdet + plan--> [GopSpec] (job.json in the work dir)
+          --RayRunner (bounded window)--> encode_gop per GOP (decodes its own frames)
+          --> segments + done records (atomic, resumable) --> assemble --> output + report
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from gopflow.codecs.ffmpeg_encoder import ENCODER_NAMES, PRESETS, coded_size
+from gopflow.errors import OutputError, UsageError
+from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.probe import frame_timestamps, probe
+from gopflow.pipeline.assemble import assemble, container_for
+from gopflow.pipeline.plan import DEFAULT_SCENE_THRESHOLD, detect_scene_cuts, plan_gops
+from gopflow.pipeline.runner import RayRunner
+from gopflow.pipeline.stage import encode_gop
+from gopflow.pipeline.workdir import WorkDir, atomic_write_json
+from gopflow.types import (
+    EncodeSettings,
+    GopRecord,
+    GopSpec,
+    GopTask,
+    SourceFormat,
+    TranscodeReport,
+    VideoInfo,
+)
+
+PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
+
+
+@dataclass(frozen=True)
+class TranscodeConfig:
+    """Everything ``gopflow transcode`` was asked to do."""
+
+    input: str
+    output: str
+    settings: EncodeSettings = EncodeSettings()
+    gop_seconds: float = 2.0
+    min_gop_seconds: float = 0.5
+    scene_detect: bool = True
+    scene_threshold: float = DEFAULT_SCENE_THRESHOLD
+    ray_address: str | None = None
+    workers: int | None = None
+    window: int | None = None
+    max_retries: int = 2
+    work_dir: str | None = None
+    resume: bool = False
+    keep_work: bool = False
+    report: str | None = None
+    progress: bool | None = None
+    copy_audio: bool = True
+
+    def validate(self) -> None:
+        s = self.settings
+        if s.codec not in ENCODER_NAMES:
+            raise UsageError(f"unknown codec {s.codec!r}; choose x264 or x265")
+        if s.preset not in PRESETS:
+            raise UsageError(f"unknown preset {s.preset!r}; choose one of {', '.join(PRESETS)}")
+        if s.pix_fmt not in PIX_FMTS:
+            raise UsageError(f"unsupported pixel format {s.pix_fmt!r}; use {', '.join(PIX_FMTS)}")
+        if s.crf is not None and not 0 <= s.crf <= 51:
+            raise UsageError(f"--crf must be between 0 and 51, got {s.crf:g}")
+        if s.bitrate_kbps is not None and s.bitrate_kbps <= 0:
+            raise UsageError("--bitrate must be positive")
+        if s.threads < 1:
+            raise UsageError("--encoder-threads must be at least 1")
+        if not 0 < self.gop_seconds <= 60:
+            raise UsageError("--gop-seconds must be in (0, 60]")
+        if self.min_gop_seconds < 0 or self.min_gop_seconds > self.gop_seconds:
+            raise UsageError("--min-gop-seconds must be between 0 and --gop-seconds")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        container_for(self.output)
+        if os.path.abspath(self.input) == os.path.abspath(self.output):
+            raise UsageError("the output must not overwrite the input")
+
+
+def _check_output_writable(output: str) -> None:
+    directory = os.path.dirname(os.path.abspath(output)) or "."
+    if not os.path.isdir(directory):
+        raise OutputError(f"output directory does not exist: {directory}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory is not writable: {directory}")
+    if os.path.isdir(output):
+        raise OutputError(f"output is a directory: {output}")
+
+
+def _source_format(info: VideoInfo) -> SourceFormat:
+    return SourceFormat(
+        width=info.width,
+        height=info.height,
+        fps=info.fps,
+        pix_fmt=info.pix_fmt,
+        color_range=info.color_range,
+        color_space=info.color_space,
+        color_primaries=info.color_primaries,
+        color_trc=info.color_trc,
+    )
+
+
+def _plan(info: VideoInfo, config: TranscodeConfig) -> list[GopSpec]:
+    fps = float(info.fps)
+    max_frames = max(1, round(config.gop_seconds * fps))
+    min_frames = max(1, round(config.min_gop_seconds * fps))
+    cuts = detect_scene_cuts(info, config.scene_threshold) if config.scene_detect else []
+    stamps = frame_timestamps(info.path, info.stream_index) if info.read_mode == "seek" else None
+    return plan_gops(info.frame_count, max_frames, min_frames, cuts, stamps)
+
+
+def _describe(task: GopTask) -> str:
+    gop = task.gop
+    return f"GOP {gop.index} (frames {gop.start_frame}-{gop.end_frame - 1})"
+
+
+def run_transcode(
+    config: TranscodeConfig, log: Callable[[str], None] | None = None
+) -> TranscodeReport:
+    """Transcode ``config.input`` to ``config.output``; return the report."""
+    say = log or (lambda message: None)
+    started = time.perf_counter()
+    config.validate()
+    tool = find_ffmpeg()
+    tool.require(encoders=[ENCODER_NAMES[config.settings.codec]], filters=["scdet", "fillborders"])
+    info = probe(config.input)
+    _check_output_writable(config.output)
+    if info.vfr:
+        say(f"note: variable frame rate input; output is constant {float(info.fps):.3f} fps")
+
+    fps = float(info.fps)
+    settings = replace(config.settings, keyint=max(1, round(config.gop_seconds * fps)))
+    plan_settings = {
+        "encode": settings.to_dict(),
+        "gop_seconds": config.gop_seconds,
+        "min_gop_seconds": config.min_gop_seconds,
+        "scene_detect": config.scene_detect,
+        "scene_threshold": config.scene_threshold,
+        "copy_audio": config.copy_audio,
+    }
+    root = config.work_dir or os.path.join(
+        os.path.dirname(os.path.abspath(config.output)), ".gopflow-work"
+    )
+    workdir = WorkDir(root, info.path, plan_settings)
+    resumed = workdir.prepare(config.resume)
+    gops = workdir.load_plan() if resumed else None
+    if gops is None:
+        gops = _plan(info, config)
+        workdir.save_plan(info.to_dict(), gops)
+    finished = workdir.finished() if resumed else {}
+    if resumed:
+        say(f"resuming: {len(finished)} of {len(gops)} GOPs already done in {workdir.path}")
+
+    source = _source_format(info)
+    tasks = [
+        GopTask(info.path, info.stream_index, info.read_mode, gop, source, settings)
+        for gop in gops
+        if gop.index not in finished
+    ]
+    records = {i: replace(r, resumed=True) for i, r in finished.items()}
+    done_frames = sum(r.frames for r in records.values())
+
+    from tqdm import tqdm
+
+    with tqdm(
+        total=info.frame_count,
+        initial=done_frames,
+        unit="frame",
+        desc="transcode",
+        disable=(not config.progress) if config.progress is not None else None,
+        dynamic_ncols=True,
+    ) as bar:
+        if tasks:
+            with RayRunner(config.ray_address, config.workers) as runner:
+                slots = config.workers or max(1, runner.cluster_cpus() // settings.threads)
+                window = config.window or 2 * slots
+                results = runner.map_unordered(
+                    encode_gop,
+                    tasks,
+                    describe=_describe,
+                    cpus_per_item=settings.threads,
+                    window=window,
+                    max_retries=config.max_retries,
+                )
+                for task, encoded, node in results:
+                    record = GopRecord(
+                        index=task.gop.index,
+                        start_frame=task.gop.start_frame,
+                        frames=encoded.frames,
+                        bytes=len(encoded.data),
+                        sha256=hashlib.sha256(encoded.data).hexdigest(),
+                        encode_seconds=round(encoded.encode_seconds, 4),
+                        node_id=node,
+                    )
+                    workdir.record(record, encoded.data)
+                    records[record.index] = record
+                    bar.update(encoded.frames)
+
+    ordered = [records[g.index] for g in gops]
+    expected = coded_size(info.width, info.height, settings.pix_fmt)
+    check = assemble(
+        [workdir.segment_path(g.index) for g in gops],
+        info,
+        config.output,
+        workdir.path,
+        expected,
+        copy_audio=config.copy_audio,
+    )
+    report = TranscodeReport(
+        input=info.path,
+        output=os.path.abspath(config.output),
+        settings=plan_settings,
+        frames=check.frames,
+        bytes=os.path.getsize(config.output),
+        duration_seconds=info.frame_count / fps,
+        wall_seconds=time.perf_counter() - started,
+        gops=tuple(ordered),
+        output_width=check.width,
+        output_height=check.height,
+    )
+    if config.report:
+        atomic_write_json(os.path.abspath(config.report), report.to_dict())
+    if not config.keep_work:
+        workdir.remove()
+    return report
+
+
+def report_json(report: TranscodeReport) -> str:
+    return json.dumps(report.to_dict(), indent=2)

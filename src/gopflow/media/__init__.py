@@ -1,0 +1,1 @@
+"""Media access: ffmpeg discovery, probing and frame-accurate GOP reading (PyAV)."""

@@ -1,0 +1,1 @@
+"""Precoders: encoder-side down-sampling and decoder-side restoration (DVP, ViSTRA)."""

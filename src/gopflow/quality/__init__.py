@@ -1,0 +1,1 @@
+"""Quality measurement of what the viewer gets (decoded, restored) against the source."""
