@@ -45,7 +45,7 @@ def _bitrate_kbps(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a bitrate: {text!r} (e.g. 3000k or 3M)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError("bitrate must be positive")
-    return int(round(value))
+    return round(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gopflow.codecs.ffmpeg_encoder import ENCODER_NAMES, PRESETS, coded_size
 from gopflow.errors import OutputError, UsageError
@@ -44,7 +44,7 @@ class TranscodeConfig:
 
     input: str
     output: str
-    settings: EncodeSettings = EncodeSettings()
+    settings: EncodeSettings = field(default_factory=EncodeSettings)
     gop_seconds: float = 2.0
     min_gop_seconds: float = 0.5
     scene_detect: bool = True

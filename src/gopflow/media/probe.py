@@ -8,6 +8,7 @@ when packets carry them, ``scan`` from the start for raw elementary streams).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator
@@ -105,7 +106,7 @@ def _rotation(stream: Any) -> int:
     if matrix is None:
         return 0
     try:
-        return int(round(float(matrix))) % 360
+        return round(float(matrix)) % 360
     except (TypeError, ValueError):
         return 0
 
@@ -155,7 +156,7 @@ def frame_timestamps(path: str, stream_index: int) -> list[int | None]:
 def _is_vfr(stamps: list[int | None]) -> bool:
     if len(stamps) < 3 or stamps[0] is None:
         return False
-    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))  # type: ignore[operator]
+    gaps = sorted(b - a for a, b in itertools.pairwise(stamps))  # type: ignore[operator]
     median = gaps[len(gaps) // 2]
     if median <= 0:
         return True

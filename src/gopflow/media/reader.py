@@ -65,13 +65,11 @@ def _scan(path: str, stream_index: int, gop: GopSpec, threads: int) -> Iterator[
         stream = container.streams[stream_index]
         stream.thread_type = "AUTO"
         stream.thread_count = threads
-        position = 0
-        for frame in container.decode(stream):
+        for position, frame in enumerate(container.decode(stream)):
             if position >= gop.end_frame:
                 return
             if position >= gop.start_frame:
                 yield frame
-            position += 1
 
 
 def _seek(

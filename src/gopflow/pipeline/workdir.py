@@ -15,6 +15,7 @@ temp-file-then-rename.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -89,10 +90,8 @@ class WorkDir:
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
         parent = os.path.dirname(self.path)
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(parent)  # only if empty
-        except OSError:
-            pass
 
     # -- plan --------------------------------------------------------------------------
     def save_plan(self, info: dict[str, Any], gops: list[GopSpec]) -> None:
