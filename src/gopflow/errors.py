@@ -64,3 +64,11 @@ class WorkDirError(GopflowError, OSError):
 
 class ClusterError(GopflowError, RuntimeError):
     """The Ray cluster could not be started or reached."""
+
+
+class MetricError(GopflowError, ValueError):
+    """Two videos cannot be compared as asked (sizes differ, a frame is too small, ...)."""
+
+
+class BdRateError(MetricError):
+    """Rate-quality points unusable for a Bjontegaard delta (too few, unordered, disjoint)."""

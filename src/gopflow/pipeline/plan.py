@@ -86,10 +86,11 @@ def plan_gops(
             end, next_is_cut = cut_set[position], True
         else:
             end, next_is_cut = min(limit, frame_count), False
-            remaining = frame_count - end
-            if 0 < remaining < min_frames:
-                end = start + (frame_count - start + 1) // 2
-                next_is_cut = False
+            upcoming = cut_set[position] if position < len(cut_set) else frame_count
+            if 0 < upcoming - end < min_frames and upcoming - start >= 2 * min_frames:
+                # A cut (or the end) falls just after the limit: split the span up to it in
+                # two balanced GOPs rather than leave a GOP shorter than the minimum.
+                end = start + (upcoming - start + 1) // 2
         bounds.append((start, end, starts_scene))
         start, starts_scene = end, next_is_cut
     gops = []
