@@ -41,7 +41,8 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     clips: dict[str, str] = {}
     clips["odd"] = make_clip(
         root / "odd_721x405.mkv",
-        "-f", "lavfi", "-i", "testsrc2=size=724x408:rate=24:duration=2,format=yuv444p,crop=721:405:0:0",
+        "-f", "lavfi",
+        "-i", "testsrc2=size=724x408:rate=24:duration=2,format=yuv444p,crop=721:405:0:0",
         "-f", "lavfi", "-i", "sine=frequency=300:duration=2",
         "-c:v", "libx264", "-preset", "veryfast", "-crf", "16", "-pix_fmt", "yuv444p",
         "-c:a", "aac",

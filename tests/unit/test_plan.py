@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from gopflow.pipeline.plan import plan_gops
 
 def _check_cover(gops, frame_count):  # type: ignore[no-untyped-def]
     assert gops[0].start_frame == 0
-    for before, after in zip(gops, gops[1:], strict=False):
+    for before, after in itertools.pairwise(gops):
         assert after.start_frame == before.end_frame
     assert gops[-1].end_frame == frame_count
     assert [g.index for g in gops] == list(range(len(gops)))

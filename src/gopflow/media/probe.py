@@ -44,10 +44,12 @@ def open_input(path: str) -> Iterator[Any]:
         container = av.open(path, metadata_errors="ignore")
     except av.error.FileNotFoundError as exc:
         raise InputNotFoundError(f"input not found: {path}") from exc
-    except (av.error.InvalidDataError, av.error.EOFError, av.error.ValueError) as exc:
+    except (av.error.InvalidDataError, av.error.EOFError) as exc:
         raise CorruptInputError(
             f"not a readable video (unknown format, corrupt or truncated): {path}"
         ) from exc
+    except av.error.PermissionError as exc:
+        raise InputError(f"cannot read {path}: permission denied") from exc
     except av.error.FFmpegError as exc:
         raise CorruptInputError(f"cannot open {path}: {exc.strerror or exc}") from exc
     try:
@@ -138,6 +140,7 @@ def frame_timestamps(path: str, stream_index: int) -> list[int | None]:
     stamps: list[int | None] = []
     with open_input(path) as container:
         stream = container.streams[stream_index]
+        indexed = int(stream.frames or 0)
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
@@ -148,6 +151,11 @@ def frame_timestamps(path: str, stream_index: int) -> list[int | None]:
                 f"corrupt or truncated input {path}: demux failed after "
                 f"{len(stamps)} frames ({exc.strerror or exc})"
             ) from exc
+    if indexed and len(stamps) < indexed:
+        raise CorruptInputError(
+            f"truncated input {path}: its index lists {indexed} frames, only {len(stamps)} "
+            "can be read"
+        )
     if stamps and all(s is not None for s in stamps):
         return sorted(stamps)  # type: ignore[type-var]
     return [None] * len(stamps)

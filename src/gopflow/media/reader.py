@@ -134,8 +134,8 @@ def iter_gop_frames(
                 break
     except av.error.FFmpegError as exc:
         raise CorruptInputError(
-            f"decoding GOP {gop.index} (frames {gop.start_frame}-{gop.end_frame - 1}) of "
-            f"{path} failed: {exc.strerror or exc}"
+            f"decoding frames {gop.start_frame}-{gop.end_frame - 1} of {path} failed: "
+            f"{exc.strerror or exc}"
         ) from exc
     finally:
         close = getattr(source, "close", None)
@@ -143,6 +143,6 @@ def iter_gop_frames(
             close()
     if delivered != gop.frame_count:
         raise FrameCountError(
-            f"GOP {gop.index}: expected {gop.frame_count} frames from frame {gop.start_frame}, "
-            f"the input gave {delivered} (truncated or corrupt input?)"
+            f"expected {gop.frame_count} frames from frame {gop.start_frame}, the input gave "
+            f"{delivered} (truncated or corrupt input?)"
         )

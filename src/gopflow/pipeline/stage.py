@@ -38,7 +38,7 @@ def encode_gop(task: GopTask) -> EncodedGop:
     data = FfmpegEncoder(task.settings).encode_gop(frames, task.source)
     if frames.count != task.gop.frame_count:
         raise FrameCountError(
-            f"GOP {task.gop.index}: encoded {frames.count} frames, planned {task.gop.frame_count}"
+            f"encoded {frames.count} frames, planned {task.gop.frame_count}"
         )
     return EncodedGop(
         index=task.gop.index,

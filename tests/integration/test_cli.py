@@ -1,0 +1,87 @@
+"""The command line: help texts, probe output, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import media
+
+
+def gopflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gopflow.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_help_texts_stand_on_their_own() -> None:
+    top = gopflow("--help")
+    assert top.returncode == 0 and "transcode" in top.stdout and "probe" in top.stdout
+    sub = gopflow("transcode", "--help")
+    for option in ("--codec", "--crf", "--bitrate", "--preset", "--pix-fmt", "--gop-seconds",
+                   "--ray-address", "--resume", "--report"):
+        assert option in sub.stdout
+    assert gopflow("probe", "--help").returncode == 0
+
+
+def test_probe_json() -> None:
+    done = gopflow("probe", media("his_girl_friday_640x480.mp4"))
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert (info["width"], info["height"], info["frame_count"]) == (640, 480, 185)
+    assert info["fps"] == "30/1" and info["vfr"] is False
+    assert info["audio"][0]["codec"] == "aac"
+    assert info["pix_fmt"] == "yuv420p" and info["color_range"] == "tv"
+
+
+def _assert_clean_failure(done: subprocess.CompletedProcess[str], output: Path, words: str) -> None:
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("gopflow: error:"), lines[0]
+    assert words in lines[0].lower(), lines[0]
+    assert "Traceback" not in done.stderr
+    assert not output.exists()
+    leftovers = [n for n in os.listdir(output.parent) if "partial" in n or n.startswith(".tmp")]
+    assert not leftovers
+
+
+@pytest.mark.parametrize(
+    ("clip", "words"),
+    [
+        ("missing", "not found"),
+        ("text", "not a readable video"),
+        ("empty", "empty"),
+        ("audio_only", "no video stream"),
+        ("truncated", "not a readable video"),
+        ("truncated_faststart", "truncated"),
+    ],
+)
+def test_bad_input_fails_with_one_line(
+    clip: str, words: str, generated: dict[str, str], tmp_path: Path
+) -> None:
+    source = str(tmp_path / "nope.mp4") if clip == "missing" else generated[clip]
+    output = tmp_path / "out.mp4"
+    done = gopflow("transcode", source, "-o", str(output), "--no-progress")
+    _assert_clean_failure(done, output, words)
+
+
+def test_unwritable_output(tmp_path: Path) -> None:
+    output = tmp_path / "no_such_dir" / "out.mp4"
+    done = gopflow("transcode", media("asl_again_640x480.mkv"), "-o", str(output))
+    _assert_clean_failure(done, tmp_path / "out.mp4", "does not exist")
+
+
+def test_bad_options(tmp_path: Path) -> None:
+    output = tmp_path / "out.avi"
+    done = gopflow("transcode", media("asl_again_640x480.mkv"), "-o", str(output))
+    _assert_clean_failure(done, output, "unsupported output")
+    output = tmp_path / "out.mp4"
+    done = gopflow("transcode", media("asl_again_640x480.mkv"), "-o", str(output), "--crf", "80")
+    _assert_clean_failure(done, output, "crf")

@@ -1,0 +1,111 @@
+"""Resume after Ctrl-C, and a job on an existing two-node Ray cluster: byte-identical output."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import media
+
+CLIP = "car_traffic_768x432.mp4"  # 377 frames at 12.5 fps: 15 GOPs of 2 s
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gopflow.cli", *args]
+
+
+def _transcode(src: str, out: Path, *extra: str) -> dict:
+    report = str(out) + ".json"
+    done = subprocess.run(
+        _cli("transcode", src, "-o", str(out), "--crf", "26", "--preset", "faster",
+             "--no-progress", "--report", report, *extra),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    with open(report, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """An uninterrupted run on a fresh local cluster."""
+    out = tmp_path_factory.mktemp("reference") / "reference.mp4"
+    report = _transcode(media(CLIP), out)
+    assert report["totals"]["gops"] >= 10
+    return out.read_bytes()
+
+
+def test_interrupted_run_resumes_byte_identical(tmp_path: Path, reference: bytes) -> None:
+    src, out, work = media(CLIP), tmp_path / "out.mp4", tmp_path / "work"
+    process = subprocess.Popen(
+        _cli("transcode", src, "-o", str(out), "--crf", "26", "--preset", "faster",
+             "--no-progress", "--work-dir", str(work)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(glob.glob(str(work / "*" / "done" / "gop_*.json"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the job finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    finished = len(glob.glob(str(work / "*" / "done" / "gop_*.json")))
+    assert 3 <= finished < 15
+
+    report = _transcode(src, out, "--work-dir", str(work), "--resume")
+    assert report["totals"]["resumed_gops"] == finished
+    assert out.read_bytes() == reference
+    assert not glob.glob(str(work / "*" / "segments"))  # work dir removed after success
+
+
+def _free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return int(probe_socket.getsockname()[1])
+
+
+@pytest.fixture()
+def two_node_cluster(tmp_path: Path) -> Iterator[str]:
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
+    if ray is None:
+        pytest.skip("the ray CLI is not installed beside this Python")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = [ray, "start", "--head", f"--port={port}", "--num-cpus=1",
+            "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"]
+    worker = [ray, "start", f"--address={address}", "--num-cpus=1",
+              "--node-ip-address=127.0.0.1"]
+    try:
+        for command in (head, worker):
+            subprocess.run(command, check=True, capture_output=True, env=env, timeout=180)
+        yield address
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=180)
+
+
+def test_existing_two_node_cluster_gives_identical_output(
+    tmp_path: Path, reference: bytes, two_node_cluster: str
+) -> None:
+    out = tmp_path / "cluster.mp4"
+    report = _transcode(media(CLIP), out, "--ray-address", two_node_cluster)
+    nodes = report["totals"]["nodes"]
+    assert len(nodes) == 2, nodes
+    per_node = {n: sum(1 for g in report["gops"] if g["node_id"] == n) for n in nodes}
+    assert all(count > 0 for count in per_node.values()), per_node
+    assert out.read_bytes() == reference
