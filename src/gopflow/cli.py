@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from gopflow import __version__
 from gopflow.errors import GopflowError, UsageError
+from gopflow.jobs.compare import add_compare_parser, run_compare
 
 EPILOG = """examples:
   gopflow probe input.mp4
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar (default: when stderr is a terminal)",
     )
+    add_compare_parser(commands)
     return parser
 
 
@@ -204,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"probe": _probe, "transcode": _transcode}
+    handlers = {"probe": _probe, "transcode": _transcode, "compare": run_compare}
     try:
         return handlers[args.command](args)
     except GopflowError as exc:

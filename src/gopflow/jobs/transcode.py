@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from gopflow.codecs.ffmpeg_encoder import ENCODER_NAMES, PRESETS, coded_size
@@ -151,58 +152,69 @@ def run_transcode(
     )
     workdir = WorkDir(root, info.path, plan_settings)
     resumed = workdir.prepare(config.resume)
-    gops = workdir.load_plan() if resumed else None
-    if gops is None:
-        gops = _plan(info, config)
-        workdir.save_plan(info.to_dict(), gops)
-    finished = workdir.finished() if resumed else {}
-    if resumed:
-        say(f"resuming: {len(finished)} of {len(gops)} GOPs already done in {workdir.path}")
-
-    source = _source_format(info)
-    tasks = [
-        GopTask(info.path, info.stream_index, info.read_mode, gop, source, settings)
-        for gop in gops
-        if gop.index not in finished
-    ]
+    saved_plan = workdir.load_plan() if resumed else None
+    finished = workdir.finished() if saved_plan is not None else {}
+    if saved_plan is not None:
+        say(f"resuming: {len(finished)} of {len(saved_plan)} GOPs already done in {workdir.path}")
+    if saved_plan is not None and len(finished) == len(saved_plan):
+        gops = saved_plan
+        tasks: list[GopTask] = []
     records = {i: replace(r, resumed=True) for i, r in finished.items()}
-    done_frames = sum(r.frames for r in records.values())
+    source = _source_format(info)
+
+    def plan_tasks() -> tuple[list[GopSpec], list[GopTask]]:
+        planned = saved_plan
+        if planned is None:
+            planned = _plan(info, config)
+            workdir.save_plan(info.to_dict(), planned)
+        todo = [
+            GopTask(info.path, info.stream_index, info.read_mode, gop, source, settings)
+            for gop in planned
+            if gop.index not in finished
+        ]
+        # Longest GOPs first: the last round of a GOP-parallel job leaves cores idle,
+        # and it idles least when the GOPs left for it are the short ones.
+        todo.sort(key=lambda task: (-task.gop.frame_count, task.gop.index))
+        return planned, todo
 
     from tqdm import tqdm
 
     with tqdm(
         total=info.frame_count,
-        initial=done_frames,
+        initial=sum(r.frames for r in records.values()),
         unit="frame",
         desc="transcode",
         disable=(not config.progress) if config.progress is not None else None,
         dynamic_ncols=True,
     ) as bar:
-        if tasks:
-            with RayRunner(config.ray_address, config.workers) as runner:
-                slots = config.workers or max(1, runner.cluster_cpus() // settings.threads)
-                window = config.window or 2 * slots
-                results = runner.map_unordered(
-                    encode_gop,
-                    tasks,
-                    describe=_describe,
-                    cpus_per_item=settings.threads,
-                    window=window,
-                    max_retries=config.max_retries,
-                )
-                for task, encoded, node in results:
-                    record = GopRecord(
-                        index=task.gop.index,
-                        start_frame=task.gop.start_frame,
-                        frames=encoded.frames,
-                        bytes=len(encoded.data),
-                        sha256=hashlib.sha256(encoded.data).hexdigest(),
-                        encode_seconds=round(encoded.encode_seconds, 4),
-                        node_id=node,
+        if saved_plan is None or len(finished) < len(saved_plan):
+            # Plan (scene detection runs in an ffmpeg process) while Ray starts up.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan") as pool:
+                planning = pool.submit(plan_tasks)
+                with RayRunner(config.ray_address, config.workers) as runner:
+                    gops, tasks = planning.result()
+                    slots = config.workers or max(1, runner.cluster_cpus() // settings.threads)
+                    results = runner.map_unordered(
+                        encode_gop,
+                        tasks,
+                        describe=_describe,
+                        cpus_per_item=settings.threads,
+                        window=config.window or 2 * slots,
+                        max_retries=config.max_retries,
                     )
-                    workdir.record(record, encoded.data)
-                    records[record.index] = record
-                    bar.update(encoded.frames)
+                    for task, encoded, node in results:
+                        record = GopRecord(
+                            index=task.gop.index,
+                            start_frame=task.gop.start_frame,
+                            frames=encoded.frames,
+                            bytes=len(encoded.data),
+                            sha256=hashlib.sha256(encoded.data).hexdigest(),
+                            encode_seconds=round(encoded.encode_seconds, 4),
+                            node_id=node,
+                        )
+                        workdir.record(record, encoded.data)
+                        records[record.index] = record
+                        bar.update(encoded.frames)
 
     ordered = [records[g.index] for g in gops]
     expected = coded_size(info.width, info.height, settings.pix_fmt)

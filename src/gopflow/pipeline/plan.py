@@ -39,6 +39,8 @@ def detect_scene_cuts(info: VideoInfo, threshold: float = DEFAULT_SCENE_THRESHOL
         )
         command = [
             tool.path, "-nostdin", "-hide_banner", "-loglevel", "error",
+            # Cut detection needs no deblocked, bit-exact pictures: skip the loop filter.
+            "-skip_loop_filter", "all", "-flags2", "+fast",
             "-i", info.path, "-map", f"0:{info.stream_index}", "-an", "-sn",
             "-vf", chain, "-f", "null", "-",
         ]
