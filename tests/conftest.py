@@ -73,4 +73,15 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     cut = root / "truncated_faststart.mp4"  # index intact, media data cut off
     cut.write_bytes(blob[: len(blob) * 2 // 3])
     clips["truncated_faststart"] = str(cut)
+    # A video track that never got a frame (ffmpeg exits non-zero but writes the file).
+    zero = root / "zero_frames.mkv"
+    subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-loglevel", "quiet", "-y",
+         "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=1",
+         "-f", "lavfi", "-i", "sine=duration=1", "-map", "0:v", "-map", "1:a",
+         "-frames:v", "0", "-c:v", "libx264", "-c:a", "aac", str(zero)],
+        check=False,
+    )
+    assert zero.exists()
+    clips["zero_frames"] = str(zero)
     return clips

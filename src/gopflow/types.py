@@ -31,6 +31,15 @@ class AudioStreamInfo:
 
 
 @dataclass(frozen=True)
+class StreamSummary:
+    """Any stream of the input, as listed by ``gopflow probe``."""
+
+    index: int
+    kind: str
+    codec: str
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """What gopflow needs to know about an input's (first) video stream."""
 
@@ -56,6 +65,7 @@ class VideoInfo:
     read_mode: ReadMode
     audio: tuple[AudioStreamInfo, ...] = ()
     other_video_streams: int = 0
+    streams: tuple[StreamSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -189,6 +199,7 @@ class TranscodeReport:
     gops: tuple[GopRecord, ...] = field(default_factory=tuple)
     output_width: int = 0
     output_height: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def bitrate_kbps(self) -> float:
@@ -215,6 +226,7 @@ class TranscodeReport:
                 "fps": round(self.frames / self.wall_seconds, 3) if self.wall_seconds else 0.0,
                 "encode_seconds": round(sum(g.encode_seconds for g in self.gops), 3),
                 "nodes": sorted({g.node_id for g in self.gops if g.node_id}),
+                "phase_seconds": self.phases,
             },
             "gops": [g.to_dict() for g in self.gops],
         }

@@ -61,6 +61,7 @@ def _assert_clean_failure(done: subprocess.CompletedProcess[str], output: Path, 
         ("audio_only", "no video stream"),
         ("truncated", "not a readable video"),
         ("truncated_faststart", "truncated"),
+        ("zero_frames", "video"),
     ],
 )
 def test_bad_input_fails_with_one_line(

@@ -24,7 +24,7 @@ from gopflow.media.probe import frame_timestamps, probe
 from gopflow.pipeline.assemble import assemble, container_for
 from gopflow.pipeline.plan import DEFAULT_SCENE_THRESHOLD, detect_scene_cuts, plan_gops
 from gopflow.pipeline.runner import RayRunner
-from gopflow.pipeline.stage import encode_gop
+from gopflow.pipeline.stage import GopEncodeStage
 from gopflow.pipeline.workdir import WorkDir, atomic_write_json
 from gopflow.types import (
     EncodeSettings,
@@ -52,7 +52,6 @@ class TranscodeConfig:
     scene_threshold: float = DEFAULT_SCENE_THRESHOLD
     ray_address: str | None = None
     workers: int | None = None
-    window: int | None = None
     max_retries: int = 2
     work_dir: str | None = None
     resume: bool = False
@@ -129,10 +128,15 @@ def run_transcode(
     """Transcode ``config.input`` to ``config.output``; return the report."""
     say = log or (lambda message: None)
     started = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def mark(phase: str) -> None:
+        phases[phase] = round(time.perf_counter() - started, 3)
     config.validate()
     tool = find_ffmpeg()
     tool.require(encoders=[ENCODER_NAMES[config.settings.codec]], filters=["scdet", "fillborders"])
     info = probe(config.input)
+    mark("probed")
     _check_output_writable(config.output)
     if info.vfr:
         say(f"note: variable frame rate input; output is constant {float(info.fps):.3f} fps")
@@ -172,9 +176,6 @@ def run_transcode(
             for gop in planned
             if gop.index not in finished
         ]
-        # Longest GOPs first: the last round of a GOP-parallel job leaves cores idle,
-        # and it idles least when the GOPs left for it are the short ones.
-        todo.sort(key=lambda task: (-task.gop.frame_count, task.gop.index))
         return planned, todo
 
     from tqdm import tqdm
@@ -192,14 +193,23 @@ def run_transcode(
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan") as pool:
                 planning = pool.submit(plan_tasks)
                 with RayRunner(config.ray_address, config.workers) as runner:
+                    mark("ray_started")
                     gops, tasks = planning.result()
-                    slots = config.workers or max(1, runner.cluster_cpus() // settings.threads)
-                    results = runner.map_unordered(
-                        encode_gop,
+                    mark("planned")
+                    cpus = runner.cluster_cpus()
+                    if settings.threads > cpus:
+                        raise UsageError(
+                            f"--encoder-threads {settings.threads} exceeds the cluster's "
+                            f"{cpus} CPUs"
+                        )
+                    slots = max(1, cpus // settings.threads)
+                    results = runner.map_lanes(
+                        GopEncodeStage,
                         tasks,
                         describe=_describe,
+                        cost=lambda task: task.gop.frame_count,
                         cpus_per_item=settings.threads,
-                        window=config.window or 2 * slots,
+                        actors=min(config.workers or slots, slots),
                         max_retries=config.max_retries,
                     )
                     for task, encoded, node in results:
@@ -215,6 +225,7 @@ def run_transcode(
                         workdir.record(record, encoded.data)
                         records[record.index] = record
                         bar.update(encoded.frames)
+                    mark("encoded")
 
     ordered = [records[g.index] for g in gops]
     expected = coded_size(info.width, info.height, settings.pix_fmt)
@@ -226,6 +237,7 @@ def run_transcode(
         expected,
         copy_audio=config.copy_audio,
     )
+    mark("assembled")
     report = TranscodeReport(
         input=info.path,
         output=os.path.abspath(config.output),
@@ -237,6 +249,7 @@ def run_transcode(
         gops=tuple(ordered),
         output_width=check.width,
         output_height=check.height,
+        phases=phases,
     )
     if config.report:
         atomic_write_json(os.path.abspath(config.report), report.to_dict())

@@ -24,7 +24,7 @@ from gopflow.errors import (
     InputNotFoundError,
     NoVideoStreamError,
 )
-from gopflow.types import AudioStreamInfo, VideoInfo
+from gopflow.types import AudioStreamInfo, StreamSummary, VideoInfo
 
 # Timestamps this far (relative) from the median frame duration make a stream VFR.
 _VFR_TOLERANCE = 0.02
@@ -203,6 +203,14 @@ def probe(path: str) -> VideoInfo:
             "audio": _audio_streams(container),
             "stream_index": stream.index,
             "other_video_streams": others,
+            "streams": tuple(
+                StreamSummary(
+                    s.index,
+                    s.type,
+                    s.codec_context.name if s.codec_context is not None else "unknown",
+                )
+                for s in container.streams
+            ),
         }
         start = (
             float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0

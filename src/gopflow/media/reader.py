@@ -60,89 +60,123 @@ def frame_bytes(frame: Any, pix_fmt: str) -> bytes:
     return b"".join(parts)
 
 
-def _scan(path: str, stream_index: int, gop: GopSpec, threads: int) -> Iterator[Any]:
-    with open_input(path) as container:
-        stream = container.streams[stream_index]
-        stream.thread_type = "AUTO"
-        stream.thread_count = threads
-        for position, frame in enumerate(container.decode(stream)):
-            if position >= gop.end_frame:
-                return
-            if position >= gop.start_frame:
-                yield frame
-
-
-def _seek(
-    path: str, stream_index: int, gop: GopSpec, threads: int, target: int
-) -> tuple[Iterator[Any] | None, int]:
-    """Frames of ``gop`` after seeking to ``target``; ``(None, first_pts)`` on overshoot."""
-    assert gop.start_pts is not None
+def _open_stream(path: str, stream_index: int, threads: int) -> tuple[Any, Any, Any]:
     opened = open_input(path)
     container = opened.__enter__()
-    try:
-        stream = container.streams[stream_index]
-        stream.thread_type = "AUTO"
-        stream.thread_count = threads
+    stream = container.streams[stream_index]
+    stream.thread_type = "AUTO"
+    stream.thread_count = threads
+    return opened, container, stream
+
+
+class GopReader:
+    """Reads GOPs of one input; consecutive GOPs continue the same decode, without a seek.
+
+    A worker that is handed GOP k+1 right after GOP k (the runner arranges that) decodes
+    the video once, as a single ffmpeg would, instead of decoding from the keyframe before
+    every GOP: sources with long keyframe intervals, and raw streams that can only be
+    scanned from the start, cost no more than one pass.
+    """
+
+    def __init__(self, path: str, stream_index: int, read_mode: ReadMode, threads: int = 1):
+        self.path = path
+        self.stream_index = stream_index
+        self.read_mode = read_mode
+        self.threads = threads
+        self._opened: Any = None
+        self._frames: Iterator[Any] | None = None
+        self._pending: Any = None
+        self._next_frame = -1
+
+    # -- positioning -----------------------------------------------------------------
+    def _seek_to(self, gop: GopSpec, target: int) -> int | None:
+        """Position on ``gop``'s first frame; return the overshooting pts on failure."""
+        assert gop.start_pts is not None
+        opened, container, stream = _open_stream(self.path, self.stream_index, self.threads)
+        self._opened = opened
         container.seek(target, stream=stream, backward=True)
-        frames = container.decode(stream)
-        first = None
-        for frame in frames:
+        self._frames = iter(container.decode(stream))
+        for frame in self._frames:
             if frame.pts is None:
                 break
             if frame.pts >= gop.start_pts:
-                first = frame
+                if frame.pts == gop.start_pts:
+                    self._pending = frame
+                    return None
+                self.close()
+                return int(frame.pts)
+        self.close()
+        return gop.start_pts + 1
+
+    def _scan_to(self, gop: GopSpec) -> None:
+        opened, container, stream = _open_stream(self.path, self.stream_index, self.threads)
+        self._opened = opened
+        self._frames = iter(container.decode(stream))
+        for _ in range(gop.start_frame):
+            if next(self._frames, None) is None:
                 break
-        if first is None or first.pts != gop.start_pts:
-            opened.__exit__(None, None, None)
-            landed = gop.start_pts + 1 if first is None or first.pts is None else first.pts
-            return None, landed
-    except BaseException:
-        opened.__exit__(None, None, None)
-        raise
 
-    def rest() -> Iterator[Any]:
+    def _position(self, gop: GopSpec) -> None:
+        self.close()
+        if self.read_mode == "seek" and gop.start_pts is not None:
+            target = gop.start_pts
+            for _ in range(_SEEK_RETRIES):
+                landed = self._seek_to(gop, target)
+                if landed is None:
+                    return
+                # Overshot (a sparse index): step back by four times the miss and retry.
+                target -= 4 * max(1, abs(landed - gop.start_pts))
+        self._scan_to(gop)
+
+    # -- reading ---------------------------------------------------------------------
+    def read(self, gop: GopSpec) -> Iterator[Any]:
+        """Yield exactly ``gop.frame_count`` decoded frames, else raise a clear error."""
+        delivered = 0
         try:
-            yield first
-            yield from frames
-        finally:
-            opened.__exit__(None, None, None)
+            if self._frames is None or self._next_frame != gop.start_frame:
+                self._position(gop)
+            assert self._frames is not None
+            while delivered < gop.frame_count:
+                if self._pending is not None:
+                    frame, self._pending = self._pending, None
+                else:
+                    frame = next(self._frames, None)
+                    if frame is None:
+                        break
+                yield frame
+                delivered += 1
+        except av.error.FFmpegError as exc:
+            self.close()
+            raise CorruptInputError(
+                f"decoding frames {gop.start_frame}-{gop.end_frame - 1} of {self.path} "
+                f"failed: {exc.strerror or exc}"
+            ) from exc
+        except BaseException:
+            self.close()  # abandoned mid-GOP: the position is unknown
+            raise
+        if delivered != gop.frame_count:
+            self.close()
+            raise FrameCountError(
+                f"expected {gop.frame_count} frames from frame {gop.start_frame}, the input "
+                f"gave {delivered} (truncated or corrupt input?)"
+            )
+        self._next_frame = gop.end_frame
 
-    return rest(), first.pts
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.__exit__(None, None, None)
+        self._opened, self._frames, self._pending, self._next_frame = None, None, None, -1
+
+    def __enter__(self) -> GopReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def iter_gop_frames(
     path: str, stream_index: int, read_mode: ReadMode, gop: GopSpec, threads: int = 1
 ) -> Iterator[Any]:
-    """Yield exactly ``gop.frame_count`` decoded frames, else raise a clear error."""
-    source: Iterator[Any] | None = None
-    delivered = 0
-    try:
-        if read_mode == "seek" and gop.start_pts is not None:
-            target = gop.start_pts
-            for _ in range(_SEEK_RETRIES):
-                source, landed = _seek(path, stream_index, gop, threads, target)
-                if source is not None:
-                    break
-                # Overshot: step back by four times the miss and try again.
-                target -= 4 * max(1, abs(landed - gop.start_pts))
-        if source is None:
-            source = _scan(path, stream_index, gop, threads)
-        for frame in source:
-            yield frame
-            delivered += 1
-            if delivered == gop.frame_count:
-                break
-    except av.error.FFmpegError as exc:
-        raise CorruptInputError(
-            f"decoding frames {gop.start_frame}-{gop.end_frame - 1} of {path} failed: "
-            f"{exc.strerror or exc}"
-        ) from exc
-    finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
-    if delivered != gop.frame_count:
-        raise FrameCountError(
-            f"expected {gop.frame_count} frames from frame {gop.start_frame}, the input gave "
-            f"{delivered} (truncated or corrupt input?)"
-        )
+    """Yield exactly ``gop.frame_count`` decoded frames of one GOP (a fresh reader)."""
+    with GopReader(path, stream_index, read_mode, threads) as reader:
+        yield from reader.read(gop)

@@ -1,17 +1,24 @@
 """Run stage functions over GOPs on Ray, with a bounded window and retries.
 
 The runner is the only module that knows Ray. It starts a local cluster (dashboard off) or
-connects to an existing one (``address`` / ``RAY_ADDRESS``), submits at most ``window``
-tasks at a time (backpressure: the driver never holds more than ``window`` results), retries
-failed tasks, and hands each result to a callback as soon as it arrives (any order; the
-assembly step restores order from GOP indices). Stage functions are plain module-level
-functions: ``fn(item) -> result``.
+connects to an existing one (``address`` / ``RAY_ADDRESS``) and runs a stage over items with
+bounded work in flight (backpressure: the driver never holds more than that many results),
+retries, and results yielded as they arrive (any order; assembly restores order by index).
+
+Two ways to run a stage, chosen here and nowhere else:
+
+- ``map_unordered``: stateless stage functions ``fn(item)`` as Ray tasks.
+- ``map_lanes``: stateful stages (``factory() -> stage``, ``stage(item)``) in one Ray actor per
+  slot. Items are split into contiguous lanes, one per actor, so an actor sees consecutive
+  GOPs and can keep its decoder running; an actor whose lane runs dry takes work from the
+  far end of the longest remaining lane (work stealing), so no core idles while work is left.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +29,7 @@ Result = TypeVar("Result")
 
 # Exceptions worth another try: a crashed or failing encoder process. Bad input is not
 # retried (it would fail again); Ray retries lost workers and nodes on its own.
-RETRYABLE: tuple[type[BaseException], ...] = (EncoderError, OSError)
+RETRYABLE: tuple[type[BaseException], ...] = (EncoderError, BrokenPipeError)
 
 
 def _quiet_ray_environment() -> None:
@@ -43,6 +50,46 @@ def _run_placed(fn: Callable[[Any], Any], item: Any) -> Placed:
     import ray
 
     return Placed(fn(item), ray.get_runtime_context().get_node_id())
+
+
+class _StageActor:
+    """Hosts one stateful stage inside a Ray actor."""
+
+    def __init__(self, factory: Callable[[], Callable[[Any], Any]]) -> None:
+        self.stage = factory()
+
+    def run(self, item: Any) -> Placed:
+        import ray
+
+        return Placed(self.stage(item), ray.get_runtime_context().get_node_id())
+
+
+def split_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
+    """Split positions ``0..n-1`` into at most ``lanes`` contiguous runs of similar cost."""
+    total = float(sum(costs))
+    lanes = max(1, min(lanes, len(costs)))
+    runs: list[list[int]] = [[] for _ in range(lanes)]
+    done = 0.0
+    for position, cost in enumerate(costs):
+        lane = min(lanes - 1, int(done / total * lanes)) if total > 0 else position % lanes
+        runs[lane].append(position)
+        done += cost
+    return [run for run in runs if run]
+
+
+def _failure(item_text: str, exc: BaseException, max_retries: int) -> GopflowError:
+    """A one-line job error for a task that failed for good."""
+    import ray
+
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause if exc.cause is not None else exc
+        text = str(cause).strip()
+        reason = text.splitlines()[0] if text else repr(cause)
+        if isinstance(cause, GopflowError) and not isinstance(cause, EncoderError):
+            return type(cause)(f"{item_text}: {reason}")
+        return GopFailedError(f"{item_text} failed after {max_retries} retries: {reason}")
+    text = str(exc).strip()
+    return GopFailedError(f"{item_text} failed: {text.splitlines()[0] if text else repr(exc)}")
 
 
 class RayRunner:
@@ -124,18 +171,70 @@ class RayRunner:
                     item = pending.pop(ref)
                     try:
                         placed: Placed = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        cause = exc.cause if exc.cause is not None else exc
-                        reason = str(cause).strip().splitlines()[0] if str(cause) else repr(cause)
-                        if isinstance(cause, GopflowError) and not isinstance(cause, EncoderError):
-                            raise type(cause)(f"{describe(item)}: {reason}") from None
-                        raise GopFailedError(
-                            f"{describe(item)} failed after {max_retries} retries: {reason}"
-                        ) from None
                     except ray.exceptions.RayError as exc:
-                        reason = str(exc).strip().splitlines()[0]
-                        raise GopFailedError(f"{describe(item)} failed: {reason}") from None
+                        raise _failure(describe(item), exc, max_retries) from None
                     yield item, placed.value, placed.node_id
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
+
+    def map_lanes(
+        self,
+        factory: Callable[[], Callable[[Item], Result]],
+        items: Sequence[Item],
+        describe: Callable[[Item], str],
+        cost: Callable[[Item], float],
+        cpus_per_item: float = 1,
+        actors: int = 2,
+        depth: int = 2,
+        max_retries: int = 2,
+    ) -> Iterator[tuple[Item, Result, str]]:
+        """Yield ``(item, stage(item), node_id)``; each actor works through a contiguous lane.
+
+        At most ``actors * depth`` items are in flight. ``items`` must be in stream order.
+        """
+        import ray
+
+        if not items:
+            return
+        lanes = [deque(run) for run in split_lanes([cost(i) for i in items], actors)]
+        actor_class = ray.remote(_StageActor).options(
+            num_cpus=cpus_per_item, max_restarts=max_retries, max_task_retries=max_retries
+        )
+        pool = [actor_class.remote(factory) for _ in lanes]
+        pending: dict[Any, tuple[int, int]] = {}  # ref -> (actor, item position)
+
+        def submit(actor: int) -> bool:
+            lane = lanes[actor]
+            if lane:
+                position = lane.popleft()
+            else:
+                # Steal from the far end of the lane with the most work left.
+                donor = max(range(len(lanes)), key=lambda i: sum(cost(items[p]) for p in lanes[i]))
+                if not lanes[donor]:
+                    return False
+                position = lanes[donor].pop()
+            ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(items[position])
+            pending[ref] = (actor, position)
+            return True
+
+        try:
+            for actor in range(len(pool)):
+                for _ in range(depth):
+                    submit(actor)
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    actor, position = pending.pop(ref)
+                    item = items[position]
+                    try:
+                        placed: Placed = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        raise _failure(describe(item), exc, max_retries) from None
+                    submit(actor)
+                    yield item, placed.value, placed.node_id
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=False)
+            for handle in pool:
+                ray.kill(handle)
