@@ -10,10 +10,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from gopflow import __version__
 from gopflow.errors import GopflowError, UsageError
 from gopflow.jobs.compare import add_compare_parser, run_compare
+
+if TYPE_CHECKING:
+    from gopflow.pipeline.qro_stage import QroSettings
 
 EPILOG = """examples:
   gopflow probe input.mp4
@@ -21,6 +26,8 @@ EPILOG = """examples:
   gopflow transcode input.mkv -o out.mkv --codec x265 --bitrate 3000 --report report.json
   gopflow transcode input.mp4 -o out.mp4 --ray-address 10.0.0.5:6379   # existing cluster
   gopflow transcode input.mp4 -o out.mp4 --resume                      # after a crash/Ctrl-C
+  gopflow transcode input.mp4 -o out.mkv --target-vmaf 93 --report r.json --plot r.png
+  gopflow restore out.mkv -o viewer.mkv                                 # full size and rate
 """
 
 
@@ -134,12 +141,59 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="reuse finished GOPs of an earlier run")
     run.add_argument("--keep-work", action="store_true", help="keep the work dir after success")
     run.add_argument("--no-audio", action="store_true", help="drop the audio streams")
+    qro = tr.add_argument_group(
+        "quality-resolution optimisation (QRO)",
+        "Per GOP, choose spatial scale, frame rate and CRF: the cheapest candidate whose "
+        "quality, measured on the restored GOP (full size, full rate) against the source, "
+        "meets a target, or the best quality within a bitrate budget. Every GOP is checked "
+        "after its final encode and re-encoded stricter if below target; a GOP that cannot "
+        "reach it is flagged in the report. Output must be .mkv; `gopflow restore` gives the "
+        "full-size, full-rate video.",
+    )
+    goal = qro.add_mutually_exclusive_group()
+    goal.add_argument("--target-vmaf", type=float, metavar="V", help="VMAF target (e.g. 93)")
+    goal.add_argument(
+        "--target-vmaf-neg", type=float, metavar="V",
+        help="VMAF NEG target (use when precoding may enhance the picture)",
+    )
+    goal.add_argument("--target-psnr", type=float, metavar="DB", help="PSNR-Y target in dB")
+    goal.add_argument(
+        "--max-bitrate", type=_bitrate_kbps, metavar="B",
+        help="QRO budget: best VMAF within this average bitrate per GOP (e.g. 2M)",
+    )
+    qro.add_argument(
+        "--qro-scales", default="1,3/4,2/3,1/2", help="spatial scales to try (1,3/4,2/3,1/2)"
+    )
+    qro.add_argument("--no-half-rate", action="store_true", help="never halve the frame rate")
+    qro.add_argument("--probe-preset", default="veryfast", help="preset of probe encodes")
+    qro.add_argument(
+        "--qro-tolerance", type=float, default=0.5,
+        help="a GOP passes its check at target minus this (0.5)",
+    )
+    qro.add_argument("--max-reencodes", type=int, default=3, help="stricter re-encodes (3)")
+    qro.add_argument("--decisions", metavar="FILE", help="apply per-GOP decisions (no search)")
+    qro.add_argument("--save-decisions", metavar="FILE", help="write per-GOP decisions (JSON)")
     out = tr.add_argument_group("reporting")
     out.add_argument("--report", help="write a JSON report (per-GOP frames, bytes, seconds)")
     out.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar (default: when stderr is a terminal)",
     )
+    tr_plot = out.add_argument
+    tr_plot("--plot", metavar="PNG", help="plot per-GOP bitrate, quality and decisions")
+
+    restore = commands.add_parser(
+        "restore",
+        help="full-size, full-rate video from a gopflow output",
+        description=(
+            "Write what the viewer of OUTPUT gets: every frame at the source's size, frame "
+            "rate and frame count (from OUTPUT's tags), down-scaled GOPs up-scaled (bicubic) "
+            "and half-rate GOPs restored by frame repetition; audio copied. FILE: .y4m (raw), "
+            ".mkv (FFV1 lossless) or .mp4 (x264 lossless)."
+        ),
+    )
+    restore.add_argument("input", metavar="OUTPUT", help="a file written by gopflow transcode")
+    restore.add_argument("-o", "--output", required=True, metavar="FILE")
     add_compare_parser(commands)
     return parser
 
@@ -181,6 +235,13 @@ def _transcode(args: argparse.Namespace) -> int:
         progress=args.progress,
         copy_audio=not args.no_audio,
     )
+    config = replace(
+        config,
+        qro=_qro_settings(args),
+        decisions_in=args.decisions,
+        decisions_out=args.save_decisions,
+        plot=args.plot,
+    )
     report = run_transcode(config, log=lambda message: print(message, file=sys.stderr))
     totals = report.to_dict()["totals"]
     print(
@@ -188,6 +249,50 @@ def _transcode(args: argparse.Namespace) -> int:
         f"{report.output_height}, {totals['gops']} GOPs ({totals['resumed_gops']} resumed), "
         f"{totals['bitrate_kbps']:.0f} kbit/s, {report.wall_seconds:.1f} s "
         f"({totals['fps']:.1f} fps)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _qro_settings(args: argparse.Namespace) -> QroSettings | None:
+    from fractions import Fraction
+
+    from gopflow.pipeline.qro_stage import QroSettings
+    from gopflow.quality.qro import QroTarget, parse_scale
+
+    if args.target_vmaf is not None:
+        target = QroTarget("vmaf", target=args.target_vmaf)
+    elif args.target_vmaf_neg is not None:
+        target = QroTarget("vmaf_neg", target=args.target_vmaf_neg)
+    elif args.target_psnr is not None:
+        target = QroTarget("psnr_y", target=args.target_psnr)
+    elif args.max_bitrate is not None:
+        target = QroTarget("vmaf", max_bitrate_kbps=float(args.max_bitrate))
+    else:
+        if args.decisions or args.save_decisions:
+            raise UsageError("--decisions/--save-decisions need a QRO target or --max-bitrate")
+        return None
+    scales = tuple(sorted({parse_scale(part.strip()) for part in args.qro_scales.split(",")},
+                          reverse=True))
+    if Fraction(1) not in scales:
+        scales = (Fraction(1), *scales)
+    return QroSettings(
+        target=target,
+        probe_preset=args.probe_preset,
+        scales=scales,
+        half_rate=not args.no_half_rate,
+        tolerance=args.qro_tolerance,
+        max_reencodes=max(0, args.max_reencodes),
+    )
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from gopflow.jobs.restore import run_restore
+
+    result = run_restore(args.input, args.output)
+    print(
+        f"wrote {result.output}: {result.frames} frames, {result.width}x{result.height}, "
+        f"{float(result.fps):.3f} fps",
         file=sys.stderr,
     )
     return 0
@@ -206,7 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"probe": _probe, "transcode": _transcode, "compare": run_compare}
+    handlers = {
+        "probe": _probe,
+        "transcode": _transcode,
+        "restore": _restore,
+        "compare": run_compare,
+    }
     try:
         return handlers[args.command](args)
     except GopflowError as exc:

@@ -161,6 +161,7 @@ class EncodedGop:
     frames: int
     encode_seconds: float
     node_id: str = ""
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class GopRecord:
     encode_seconds: float
     node_id: str
     resumed: bool = False
+    decision: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,7 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gopflow.errors import EncoderError, UsageError
@@ -66,15 +66,17 @@ def _rate_args(settings: EncodeSettings) -> list[str]:
     return ["-crf", f"{crf:g}"]
 
 
-def _codec_args(settings: EncodeSettings) -> list[str]:
+def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> list[str]:
     threads = max(1, settings.threads)
+    # In-band parameter sets let one stream change resolution from GOP to GOP.
+    repeat = ":repeat-headers=1" if in_band_headers else ""
     if settings.codec == "x264":
         return [
             "-c:v", "libx264",
             "-preset", settings.preset,
             "-threads", str(threads),
             "-g", str(settings.keyint),
-            "-x264-params", "open-gop=0:sliced-threads=0",
+            "-x264-params", f"open-gop=0:sliced-threads=0{repeat}",
         ]
     if settings.codec == "x265":
         params = [
@@ -84,6 +86,8 @@ def _codec_args(settings: EncodeSettings) -> list[str]:
             f"frame-threads={min(threads, 4)}",
             "log-level=error",
         ]
+        if in_band_headers:
+            params.append("repeat-headers=1")
         return [
             "-c:v", "libx265",
             "-preset", settings.preset,
@@ -93,12 +97,26 @@ def _codec_args(settings: EncodeSettings) -> list[str]:
     raise UsageError(f"unknown codec {settings.codec!r}; choose x264 or x265")
 
 
-def build_command(ffmpeg: str, source: SourceFormat, settings: EncodeSettings,
-                  output: str) -> list[str]:
-    """The ffmpeg command that encodes raw frames on stdin into an MP4 segment."""
+def build_command(
+    ffmpeg: str,
+    source: SourceFormat,
+    settings: EncodeSettings,
+    output: str,
+    pre_filters: Sequence[str] = (),
+    input_path: str = "pipe:0",
+    in_band_headers: bool = False,
+) -> list[str]:
+    """The ffmpeg command that encodes raw frames (stdin, or a raw file) to an MP4 segment.
+
+    ``pre_filters`` (e.g. a precoder's down-sampling) run before padding and conversion;
+    timestamps pass through untouched, so dropped frames leave gaps the decoder fills.
+    """
     in_fmt = feed_format(source.pix_fmt, settings.pix_fmt)
+    filters = list(pre_filters)
     width, height = coded_size(source.width, source.height, settings.pix_fmt)
-    filters = []
+    if any(f.startswith("scale=") for f in filters):
+        # A precoder's scaler already chose an even coded size.
+        width, height = source.width, source.height
     if (width, height) != (source.width, source.height):
         pad_x, pad_y = width - source.width, height - source.height
         filters.append(f"pad={width}:{height}:0:0")
@@ -107,18 +125,19 @@ def build_command(ffmpeg: str, source: SourceFormat, settings: EncodeSettings,
         filters.append(f"format={settings.pix_fmt}")
     colour = _colour_args(source)
     command = [
-        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
+        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", in_fmt,
         "-s", f"{source.width}x{source.height}",
         "-framerate", f"{source.fps.numerator}/{source.fps.denominator}",
         *colour,
-        "-i", "pipe:0",
+        "-i", input_path,
         "-an", "-sn", "-dn",
     ]
     if filters:
         command += ["-vf", ",".join(filters)]
     command += [
-        *_codec_args(settings),
+        "-fps_mode", "passthrough",
+        *_codec_args(settings, in_band_headers),
         *_rate_args(settings),
         "-pix_fmt", settings.pix_fmt,
         *colour,

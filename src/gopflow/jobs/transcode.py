@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Any
 
 from gopflow.codecs.ffmpeg_encoder import ENCODER_NAMES, PRESETS, coded_size
 from gopflow.errors import OutputError, UsageError
@@ -23,9 +25,11 @@ from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.probe import frame_timestamps, probe
 from gopflow.pipeline.assemble import assemble, container_for
 from gopflow.pipeline.plan import DEFAULT_SCENE_THRESHOLD, detect_scene_cuts, plan_gops
+from gopflow.pipeline.qro_stage import QroGopStage, QroGopTask, QroSettings
 from gopflow.pipeline.runner import RayRunner
 from gopflow.pipeline.stage import GopEncodeStage
 from gopflow.pipeline.workdir import WorkDir, atomic_write_json
+from gopflow.quality.qro import Candidate, Decision, load_decisions, save_decisions
 from gopflow.types import (
     EncodeSettings,
     GopRecord,
@@ -59,9 +63,20 @@ class TranscodeConfig:
     report: str | None = None
     progress: bool | None = None
     copy_audio: bool = True
+    qro: QroSettings | None = None
+    decisions_in: str | None = None
+    decisions_out: str | None = None
+    plot: str | None = None
 
     def validate(self) -> None:
         s = self.settings
+        if self.qro is not None and container_for(self.output) != "matroska":
+            raise UsageError(
+                "QRO may change resolution and frame rate from GOP to GOP: write .mkv "
+                "(in-band parameter sets), then `gopflow restore` for full size and rate"
+            )
+        if self.decisions_in is not None and self.qro is None:
+            raise UsageError("--decisions needs a QRO target (--target-vmaf/--target-psnr/...)")
         if s.codec not in ENCODER_NAMES:
             raise UsageError(f"unknown codec {s.codec!r}; choose x264 or x265")
         if s.preset not in PRESETS:
@@ -150,7 +165,10 @@ def run_transcode(
         "scene_detect": config.scene_detect,
         "scene_threshold": config.scene_threshold,
         "copy_audio": config.copy_audio,
+        "qro": config.qro.to_dict() if config.qro else None,
+        "decisions": _file_digest(config.decisions_in),
     }
+    forced = _forced_candidates(config.decisions_in)
     root = config.work_dir or os.path.join(
         os.path.dirname(os.path.abspath(config.output)), ".gopflow-work"
     )
@@ -162,20 +180,32 @@ def run_transcode(
         say(f"resuming: {len(finished)} of {len(saved_plan)} GOPs already done in {workdir.path}")
     if saved_plan is not None and len(finished) == len(saved_plan):
         gops = saved_plan
-        tasks: list[GopTask] = []
+        tasks: list[Any] = []
     records = {i: replace(r, resumed=True) for i, r in finished.items()}
     source = _source_format(info)
 
-    def plan_tasks() -> tuple[list[GopSpec], list[GopTask]]:
+    def plan_tasks() -> tuple[list[GopSpec], list[Any]]:
         planned = saved_plan
         if planned is None:
             planned = _plan(info, config)
             workdir.save_plan(info.to_dict(), planned)
-        todo = [
+        todo: list[Any] = [
             GopTask(info.path, info.stream_index, info.read_mode, gop, source, settings)
             for gop in planned
             if gop.index not in finished
         ]
+        if config.qro is not None:
+            probes = os.path.join(workdir.path, "probes")
+            os.makedirs(probes, exist_ok=True)
+            todo = [
+                QroGopTask(
+                    base=task,
+                    qro=config.qro,
+                    probe_cache=os.path.join(probes, f"gop_{task.gop.index:05d}.json"),
+                    forced=forced.get(task.gop.index),
+                )
+                for task in todo
+            ]
         return planned, todo
 
     from tqdm import tqdm
@@ -204,23 +234,25 @@ def run_transcode(
                         )
                     slots = max(1, cpus // settings.threads)
                     results = runner.map_lanes(
-                        GopEncodeStage,
+                        GopEncodeStage if config.qro is None else QroGopStage,
                         tasks,
                         describe=_describe,
-                        cost=lambda task: task.gop.frame_count,
+                        cost=lambda task: _gop_of(task).frame_count,
                         cpus_per_item=settings.threads,
                         actors=min(config.workers or slots, slots),
                         max_retries=config.max_retries,
                     )
                     for task, encoded, node in results:
+                        gop = _gop_of(task)
                         record = GopRecord(
-                            index=task.gop.index,
-                            start_frame=task.gop.start_frame,
+                            index=gop.index,
+                            start_frame=gop.start_frame,
                             frames=encoded.frames,
                             bytes=len(encoded.data),
                             sha256=hashlib.sha256(encoded.data).hexdigest(),
                             encode_seconds=round(encoded.encode_seconds, 4),
                             node_id=node,
+                            decision=encoded.details,
                         )
                         workdir.record(record, encoded.data)
                         records[record.index] = record
@@ -228,15 +260,24 @@ def run_transcode(
                     mark("encoded")
 
     ordered = [records[g.index] for g in gops]
-    expected = coded_size(info.width, info.height, settings.pix_fmt)
-    check = assemble(
-        [workdir.segment_path(g.index) for g in gops],
-        info,
-        config.output,
-        workdir.path,
-        expected,
-        copy_audio=config.copy_audio,
-    )
+    segments = [workdir.segment_path(g.index) for g in gops]
+    tags = source_tags(info)
+    if config.qro is None:
+        expected = coded_size(info.width, info.height, settings.pix_fmt)
+        check = assemble(
+            segments, info, config.output, workdir.path, expected,
+            copy_audio=config.copy_audio, tags=tags,
+        )
+    else:
+        coded = sum(int((r.decision or {}).get("coded_frames", r.frames)) for r in ordered)
+        check = assemble(
+            segments, info, config.output, workdir.path, None,
+            copy_audio=config.copy_audio,
+            durations=[g.frame_count / float(info.fps) for g in gops],
+            expected_frames=coded, tags=tags,
+        )
+        if config.decisions_out:
+            save_decisions(config.decisions_out, [_as_decision(r) for r in ordered])
     mark("assembled")
     report = TranscodeReport(
         input=info.path,
@@ -253,9 +294,57 @@ def run_transcode(
     )
     if config.report:
         atomic_write_json(os.path.abspath(config.report), report.to_dict())
+    if config.plot:
+        from gopflow.jobs.plots import plot_gops
+
+        plot_gops(report, config.plot)
     if not config.keep_work:
         workdir.remove()
     return report
+
+
+def _gop_of(task: GopTask | QroGopTask) -> GopSpec:
+    return task.base.gop if isinstance(task, QroGopTask) else task.gop
+
+
+def source_tags(info: VideoInfo) -> dict[str, str]:
+    """Container tags that let ``gopflow restore`` rebuild the source's geometry."""
+    return {
+        "GOPFLOW_SOURCE_WIDTH": str(info.width),
+        "GOPFLOW_SOURCE_HEIGHT": str(info.height),
+        "GOPFLOW_SOURCE_FPS": f"{info.fps.numerator}/{info.fps.denominator}",
+        "GOPFLOW_SOURCE_FRAMES": str(info.frame_count),
+    }
+
+
+def _file_digest(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError as exc:
+        raise UsageError(f"cannot read decisions file {path}: {exc.strerror}") from exc
+
+
+def _forced_candidates(path: str | None) -> dict[int, Candidate]:
+    if path is None:
+        return {}
+    return {index: decision.candidate for index, decision in load_decisions(path).items()}
+
+
+def _as_decision(record: GopRecord) -> Decision:
+    details = record.decision or {}
+    return Decision(
+        gop_index=record.index,
+        scale=Fraction(details.get("scale", "1")),
+        half_rate=bool(details.get("half_rate", False)),
+        crf=float(details.get("crf", 23.0)),
+        probes=(),
+        expected_bits=int(details.get("bits", record.bytes * 8)),
+        expected_quality=float(details.get("quality", 0.0)),
+        meets_target=bool(details.get("passed", True)),
+    )
 
 
 def report_json(report: TranscodeReport) -> str:

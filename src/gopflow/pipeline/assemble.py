@@ -48,12 +48,18 @@ class OutputCheck:
     duration_seconds: float
 
 
-def _concat_list(paths: Sequence[str], list_path: str) -> None:
+def _concat_list(
+    paths: Sequence[str], list_path: str, durations: Sequence[float] | None = None
+) -> None:
+    """An ffconcat list; explicit durations keep the timeline exact when a segment's last
+    frame stands for more than one source frame (half-rate GOPs)."""
     with open(list_path, "w", encoding="utf-8") as handle:
         handle.write("ffconcat version 1.0\n")
-        for path in paths:
+        for position, path in enumerate(paths):
             quoted = os.path.abspath(path).replace("'", "'\\''")
             handle.write(f"file '{quoted}'\n")
+            if durations is not None:
+                handle.write(f"duration {durations[position]:.9f}\n")
 
 
 def inspect_output(path: str) -> OutputCheck:
@@ -78,14 +84,22 @@ def assemble(
     info: VideoInfo,
     output: str,
     scratch_dir: str,
-    expected_size: tuple[int, int],
+    expected_size: tuple[int, int] | None,
     copy_audio: bool = True,
+    durations: Sequence[float] | None = None,
+    expected_frames: int | None = None,
+    tags: dict[str, str] | None = None,
 ) -> OutputCheck:
-    """Write ``output`` from ``segments`` (in order) plus the source's audio; verify it."""
+    """Write ``output`` from ``segments`` (in order) plus the source's audio; verify it.
+
+    A precoded job (GOPs of different sizes and frame rates) passes ``durations`` (seconds
+    of source time per segment), ``expected_frames`` (coded frames) and no
+    ``expected_size``; ``tags`` (container metadata) carry what restoration needs.
+    """
     muxer = container_for(output)
     tool = find_ffmpeg()
     list_path = os.path.join(scratch_dir, "concat.txt")
-    _concat_list(segments, list_path)
+    _concat_list(segments, list_path, durations)
     directory = os.path.dirname(os.path.abspath(output))
     temp = os.path.join(directory, f".{os.path.basename(output)}.gopflow-partial")
     video_offset = max(0.0, info.start_seconds - info.container_start_seconds)
@@ -108,8 +122,11 @@ def assemble(
     if info.rotation:
         command += ["-metadata:s:v:0", f"rotate={info.rotation}"]
     command += ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact"]
+    for key, value in sorted((tags or {}).items()):
+        command += ["-metadata", f"{key}={value}"]
+
     if muxer in ("mp4", "mov"):
-        command += ["-movflags", "+faststart"]
+        command += ["-movflags", "+faststart+use_metadata_tags" if tags else "+faststart"]
     command += ["-f", muxer, temp]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
@@ -117,17 +134,19 @@ def assemble(
             last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
             raise OutputError(f"assembling {output} failed: {last}")
         check = inspect_output(temp)
-        width, height = expected_size
-        if check.frames != info.frame_count:
-            raise FrameCountError(
-                f"assembled output has {check.frames} frames, the source {info.frame_count}"
-            )
-        if (check.width, check.height) != (width, height):
-            raise FrameCountError(
-                f"assembled output is {check.width}x{check.height}, expected {width}x{height}"
-            )
-        if abs(float(check.fps) - float(info.fps)) > 1e-3 * float(info.fps):
-            raise FrameCountError(f"assembled output runs at {check.fps} fps, not {info.fps}")
+        frames = info.frame_count if expected_frames is None else expected_frames
+        if check.frames != frames:
+            raise FrameCountError(f"assembled output has {check.frames} frames, expected {frames}")
+        if expected_size is not None:
+            width, height = expected_size
+            if (check.width, check.height) != (width, height):
+                raise FrameCountError(
+                    f"assembled output is {check.width}x{check.height}, expected {width}x{height}"
+                )
+            if abs(float(check.fps) - float(info.fps)) > 1e-3 * float(info.fps):
+                raise FrameCountError(
+                    f"assembled output runs at {check.fps} fps, not {info.fps}"
+                )
         os.replace(temp, output)
         return check
     finally:

@@ -1,0 +1,113 @@
+"""``gopflow restore``: what the viewer gets, from a gopflow output file alone.
+
+Data flow: the output's tags (source width, height, fps, frame count; written at assembly)
+-> PyAV decode of every coded frame (sizes and frame rates may change per GOP) ->
+:func:`gopflow.precoders.restore.restore_frames` (crop padding or bicubic up-scale; frame
+repetition onto the source's frame grid) -> ffmpeg: Y4M (raw), MKV (FFV1, lossless) or MP4
+(x264 lossless), audio copied -> temp name -> checked frame count -> rename.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+
+from gopflow.errors import FrameCountError, InputError, OutputError, UsageError
+from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.probe import open_input, probe
+from gopflow.media.reader import feed_format
+from gopflow.pipeline.assemble import inspect_output
+from gopflow.precoders.restore import RestoreTarget, restore_frames
+
+_WRITERS = {
+    ".y4m": ["-c:v", "rawvideo", "-f", "yuv4mpegpipe"],
+    ".mkv": ["-c:v", "ffv1", "-level", "3", "-f", "matroska"],
+    ".mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-f", "mp4"],
+}
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What ``restore`` wrote."""
+
+    output: str
+    frames: int
+    width: int
+    height: int
+    fps: Fraction
+
+
+def restore_target(path: str) -> RestoreTarget:
+    """The source geometry recorded in a gopflow output (else the stream's own)."""
+    info = probe(path)
+    with open_input(path) as container:
+        tags = {k.upper(): v for k, v in container.metadata.items()}
+        tags.update({k.upper(): v for k, v in container.streams.video[0].metadata.items()})
+    pix_fmt = feed_format(info.pix_fmt, "yuv420p")
+    try:
+        if "GOPFLOW_SOURCE_WIDTH" in tags:
+            return RestoreTarget(
+                width=int(tags["GOPFLOW_SOURCE_WIDTH"]),
+                height=int(tags["GOPFLOW_SOURCE_HEIGHT"]),
+                fps=Fraction(tags["GOPFLOW_SOURCE_FPS"]),
+                frame_count=int(tags["GOPFLOW_SOURCE_FRAMES"]),
+                pix_fmt=pix_fmt,
+            )
+    except (KeyError, ValueError, ZeroDivisionError) as exc:
+        raise InputError(f"{path} has malformed gopflow source tags: {exc}") from exc
+    return RestoreTarget(info.width, info.height, info.fps, info.frame_count, pix_fmt)
+
+
+def run_restore(source: str, output: str) -> RestoreResult:
+    """Write ``output`` with the full-size, full-rate frames a viewer of ``source`` gets."""
+    extension = os.path.splitext(output)[1].lower()
+    if extension not in _WRITERS:
+        raise UsageError(f"restore writes .y4m, .mkv or .mp4, not {extension or '(none)'!r}")
+    target = restore_target(source)
+    info = probe(source)
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise OutputError(f"output directory is not writable: {directory}")
+    temp = os.path.join(directory, f".{os.path.basename(output)}.gopflow-partial")
+    rate = f"{target.fps.numerator}/{target.fps.denominator}"
+    command = [
+        find_ffmpeg().path, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", target.pix_fmt, "-s", f"{target.width}x{target.height}",
+        "-framerate", rate, "-i", "pipe:0",
+    ]
+    audio = extension != ".y4m" and bool(info.audio)
+    if audio:
+        command += ["-i", info.path, "-map", "0:v", "-map", "1:a", "-c:a", "copy"]
+    command += [*_WRITERS[extension], "-fflags", "+bitexact", temp]
+    log_path = temp + ".log"
+    try:
+        with open(log_path, "wb") as log, open_input(source) as container:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=log)
+            assert process.stdin is not None
+            try:
+                decoded = container.decode(container.streams[info.stream_index])
+                for frame in restore_frames(decoded, target):
+                    process.stdin.write(frame)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            code = process.wait()
+        if code != 0:
+            with open(log_path, "rb") as log:
+                last = (log.read().decode("utf-8", "replace").strip().splitlines() or ["?"])[-1]
+            raise OutputError(f"writing {output} failed: {last}")
+        got = inspect_output(temp).frames
+        if got != target.frame_count:
+            raise FrameCountError(f"restored {got} frames, the source had {target.frame_count}")
+        os.replace(temp, output)
+    finally:
+        for leftover in (temp, log_path):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return RestoreResult(output, target.frame_count, target.width, target.height, target.fps)

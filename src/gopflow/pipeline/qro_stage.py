@@ -1,0 +1,259 @@
+"""The QRO stage: choose and verify each GOP's scale, frame rate and CRF, then encode it.
+
+After ViSTRA's QRO (Afonso, Zhang, Bull, TCSVT 2019) and the target-quality search of
+Av1an / ab-av1, run per GOP inside a worker (no knowledge of Ray). Data flow::
+
+    GOP frames (GopReader, decoded once) -> raw source file (scratch, one GOP)
+      -> probes: fast-preset encode of a candidate (down-sampled: precoders.resample)
+                 -> decode -> restore (precoders.restore) -> score vs source (libvmaf / psnr)
+      -> decide (quality.qro: interpolated CRF search per mode, cheapest mode meeting target)
+      -> final encode at the user's preset -> the same restore + score (the check)
+      -> below target: re-encode stricter (bounded); still below: flagged, never hidden
+
+Probe results are cached per GOP in the work dir (``probes/gop_NNNNN.json``) so a resumed
+job re-probes nothing it already measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Any
+
+import av
+
+from gopflow.codecs.ffmpeg_encoder import build_command
+from gopflow.errors import EncoderError
+from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.reader import feed_format, frame_bytes
+from gopflow.pipeline.stage import GopEncodeStage
+from gopflow.pipeline.workdir import atomic_write_json
+from gopflow.precoders.resample import ResampleMode, down_filters
+from gopflow.precoders.restore import RestoreTarget, restore_frames
+from gopflow.quality.gop_quality import GopScore, score_restored
+from gopflow.quality.qro import SCALES, Candidate, Decision, ProbeResult, QroTarget, decide
+from gopflow.quality.qro import stricter as stricter_candidate
+from gopflow.types import EncodedGop, GopTask
+
+_METRIC_FOR_SCORING = {"vmaf": "vmaf", "vmaf_neg": "vmaf_neg", "psnr_y": "psnr", "psnr": "psnr"}
+
+
+@dataclass(frozen=True)
+class QroSettings:
+    """How QRO searches and checks (identical for every GOP; part of the work-dir key)."""
+
+    target: QroTarget
+    probe_preset: str = "veryfast"
+    scales: tuple[Fraction, ...] = SCALES
+    half_rate: bool = True
+    tolerance: float = 0.5
+    max_reencodes: int = 3
+    crf_range: tuple[float, float] = (10.0, 51.0)
+    start_crf: float = 23.0
+    max_probes_per_mode: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.target.metric,
+            "target": self.target.target,
+            "max_bitrate_kbps": self.target.max_bitrate_kbps,
+            "probe_preset": self.probe_preset,
+            "scales": [f"{s.numerator}/{s.denominator}" for s in self.scales],
+            "half_rate": self.half_rate,
+            "tolerance": self.tolerance,
+            "max_reencodes": self.max_reencodes,
+            "crf_range": list(self.crf_range),
+            "start_crf": self.start_crf,
+            "max_probes_per_mode": self.max_probes_per_mode,
+        }
+
+
+@dataclass(frozen=True)
+class QroGopTask:
+    """One GOP for the QRO stage; ``forced`` skips the search (a re-applied decision)."""
+
+    base: GopTask
+    qro: QroSettings
+    probe_cache: str | None = None
+    forced: Candidate | None = None
+    measure_threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _ProbeCache:
+    """Probe results of one GOP, persisted atomically after every new probe."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.results: dict[str, ProbeResult] = {}
+        if path and os.path.exists(path):
+            with (
+                contextlib.suppress(OSError, ValueError, KeyError, TypeError),
+                open(path, encoding="utf-8") as handle,
+            ):
+                for item in json.load(handle)["probes"]:
+                    result = ProbeResult.from_dict(item)
+                    self.results[result.candidate.key] = result
+
+    def get(self, candidate: Candidate) -> ProbeResult | None:
+        return self.results.get(candidate.key)
+
+    def put(self, result: ProbeResult) -> None:
+        self.results[result.candidate.key] = result
+        if self.path:
+            with contextlib.suppress(OSError):
+                atomic_write_json(
+                    self.path, {"probes": [r.to_dict() for r in self.results.values()]}
+                )
+
+
+class QroGopStage:
+    """Decides, encodes and checks GOPs one after another (keeps its decoder open)."""
+
+    def __init__(self) -> None:
+        self._frames = GopEncodeStage()
+
+    def close(self) -> None:
+        self._frames.close()
+
+    # -- building blocks -------------------------------------------------------------
+    @staticmethod
+    def _encode(task: QroGopTask, raw: str, candidate: Candidate, preset: str,
+                scratch: str, final: bool) -> bytes:
+        base = task.base
+        settings = replace(
+            base.settings, preset=preset, crf=candidate.crf, bitrate_kbps=None,
+            maxrate_kbps=None, bufsize_kbps=None,
+        )
+        source = replace(base.source, pix_fmt=feed_format(base.source.pix_fmt,
+                                                          base.settings.pix_fmt))
+        mode = ResampleMode(candidate.scale, candidate.half_rate)
+        output = os.path.join(scratch, "final.mp4" if final else "probe.mp4")
+        command = build_command(
+            find_ffmpeg().path, source, settings, output,
+            pre_filters=down_filters(source.width, source.height, mode),
+            input_path=raw, in_band_headers=True,
+        )
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0 or not os.path.exists(output):
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise EncoderError(f"{settings.codec} failed on candidate {candidate.key}: {last}")
+        with open(output, "rb") as handle:
+            return handle.read()
+
+    @staticmethod
+    def _score(task: QroGopTask, data: bytes, raw: str, target: RestoreTarget,
+               scratch: str) -> GopScore:
+        path = os.path.join(scratch, "scored.mp4")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        metric = _METRIC_FOR_SCORING.get(task.qro.target.metric, task.qro.target.metric)
+        with av.open(path) as container:
+            return score_restored(
+                restore_frames(container.decode(video=0), target), raw, target, metric,
+                threads=task.measure_threads,
+            )
+
+    # -- the stage -------------------------------------------------------------------
+    def __call__(self, task: QroGopTask) -> EncodedGop:
+        started = time.perf_counter()
+        base, qro = task.base, task.qro
+        gop = base.gop
+        fps = float(base.source.fps)
+        raw_fmt = feed_format(base.source.pix_fmt, base.settings.pix_fmt)
+        target = RestoreTarget(
+            base.source.width, base.source.height, base.source.fps, gop.frame_count, raw_fmt
+        )
+        reader = self._frames._reader_for(base)
+        with tempfile.TemporaryDirectory(prefix="gopflow-qro-") as scratch:
+            raw = os.path.join(scratch, "source.yuv")
+            with open(raw, "wb") as handle:
+                for frame in reader.read(gop):
+                    handle.write(frame_bytes(frame, raw_fmt))
+            cache = _ProbeCache(task.probe_cache)
+
+            def probe(candidate: Candidate) -> ProbeResult:
+                known = cache.get(candidate)
+                if known is not None:
+                    return known
+                data = self._encode(task, raw, candidate, qro.probe_preset, scratch, False)
+                score = self._score(task, data, raw, target, scratch)
+                result = ProbeResult(candidate, len(data) * 8, score.mean, score.minimum)
+                cache.put(result)
+                return result
+
+            if task.forced is not None:
+                decision: Decision | None = None
+                candidate = task.forced
+            else:
+                decision = decide(
+                    gop.index, probe, qro.target, gop.frame_count, fps,
+                    scales=qro.scales,
+                    rates=(False, True) if qro.half_rate else (False,),
+                    crf_range=qro.crf_range, start_crf=qro.start_crf,
+                    max_probes_per_mode=qro.max_probes_per_mode,
+                )
+                candidate = decision.candidate
+            attempts: list[dict[str, Any]] = []
+            budget = (
+                qro.target.budget_bits(gop.frame_count, fps)
+                if qro.target.max_bitrate_kbps is not None else None
+            )
+            data = b""
+            passed = False
+            while True:
+                data = self._encode(task, raw, candidate, base.settings.preset, scratch, True)
+                score = self._score(task, data, raw, target, scratch)
+                bits = len(data) * 8
+                if budget is not None:
+                    passed = bits <= budget
+                else:
+                    assert qro.target.target is not None
+                    passed = score.mean >= qro.target.target - qro.tolerance
+                attempts.append({
+                    "candidate": candidate.to_dict(), "bits": bits,
+                    "quality": round(score.mean, 4), "min_quality": round(score.minimum, 4),
+                    "passed": passed,
+                })
+                if passed or len(attempts) > qro.max_reencodes:
+                    break
+                following = (
+                    Candidate(candidate.scale, candidate.half_rate,
+                              min(qro.crf_range[1], candidate.crf + 2.0))
+                    if budget is not None
+                    else stricter_candidate(candidate, crf_min=qro.crf_range[0],
+                                            scales=qro.scales)
+                )
+                if following is None or following == candidate:
+                    break
+                candidate = following
+        details = {
+            "scale": f"{candidate.scale.numerator}/{candidate.scale.denominator}",
+            "half_rate": candidate.half_rate,
+            "crf": candidate.crf,
+            "coded_frames": ResampleMode(candidate.scale, candidate.half_rate).coded_frames(
+                gop.frame_count
+            ),
+            "metric": qro.target.metric,
+            "quality": attempts[-1]["quality"],
+            "min_quality": attempts[-1]["min_quality"],
+            "bits": attempts[-1]["bits"],
+            "passed": passed,
+            "flagged": not passed,
+            "forced": task.forced is not None,
+            "probes": [p.to_dict() for p in (decision.probes if decision else ())],
+            "attempts": attempts,
+        }
+        return EncodedGop(
+            index=gop.index,
+            data=data,
+            frames=gop.frame_count,
+            encode_seconds=time.perf_counter() - started,
+            details=details,
+        )

@@ -1,0 +1,102 @@
+"""Quality of one restored GOP against its source frames, measured inside a worker.
+
+Data flow: restored full-size frames (packed planar bytes, from
+:func:`gopflow.precoders.restore.restore_frames`) on ffmpeg's stdin + the source GOP's raw
+frames from a file -> libvmaf (default or NEG model) or ffmpeg's psnr filter -> per-frame
+scores from the filter's log -> mean and minimum.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gopflow.errors import EncoderError, MetricError, UsageError
+from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.precoders.restore import RestoreTarget
+from gopflow.quality.vmaf import VMAF_MODELS, read_vmaf_log
+
+GOP_METRICS = ("vmaf", "vmaf_neg", "psnr")
+_PSNR_Y = re.compile(r"psnr_y:(\S+)")
+
+
+@dataclass(frozen=True)
+class GopScore:
+    """A GOP's pooled quality."""
+
+    metric: str
+    mean: float
+    minimum: float
+    frames: int
+
+
+def _raw_input(target: RestoreTarget, path: str, threads: int) -> list[str]:
+    rate = f"{target.fps.numerator}/{target.fps.denominator}"
+    return [
+        "-threads", str(threads), "-f", "rawvideo", "-pix_fmt", target.pix_fmt,
+        "-s", f"{target.width}x{target.height}", "-framerate", rate, "-i", path,
+    ]
+
+
+def score_restored(
+    restored: Iterable[bytes],
+    source_raw: str,
+    target: RestoreTarget,
+    metric: str = "vmaf",
+    threads: int = 1,
+) -> GopScore:
+    """Score restored frames against the source GOP's raw file with ``metric``."""
+    if metric not in GOP_METRICS:
+        raise UsageError(f"unknown quality metric {metric!r}; use {', '.join(GOP_METRICS)}")
+    tool = find_ffmpeg()
+    with tempfile.TemporaryDirectory(prefix="gopflow-score-") as scratch:
+        if metric == "psnr":
+            log = os.path.join(scratch, "psnr.log")
+            sink = f"psnr=stats_file={os.path.basename(log)}"
+        else:
+            tool.require(filters=["libvmaf"])
+            log = os.path.join(scratch, "vmaf.json")
+            sink = (
+                f"libvmaf=model='version={VMAF_MODELS[metric]}\\:name={metric}'"
+                f":log_fmt=json:log_path={os.path.basename(log)}:n_threads={threads}"
+            )
+        command = [
+            tool.path, "-nostdin", "-hide_banner", "-loglevel", "error",
+            *_raw_input(target, "pipe:0", threads),
+            *_raw_input(target, source_raw, threads),
+            "-filter_complex", f"[0:v][1:v]{sink}", "-f", "null", "-",
+        ]
+        with open(os.path.join(scratch, "ffmpeg.log"), "wb") as errors:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=errors, cwd=scratch)
+            assert process.stdin is not None
+            try:
+                for frame in restored:
+                    process.stdin.write(frame)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            code = process.wait()
+        if code != 0:
+            with open(os.path.join(scratch, "ffmpeg.log"), "rb") as errors:
+                tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+            raise EncoderError(f"quality measurement failed: {' '.join(tail) or code}")
+        if metric == "psnr":
+            with open(log, encoding="utf-8") as handle:
+                values = [float(m.group(1)) for m in _PSNR_Y.finditer(handle.read())]
+            values = [100.0 if math.isinf(v) else v for v in values]
+        else:
+            values = list(read_vmaf_log(log, [metric])[metric])
+    if len(values) != target.frame_count:
+        raise MetricError(
+            f"scored {len(values)} frames, the GOP has {target.frame_count}"
+        )
+    return GopScore(metric, sum(values) / len(values), min(values), len(values))
