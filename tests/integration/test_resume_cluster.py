@@ -25,6 +25,14 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "gopflow.cli", *args]
 
 
+# A background shell (CI may be one) starts children with SIGINT ignored; a user's Ctrl-C
+# reaches a foreground job with the default handler, which this restores.
+_CTRL_C_ABLE = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from gopflow.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def _transcode(src: str, out: Path, *extra: str) -> dict:
     report = str(out) + ".json"
     done = subprocess.run(
@@ -49,8 +57,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def test_interrupted_run_resumes_byte_identical(tmp_path: Path, reference: bytes) -> None:
     src, out, work = media(CLIP), tmp_path / "out.mp4", tmp_path / "work"
     process = subprocess.Popen(
-        _cli("transcode", src, "-o", str(out), "--crf", "26", "--preset", "faster",
-             "--no-progress", "--work-dir", str(work)),
+        [sys.executable, "-c", _CTRL_C_ABLE, "transcode", src, "-o", str(out), "--crf", "26",
+         "--preset", "faster", "--no-progress", "--work-dir", str(work)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 300

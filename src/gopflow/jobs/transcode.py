@@ -277,7 +277,11 @@ def run_transcode(
             expected_frames=coded, tags=tags,
         )
         if config.decisions_out:
-            save_decisions(config.decisions_out, [_as_decision(r) for r in ordered])
+            save_decisions(
+                config.decisions_out,
+                [_as_decision(r) for r in ordered],
+                metric=config.qro.target.metric,
+            )
     mark("assembled")
     report = TranscodeReport(
         input=info.path,

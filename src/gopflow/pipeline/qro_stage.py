@@ -234,7 +234,7 @@ class QroGopStage:
                     break
                 candidate = following
         details = {
-            "scale": f"{candidate.scale.numerator}/{candidate.scale.denominator}",
+            "scale": str(candidate.scale),
             "half_rate": candidate.half_rate,
             "crf": candidate.crf,
             "coded_frames": ResampleMode(candidate.scale, candidate.half_rate).coded_frames(
