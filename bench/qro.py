@@ -136,21 +136,29 @@ class Encode:
         return [(g.start_frame, g.frames) for g in self.gops]
 
 
-def run_logged(command: list[str], log_path: Path) -> float:
-    """Run ``command`` with its output in ``log_path``; wall seconds; raise on failure."""
-    started = time.perf_counter()
-    with log_path.open("w") as out:
-        done = subprocess.run(
-            command, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
-            stdin=subprocess.DEVNULL,
-        )
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
+def run_logged(command: list[str], log_path: Path, retries: int = 0) -> float:
+    """Run ``command`` with its output in ``log_path``; wall seconds of the successful run.
+    A failed run (e.g. a local Ray cluster that timed out starting on a busy machine) is
+    retried up to ``retries`` times; then the last failure is raised."""
+    for attempt in range(retries + 1):
+        started = time.perf_counter()
+        with log_path.open("w") as out:
+            done = subprocess.run(
+                command, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
+                stdin=subprocess.DEVNULL,
+            )
+        seconds = time.perf_counter() - started
+        if done.returncode == 0:
+            return seconds
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(
+        message = (
             f"{' '.join(command)} failed (exit {done.returncode}):\n  " + "\n  ".join(tail)
         )
-    return seconds
+        if attempt == retries:
+            raise RuntimeError(message)
+        log(f"    retrying ({attempt + 1}/{retries}) after: {tail[-1] if tail else message}")
+        time.sleep(5)
+    raise AssertionError("unreachable")
 
 
 def measure_restored(
@@ -198,7 +206,7 @@ def encode(
     ]
     if args.gop_seconds is not None:
         command += ["--gop-seconds", str(args.gop_seconds)]
-    process_seconds = run_logged(command, out_dir / f"{name}.transcode.log")
+    process_seconds = run_logged(command, out_dir / f"{name}.transcode.log", args.retries)
     report = json.loads(report_path.read_text())
     gops_report = sorted(report["gops"], key=lambda g: g["start_frame"])
     totals = report["totals"]
@@ -249,7 +257,6 @@ def search_fixed_crf(
     """Highest integer CRF in [crf_min, crf_max] whose every GOP meets ``floor`` (bisection;
     quality is taken as non-increasing in CRF). None when even crf_min misses the floor."""
     tried: dict[int, Encode] = {}
-    started = time.perf_counter()
 
     def passes(crf: int) -> bool:
         key = {**clip_key(args, source), "crf": crf}
@@ -273,7 +280,8 @@ def search_fixed_crf(
     found = lo if lo >= args.crf_min else None
     if found is None and args.crf_min not in tried:
         passes(args.crf_min)
-    return found, tried, time.perf_counter() - started
+    # Seconds of the search's own work (cached results count what they cost when made).
+    return found, tried, sum(r.process_seconds + r.measure_seconds for r in tried.values())
 
 
 def decisions_summary(gops: list[Gop]) -> str:
@@ -398,16 +406,15 @@ def summary_table(results: list[dict[str, Any]], totals: dict[str, Any]) -> str:
             q["decisions"], f"{q['wall_seconds_per_frame']:.3f}",
             f"{f['wall_seconds_per_frame']:.3f}",
         ])
-    if len(results) > 1:
-        t = totals
-        rows.append([
-            "total", str(t["frames"]), str(t["gops"]), "-", f"{t['fixed_kbps']:.0f}",
-            f"{t['qro_kbps']:.0f}", f"{t['bitrate_saved_percent']:.1f}%",
-            _pct(t["fixed_share_meeting_floor"]), _pct(t["qro_share_meeting_floor"]),
-            _pct(t["qro_share_meeting_floor_worker"]), _pct(t["qro_share_flagged"]),
-            t["qro_decisions"], f"{t['qro_wall_seconds_per_frame']:.3f}",
-            f"{t['fixed_wall_seconds_per_frame']:.3f}",
-        ])
+    t = totals
+    rows.append([
+        "total", str(t["frames"]), str(t["gops"]), "-", f"{t['fixed_kbps']:.0f}",
+        f"{t['qro_kbps']:.0f}", f"{t['bitrate_saved_percent']:.1f}%",
+        _pct(t["fixed_share_meeting_floor"]), _pct(t["qro_share_meeting_floor"]),
+        _pct(t["qro_share_meeting_floor_worker"]), _pct(t["qro_share_flagged"]),
+        t["qro_decisions"], f"{t['qro_wall_seconds_per_frame']:.3f}",
+        f"{t['fixed_wall_seconds_per_frame']:.3f}",
+    ])
     return format_table(rows, frozenset({0, 11}))
 
 
@@ -506,10 +513,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--vmaf-threads", type=int, default=default_threads(), help="libvmaf threads"
     )
+    parser.add_argument(
+        "--retries", type=int, default=2,
+        help="reruns of a failed gopflow transcode (Ray start-up timeouts on busy machines)",
+    )
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "out" / "qro")
     parser.add_argument(
         "--reuse", action="store_true",
-        help="reuse encodes and scores of an earlier run in --out-dir with the same settings",
+        help="reuse encodes and scores of an earlier run in --out-dir with the same settings "
+        "(to finish an interrupted run; not after changing gopflow's code)",
     )
     parser.add_argument(
         "--keep-restored", action="store_true", help="keep the restored FFV1 files"

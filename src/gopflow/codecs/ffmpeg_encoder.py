@@ -11,14 +11,13 @@ wherever a GOP runs.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gopflow.errors import EncoderError, UsageError
-from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.reader import feed_format, frame_bytes
 from gopflow.types import EncodeSettings, SourceFormat
 
@@ -166,25 +165,10 @@ class FfmpegEncoder:
             output = os.path.join(scratch, "gop.mp4")
             log_path = os.path.join(scratch, "ffmpeg.log")
             command = build_command(tool.path, source, self.settings, output)
-            with open(log_path, "wb") as log:
-                # stderr goes to a file, so a chatty encoder can never block on a full pipe.
-                process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=log)
-                assert process.stdin is not None
-                try:
-                    for frame in frames:
-                        process.stdin.write(frame_bytes(frame, in_fmt))
-                    process.stdin.close()
-                except BrokenPipeError:
-                    pass
-                except BaseException:
-                    process.kill()
-                    process.wait()
-                    raise
-                code = process.wait()
+            code, reason = feed_process(
+                command, (frame_bytes(frame, in_fmt) for frame in frames), log_path
+            )
             if code != 0 or not os.path.exists(output):
-                with open(log_path, "rb") as log:
-                    lines = log.read().decode("utf-8", "replace").strip().splitlines()
-                reason = lines[-1] if lines else f"exit code {code}"
                 raise EncoderError(f"{ENCODER_NAMES[self.settings.codec]} failed: {reason}")
             with open(output, "rb") as segment:
                 data = segment.read()

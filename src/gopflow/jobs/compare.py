@@ -11,17 +11,15 @@ a half-written file. Heavy imports (PyAV, torch, matplotlib) happen only when it
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from gopflow.errors import OutputError, UsageError
+from gopflow.fileio import atomic_write
 
 DEFAULT_METRICS = "psnr,ssim,vmaf"
 _POOLING_HEADERS = (("mean", "mean"), ("harmonic_mean", "h.mean"), ("min", "min"), ("p5", "p5"))
@@ -98,31 +96,6 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in its directory, then ``os.replace`` it."""
-    target = os.path.abspath(path)
-    directory = os.path.dirname(target)
-    try:
-        fd, temporary = tempfile.mkstemp(
-            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory
-        )
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
 
 
 def _finite(value: float) -> float | None:

@@ -10,12 +10,11 @@ repetition onto the source's frame grid) -> ffmpeg: Y4M (raw), MKV (FFV1, lossle
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 
 from gopflow.errors import FrameCountError, InputError, OutputError, UsageError
-from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.probe import open_input, probe
 from gopflow.media.reader import feed_format
 from gopflow.pipeline.assemble import inspect_output
@@ -83,25 +82,11 @@ def run_restore(source: str, output: str) -> RestoreResult:
     command += [*_WRITERS[extension], "-fflags", "+bitexact", temp]
     log_path = temp + ".log"
     try:
-        with open(log_path, "wb") as log, open_input(source) as container:
-            process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=log)
-            assert process.stdin is not None
-            try:
-                decoded = container.decode(container.streams[info.stream_index])
-                for frame in restore_frames(decoded, target):
-                    process.stdin.write(frame)
-                process.stdin.close()
-            except BrokenPipeError:
-                pass
-            except BaseException:
-                process.kill()
-                process.wait()
-                raise
-            code = process.wait()
+        with open_input(source) as container:
+            decoded = container.decode(container.streams[info.stream_index])
+            code, reason = feed_process(command, restore_frames(decoded, target), log_path)
         if code != 0:
-            with open(log_path, "rb") as log:
-                last = (log.read().decode("utf-8", "replace").strip().splitlines() or ["?"])[-1]
-            raise OutputError(f"writing {output} failed: {last}")
+            raise OutputError(f"writing {output} failed: {reason}")
         got = inspect_output(temp).frames
         if got != target.frame_count:
             raise FrameCountError(f"restored {got} frames, the source had {target.frame_count}")

@@ -21,6 +21,7 @@ from typing import Any
 
 from gopflow.codecs.ffmpeg_encoder import ENCODER_NAMES, PRESETS, coded_size
 from gopflow.errors import OutputError, UsageError
+from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.probe import frame_timestamps, probe
 from gopflow.pipeline.assemble import assemble, container_for
@@ -28,7 +29,7 @@ from gopflow.pipeline.plan import DEFAULT_SCENE_THRESHOLD, detect_scene_cuts, pl
 from gopflow.pipeline.qro_stage import QroGopStage, QroGopTask, QroSettings
 from gopflow.pipeline.runner import RayRunner
 from gopflow.pipeline.stage import GopEncodeStage
-from gopflow.pipeline.workdir import WorkDir, atomic_write_json
+from gopflow.pipeline.workdir import WorkDir
 from gopflow.quality.qro import Candidate, Decision, load_decisions, save_decisions
 from gopflow.types import (
     EncodeSettings,

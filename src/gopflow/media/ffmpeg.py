@@ -89,3 +89,31 @@ def _inspect(path: str) -> FfmpegTool:
 def find_ffmpeg() -> FfmpegTool:
     """The ffmpeg gopflow uses, with its encoders and filters."""
     return _inspect(_candidate_path())
+
+
+def feed_process(
+    command: list[str], chunks: Iterable[bytes], log_path: str, cwd: str | None = None
+) -> tuple[int, str]:
+    """Run ``command`` with ``chunks`` written to its stdin; return (exit code, last log line).
+
+    stderr goes to ``log_path`` (a file, so a chatty process never blocks on a full pipe).
+    A process that exits early just stops the feeding (its exit code tells why); any other
+    error kills it before re-raising.
+    """
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=log, cwd=cwd)
+        assert process.stdin is not None
+        try:
+            for chunk in chunks:
+                process.stdin.write(chunk)
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        code = process.wait()
+    with open(log_path, "rb") as log:
+        lines = log.read().decode("utf-8", "replace").strip().splitlines()
+    return code, (lines[-1] if lines else f"exit code {code}")

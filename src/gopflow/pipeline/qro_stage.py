@@ -30,10 +30,10 @@ import av
 
 from gopflow.codecs.ffmpeg_encoder import build_command
 from gopflow.errors import EncoderError
+from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.reader import feed_format, frame_bytes
 from gopflow.pipeline.stage import GopEncodeStage
-from gopflow.pipeline.workdir import atomic_write_json
 from gopflow.precoders.resample import ResampleMode, down_filters
 from gopflow.precoders.restore import RestoreTarget, restore_frames
 from gopflow.quality.gop_quality import GopScore, score_restored

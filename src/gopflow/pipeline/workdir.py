@@ -20,33 +20,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 from gopflow.errors import OutputError, WorkDirError
+from gopflow.fileio import atomic_write_bytes, atomic_write_json
 from gopflow.types import GopRecord, GopSpec
 
 FORMAT_VERSION = 1
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
-    directory = os.path.dirname(path) or "."
-    handle, temp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
-def atomic_write_json(path: str, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
 def input_identity(path: str) -> dict[str, Any]:

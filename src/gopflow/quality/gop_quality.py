@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gopflow.errors import EncoderError, MetricError, UsageError
-from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.precoders.restore import RestoreTarget
 from gopflow.quality.vmaf import VMAF_MODELS, read_vmaf_log
 
@@ -71,24 +70,11 @@ def score_restored(
             *_raw_input(target, source_raw, threads),
             "-filter_complex", f"[0:v][1:v]{sink}", "-f", "null", "-",
         ]
-        with open(os.path.join(scratch, "ffmpeg.log"), "wb") as errors:
-            process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=errors, cwd=scratch)
-            assert process.stdin is not None
-            try:
-                for frame in restored:
-                    process.stdin.write(frame)
-                process.stdin.close()
-            except BrokenPipeError:
-                pass
-            except BaseException:
-                process.kill()
-                process.wait()
-                raise
-            code = process.wait()
+        code, reason = feed_process(
+            command, restored, os.path.join(scratch, "ffmpeg.log"), cwd=scratch
+        )
         if code != 0:
-            with open(os.path.join(scratch, "ffmpeg.log"), "rb") as errors:
-                tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-1:]
-            raise EncoderError(f"quality measurement failed: {' '.join(tail) or code}")
+            raise EncoderError(f"quality measurement failed: {reason}")
         if metric == "psnr":
             with open(log, encoding="utf-8") as handle:
                 values = [float(m.group(1)) for m in _PSNR_Y.finditer(handle.read())]

@@ -31,13 +31,13 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
-from gopflow.errors import OutputError, UsageError
+from gopflow.errors import UsageError
+from gopflow.fileio import atomic_write_bytes
 
 SCALES: tuple[Fraction, ...] = (Fraction(1), Fraction(3, 4), Fraction(2, 3), Fraction(1, 2))
 """Spatial scales a GOP may be coded at (of the source's width and height)."""
@@ -988,25 +988,7 @@ def save_decisions(
         "metric": metric,
         "gops": [d.to_dict() for d in items],
     }
-    data = (json.dumps(document, indent=2, allow_nan=False) + "\n").encode()
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    try:
-        handle, temp = tempfile.mkstemp(prefix=".tmp-decisions-", dir=directory)
-    except OSError as error:
-        raise OutputError(f"cannot write decisions to {path}: {error}") from error
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write decisions to {path}: {error}") from error
-        raise
+    atomic_write_bytes(path, (json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
 
 
 def load_decisions(path: str | os.PathLike[str]) -> dict[int, Decision]:
