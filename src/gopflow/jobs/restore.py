@@ -74,12 +74,23 @@ def run_restore(source: str, output: str) -> RestoreResult:
     command = [
         find_ffmpeg().path, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", target.pix_fmt, "-s", f"{target.width}x{target.height}",
-        "-framerate", rate, "-i", "pipe:0",
+        "-framerate", rate,
+        *(["-color_range", info.color_range] if info.color_range != "unknown" else []),
+        "-i", "pipe:0",
     ]
     audio = extension != ".y4m" and bool(info.audio)
     if audio:
         command += ["-i", info.path, "-map", "0:v", "-map", "1:a", "-c:a", "copy"]
-    command += [*_WRITERS[extension], "-fflags", "+bitexact", temp]
+    colour = []
+    for option, value in (
+        ("-color_range", info.color_range),
+        ("-colorspace", info.color_space),
+        ("-color_primaries", info.color_primaries),
+        ("-color_trc", info.color_trc),
+    ):
+        if value != "unknown":
+            colour += [option, value]
+    command += [*_WRITERS[extension], *colour, "-fflags", "+bitexact", temp]
     log_path = temp + ".log"
     try:
         with open_input(source) as container:

@@ -57,6 +57,7 @@ class QroSettings:
     crf_range: tuple[float, float] = (10.0, 51.0)
     start_crf: float = 23.0
     max_probes_per_mode: int = 4
+    refinements: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,7 @@ class QroSettings:
             "crf_range": list(self.crf_range),
             "start_crf": self.start_crf,
             "max_probes_per_mode": self.max_probes_per_mode,
+            "refinements": self.refinements,
         }
 
 
@@ -157,8 +159,45 @@ class QroGopStage:
         with av.open(path) as container:
             return score_restored(
                 restore_frames(container.decode(video=0), target), raw, target, metric,
-                threads=task.measure_threads,
+                threads=task.measure_threads, full_range=task.base.source.color_range == "pc",
             )
+
+    @staticmethod
+    def _refine(
+        final: Any, decision: Decision, candidate: Candidate, data: bytes, score: GopScore,
+        qro: QroSettings,
+    ) -> tuple[bytes, GopScore, Candidate]:
+        """Spend the headroom the final preset gives over the probe preset.
+
+        Probes run at a fast preset; the final, slower preset gives more quality at the same
+        CRF, so a passing GOP often sits well above its target. Step the CRF up along the
+        mode's measured quality-per-CRF slope while the GOP still passes (at most
+        ``qro.refinements`` extra final encodes); keep the cheapest passing one.
+        """
+        assert qro.target.target is not None
+        same_mode = sorted(
+            (p.candidate.crf, p.quality) for p in decision.probes
+            if p.candidate.mode == candidate.mode
+        )
+        slope = 0.8
+        if len(same_mode) >= 2 and same_mode[-1][0] > same_mode[0][0]:
+            (low_crf, low_q), (high_crf, high_q) = same_mode[0], same_mode[-1]
+            slope = max(0.2, (low_q - high_q) / (high_crf - low_crf))
+        best = (data, score, candidate)
+        for _ in range(qro.refinements):
+            headroom = best[1].mean - qro.target.target
+            if headroom < 1.0:
+                break
+            step = max(0.5, round((headroom - 0.3) / slope * 2) / 2)
+            crf = min(qro.crf_range[1], best[2].crf + step)
+            if crf <= best[2].crf:
+                break
+            trial = Candidate(candidate.scale, candidate.half_rate, crf)
+            trial_data, trial_score, passed = final(trial)
+            if not passed or len(trial_data) >= len(best[0]):
+                break
+            best = (trial_data, trial_score, trial)
+        return best
 
     # -- the stage -------------------------------------------------------------------
     def __call__(self, task: QroGopTask) -> EncodedGop:
@@ -205,24 +244,24 @@ class QroGopStage:
                 qro.target.budget_bits(gop.frame_count, fps)
                 if qro.target.max_bitrate_kbps is not None else None
             )
-            data = b""
-            passed = False
-            while True:
+
+            def final(candidate: Candidate) -> tuple[bytes, GopScore, bool]:
                 data = self._encode(task, raw, candidate, base.settings.preset, scratch, True)
                 score = self._score(task, data, raw, target, scratch)
-                bits = len(data) * 8
                 if budget is not None:
-                    passed = bits <= budget
+                    passed = len(data) * 8 <= budget
                 else:
                     assert qro.target.target is not None
                     passed = score.mean >= qro.target.target - qro.tolerance
                 attempts.append({
-                    "candidate": candidate.to_dict(), "bits": bits,
+                    "candidate": candidate.to_dict(), "bits": len(data) * 8,
                     "quality": round(score.mean, 4), "min_quality": round(score.minimum, 4),
                     "passed": passed,
                 })
-                if passed or len(attempts) > qro.max_reencodes:
-                    break
+                return data, score, passed
+
+            data, score, passed = final(candidate)
+            while not passed and len(attempts) <= qro.max_reencodes:
                 following = (
                     Candidate(candidate.scale, candidate.half_rate,
                               min(qro.crf_range[1], candidate.crf + 2.0))
@@ -233,6 +272,12 @@ class QroGopStage:
                 if following is None or following == candidate:
                     break
                 candidate = following
+                data, score, passed = final(candidate)
+            if passed and budget is None and decision is not None:
+                data, score, candidate = self._refine(
+                    final, decision, candidate, data, score, qro
+                )
+            chosen = next(a for a in reversed(attempts) if a["candidate"] == candidate.to_dict())
         details = {
             "scale": str(candidate.scale),
             "half_rate": candidate.half_rate,
@@ -241,9 +286,9 @@ class QroGopStage:
                 gop.frame_count
             ),
             "metric": qro.target.metric,
-            "quality": attempts[-1]["quality"],
-            "min_quality": attempts[-1]["min_quality"],
-            "bits": attempts[-1]["bits"],
+            "quality": chosen["quality"],
+            "min_quality": chosen["min_quality"],
+            "bits": chosen["bits"],
             "passed": passed,
             "flagged": not passed,
             "forced": task.forced is not None,

@@ -34,10 +34,11 @@ class GopScore:
     frames: int
 
 
-def _raw_input(target: RestoreTarget, path: str, threads: int) -> list[str]:
+def _raw_input(target: RestoreTarget, path: str, threads: int, full_range: bool) -> list[str]:
     rate = f"{target.fps.numerator}/{target.fps.denominator}"
     return [
         "-threads", str(threads), "-f", "rawvideo", "-pix_fmt", target.pix_fmt,
+        *(["-color_range", "pc"] if full_range else []),
         "-s", f"{target.width}x{target.height}", "-framerate", rate, "-i", path,
     ]
 
@@ -48,6 +49,7 @@ def score_restored(
     target: RestoreTarget,
     metric: str = "vmaf",
     threads: int = 1,
+    full_range: bool = False,
 ) -> GopScore:
     """Score restored frames against the source GOP's raw file with ``metric``."""
     if metric not in GOP_METRICS:
@@ -64,11 +66,17 @@ def score_restored(
                 f"libvmaf=model='version={VMAF_MODELS[metric]}\\:name={metric}'"
                 f":log_fmt=json:log_path={os.path.basename(log)}:n_threads={threads}"
             )
+        # VMAF's models expect limited ("tv") range: full-range sources are converted, both
+        # sides alike, exactly as `gopflow compare` does.
+        convert = ""
+        if full_range and metric != "psnr":
+            convert = "setparams=range=pc,scale=out_range=tv,"
+        graph = f"[0:v]{convert}null[dist];[1:v]{convert}null[ref];[dist][ref]{sink}"
         command = [
             tool.path, "-nostdin", "-hide_banner", "-loglevel", "error",
-            *_raw_input(target, "pipe:0", threads),
-            *_raw_input(target, source_raw, threads),
-            "-filter_complex", f"[0:v][1:v]{sink}", "-f", "null", "-",
+            *_raw_input(target, "pipe:0", threads, full_range),
+            *_raw_input(target, source_raw, threads, full_range),
+            "-filter_complex", graph, "-f", "null", "-",
         ]
         code, reason = feed_process(
             command, restored, os.path.join(scratch, "ffmpeg.log"), cwd=scratch

@@ -1,7 +1,9 @@
 """VMAF (default and NEG models) through the bundled ffmpeg's libvmaf filter.
 
 Data flow: ``probe`` both inputs (stream index, size, pixel format, frame count) -> one
-ffmpeg run: each input's video stream -> ``setpts=PTS-STARTPTS`` (both start at 0) ->
+ffmpeg run: each input's video stream -> timestamps renumbered by frame order (``setpts``
+on a common nominal clock: both start at 0 and frame n meets frame n, even where a container's
+millisecond timestamps would make libvmaf's timestamp sync pair neighbours) ->
 distorted cropped (padding) or bicubic-scaled (only when asked) to the reference's size ->
 both in the reference's planar layout -> ``libvmaf`` with every asked model at once and
 ``n_threads`` -> libvmaf's JSON log (in a temporary directory) -> per-frame scores ->
@@ -43,6 +45,8 @@ _VMAF_FORMATS = frozenset(
      "yuv420p12le", "yuv422p12le", "yuv444p12le"}
 )
 _LOG_NAME = "vmaf.json"
+# Frame n of each input gets timestamp n/25 s: libvmaf pairs frames in order.
+_BY_ORDER = "settb=1/25,setpts=N"
 
 
 def _vmaf_format(pix_fmt: str) -> str:
@@ -63,7 +67,9 @@ def vmaf_filtergraph(
 ) -> str:
     """The ``-filter_complex`` graph: input 0 is the distorted video, input 1 the reference."""
     width, height = ref_size
-    dist_chain = "setpts=PTS-STARTPTS"
+    # VMAF's models expect limited range: full-range inputs (yuvj*, or tagged pc) are
+    # converted on both sides alike; limited-range inputs pass unchanged.
+    dist_chain = f"{_BY_ORDER},scale=out_range=tv"
     if resize == "crop":
         dist_chain += f",crop={width}:{height}:0:0"
     elif resize == "scale":
@@ -72,7 +78,7 @@ def vmaf_filtergraph(
     model = "|".join(rf"version={VMAF_MODELS[m]}\:name={m}" for m in models)
     return (
         f"[0:{dist_stream}]{dist_chain},format={pix_fmt}[dist];"
-        f"[1:{ref_stream}]setpts=PTS-STARTPTS,format={pix_fmt}[ref];"
+        f"[1:{ref_stream}]{_BY_ORDER},scale=out_range=tv,format={pix_fmt}[ref];"
         f"[dist][ref]libvmaf=model='{model}':log_fmt=json:log_path={_LOG_NAME}"
         f":n_threads={threads}:shortest=1"
     )
