@@ -1,0 +1,63 @@
+"""GOP failures: a failing encoder is retried; one that keeps failing fails the job clearly.
+
+The fault is injected by a wrapper around the real ffmpeg (``GOPFLOW_FFMPEG``): encodes fail
+while a counter file allows, everything else runs the real binary.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ffmpeg_exe, media
+
+
+def _flaky_ffmpeg(tmp_path: Path, failures: int) -> Path:
+    counter = tmp_path / "failures_left"
+    counter.write_text(str(failures))
+    wrapper = tmp_path / "ffmpeg"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *libx264*)\n'
+        f'  left=$(cat "{counter}")\n'
+        '  if [ "$left" -gt 0 ]; then\n'
+        f'    echo $((left - 1)) > "{counter}"\n'
+        '    echo "injected encoder crash" >&2; exit 1\n'
+        "  fi;;\n"
+        "esac\n"
+        f'exec "{ffmpeg_exe()}" "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return wrapper
+
+
+def _run(tmp_path: Path, wrapper: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GOPFLOW_FFMPEG": str(wrapper)}
+    return subprocess.run(
+        [sys.executable, "-m", "gopflow.cli", "transcode", media("asl_again_640x480.mkv"),
+         "-o", str(out), "--no-progress", "--retries", "2", "--preset", "veryfast"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_a_crashing_encode_is_retried(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    done = _run(tmp_path, _flaky_ffmpeg(tmp_path, failures=1), out)
+    assert done.returncode == 0, done.stderr
+    assert out.exists()
+    assert (tmp_path / "failures_left").read_text().strip() == "0"  # the fault did happen
+
+
+def test_a_gop_failing_for_good_fails_the_job_with_its_index(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    done = _run(tmp_path, _flaky_ffmpeg(tmp_path, failures=1000), out)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("gopflow: error: GOP ")
+    assert "(frames " in lines[0] and "injected encoder crash" in lines[0]
+    assert "retries" in lines[0]
+    assert not out.exists()
