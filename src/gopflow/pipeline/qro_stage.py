@@ -186,9 +186,9 @@ class QroGopStage:
         best = (data, score, candidate)
         for _ in range(qro.refinements):
             headroom = best[1].mean - qro.target.target
-            if headroom < 1.0:
+            if headroom < 0.4:
                 break
-            step = max(0.5, round((headroom - 0.3) / slope * 2) / 2)
+            step = max(0.5, round((headroom - 0.1) / slope * 2) / 2)
             crf = min(qro.crf_range[1], best[2].crf + step)
             if crf <= best[2].crf:
                 break
