@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads per GOP encode; part of the output's identity (default: 1, GOP "
         "parallelism uses the cores; workers x threads never exceed the cluster's CPUs)",
     )
+    enc.add_argument(
+        "--lookahead-tail", type=int, default=10, metavar="N",
+        help="frames after each GOP shown to the encoder as look-ahead, then cut off at a "
+        "forced IDR, so a GOP's last frames are coded as in one long encode (10; 0: off)",
+    )
     plan = tr.add_argument_group("GOP planning")
     plan.add_argument("--gop-seconds", type=float, default=2.0, help="max GOP length (2.0)")
     plan.add_argument("--min-gop-seconds", type=float, default=0.5, help="min GOP length (0.5)")
@@ -217,6 +222,7 @@ def _transcode(args: argparse.Namespace) -> int:
         bufsize_kbps=args.bufsize,
         pix_fmt=args.pix_fmt,
         threads=args.encoder_threads,
+        lookahead_tail=max(0, args.lookahead_tail),
     )
     config = TranscodeConfig(
         input=args.input,

@@ -121,6 +121,7 @@ class EncodeSettings:
     pix_fmt: str = "yuv420p"
     threads: int = 1
     keyint: int = 250
+    lookahead_tail: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,9 +11,10 @@ wherever a GOP runs.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from gopflow.errors import EncoderError, UsageError
@@ -81,6 +82,7 @@ def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> list[str]:
         params = [
             f"keyint={settings.keyint}",
             "open-gop=0",
+            "forced-idr=1",
             f"pools={threads}",
             f"frame-threads={min(threads, 4)}",
             "log-level=error",
@@ -104,6 +106,7 @@ def build_command(
     pre_filters: Sequence[str] = (),
     input_path: str = "pipe:0",
     in_band_headers: bool = False,
+    keyframe_at: int | None = None,
 ) -> list[str]:
     """The ffmpeg command that encodes raw frames (stdin, or a raw file) to an MP4 segment.
 
@@ -134,6 +137,10 @@ def build_command(
     ]
     if filters:
         command += ["-vf", ",".join(filters)]
+    if keyframe_at is not None:
+        # An IDR where the GOP ends: frames after it (look-ahead context) never become
+        # references for the GOP's own frames, so the stream can be cut there.
+        command += ["-force_key_frames", f"expr:eq(n,{keyframe_at})"]
     command += [
         "-fps_mode", "passthrough",
         *_codec_args(settings, in_band_headers),
@@ -156,21 +163,49 @@ class FfmpegEncoder:
         self.settings = settings
         self.last_encode_seconds = 0.0
 
-    def encode_gop(self, frames: Iterable[Any], source: SourceFormat) -> bytes:
+    def encode_gop(
+        self, frames: Iterable[Any], source: SourceFormat, keep: int | None = None
+    ) -> bytes:
+        """Encode ``frames``; with ``keep``, frames after the first ``keep`` are look-ahead
+        context only: the encoder sees them (x264's lookahead and MB-tree plan the GOP's end
+        as in one long encode), an IDR is forced at ``keep`` and the segment is cut there."""
         tool = find_ffmpeg()
         tool.require(encoders=[ENCODER_NAMES[self.settings.codec]])
         in_fmt = feed_format(source.pix_fmt, self.settings.pix_fmt)
         started = time.perf_counter()
+        fed = 0
+
+        def payload() -> Iterator[bytes]:
+            nonlocal fed
+            for frame in frames:
+                fed += 1
+                yield frame_bytes(frame, in_fmt)
+
         with tempfile.TemporaryDirectory(prefix="gopflow-enc-") as scratch:
             output = os.path.join(scratch, "gop.mp4")
             log_path = os.path.join(scratch, "ffmpeg.log")
-            command = build_command(tool.path, source, self.settings, output)
-            code, reason = feed_process(
-                command, (frame_bytes(frame, in_fmt) for frame in frames), log_path
-            )
+            command = build_command(tool.path, source, self.settings, output, keyframe_at=keep)
+            code, reason = feed_process(command, payload(), log_path)
             if code != 0 or not os.path.exists(output):
                 raise EncoderError(f"{ENCODER_NAMES[self.settings.codec]} failed: {reason}")
+            if keep is not None and fed > keep:
+                output = _cut(tool.path, output, keep, os.path.join(scratch, "cut.mp4"))
             with open(output, "rb") as segment:
                 data = segment.read()
         self.last_encode_seconds = time.perf_counter() - started
         return data
+
+
+def _cut(ffmpeg: str, source: str, frames: int, output: str) -> str:
+    """The first ``frames`` frames of ``source`` (decode order), stream-copied."""
+    command = [
+        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", source,
+        "-map", "0:v:0", "-c", "copy", "-frames:v", str(frames),
+        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
+        "-f", "mp4", output,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise EncoderError(f"cutting the look-ahead tail off a GOP failed: {last}")
+    return output

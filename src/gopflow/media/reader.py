@@ -16,6 +16,7 @@ which is what the encoder process reads on its stdin.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,7 +86,7 @@ class GopReader:
         self.threads = threads
         self._opened: Any = None
         self._frames: Iterator[Any] | None = None
-        self._pending: Any = None
+        self._buffered: deque[Any] = deque()
         self._next_frame = -1
 
     # -- positioning -----------------------------------------------------------------
@@ -101,7 +102,7 @@ class GopReader:
                 break
             if frame.pts >= gop.start_pts:
                 if frame.pts == gop.start_pts:
-                    self._pending = frame
+                    self._buffered.append(frame)
                     return None
                 self.close()
                 return int(frame.pts)
@@ -129,22 +130,38 @@ class GopReader:
         self._scan_to(gop)
 
     # -- reading ---------------------------------------------------------------------
-    def read(self, gop: GopSpec) -> Iterator[Any]:
-        """Yield exactly ``gop.frame_count`` decoded frames, else raise a clear error."""
+    def _take(self) -> Any:
+        if self._buffered:
+            return self._buffered.popleft()
+        assert self._frames is not None
+        return next(self._frames, None)
+
+    def read(self, gop: GopSpec, tail: int = 0) -> Iterator[Any]:
+        """Yield exactly ``gop.frame_count`` decoded frames (else raise a clear error), then
+        up to ``tail`` frames that follow the GOP (fewer at the end of the video).
+
+        The tail is look-ahead context for an encoder; it is kept and replayed when the next
+        GOP is read, so consecutive GOPs still cost one decode.
+        """
         delivered = 0
         try:
             if self._frames is None or self._next_frame != gop.start_frame:
                 self._position(gop)
-            assert self._frames is not None
             while delivered < gop.frame_count:
-                if self._pending is not None:
-                    frame, self._pending = self._pending, None
-                else:
-                    frame = next(self._frames, None)
-                    if frame is None:
-                        break
+                frame = self._take()
+                if frame is None:
+                    break
                 yield frame
                 delivered += 1
+            if delivered == gop.frame_count:
+                extra = []
+                while len(extra) < tail:
+                    frame = self._take()
+                    if frame is None:
+                        break
+                    extra.append(frame)
+                self._buffered.extendleft(reversed(extra))
+                yield from extra
         except av.error.FFmpegError as exc:
             self.close()
             raise CorruptInputError(
@@ -165,7 +182,8 @@ class GopReader:
     def close(self) -> None:
         if self._opened is not None:
             self._opened.__exit__(None, None, None)
-        self._opened, self._frames, self._pending, self._next_frame = None, None, None, -1
+        self._opened, self._frames, self._next_frame = None, None, -1
+        self._buffered = deque()
 
     def __enter__(self) -> GopReader:
         return self

@@ -51,14 +51,17 @@ class GopEncodeStage:
 
     def __call__(self, task: GopTask) -> EncodedGop:
         started = time.perf_counter()
-        frames = _Counter(self._reader_for(task).read(task.gop))
-        data = FfmpegEncoder(task.settings).encode_gop(frames, task.source)
-        if frames.count != task.gop.frame_count:
+        tail = task.settings.lookahead_tail
+        frames = _Counter(self._reader_for(task).read(task.gop, tail=tail))
+        data = FfmpegEncoder(task.settings).encode_gop(
+            frames, task.source, keep=task.gop.frame_count if tail else None
+        )
+        if not task.gop.frame_count <= frames.count <= task.gop.frame_count + tail:
             raise FrameCountError(f"encoded {frames.count} frames, planned {task.gop.frame_count}")
         return EncodedGop(
             index=task.gop.index,
             data=data,
-            frames=frames.count,
+            frames=task.gop.frame_count,
             encode_seconds=time.perf_counter() - started,
         )
 
