@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from gopflow import __version__
 from gopflow.errors import GopflowError, UsageError
 from gopflow.jobs.compare import add_compare_parser, run_compare
+from gopflow.jobs.train import add_train_parser, run_train
 
 if TYPE_CHECKING:
     from gopflow.pipeline.qro_stage import QroSettings
@@ -29,6 +30,8 @@ EPILOG = """examples:
   gopflow transcode input.mp4 -o out.mp4 --resume                      # after a crash/Ctrl-C
   gopflow transcode input.mp4 -o out.mkv --target-vmaf 93 --report r.json --plot r.png
   gopflow restore out.mkv -o viewer.mkv                                 # full size and rate
+  gopflow train precoder --kind dvp --scale 3/4 --data ../shared/media/train --steps 900
+  gopflow train evaluate --model dvp-3_4 --clips ../shared/media/white_flower_1280x720.264
 """
 
 
@@ -201,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("input", metavar="OUTPUT", help="a file written by gopflow transcode")
     restore.add_argument("-o", "--output", required=True, metavar="FILE")
     add_compare_parser(commands)
+    add_train_parser(commands)
     return parser
 
 
@@ -329,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "transcode": _transcode,
         "restore": _restore,
         "compare": run_compare,
+        "train": run_train,
     }
     try:
         return handlers[args.command](args)
