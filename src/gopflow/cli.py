@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--qro-scales", default="1,3/4,2/3,1/2", help="spatial scales to try (1,3/4,2/3,1/2)"
     )
     qro.add_argument("--no-half-rate", action="store_true", help="never halve the frame rate")
+    qro.add_argument(
+        "--precoder", choices=["none", "dvp", "vistra"], default="none",
+        help="none: Lanczos down, bicubic/repeat restoration; dvp: learned downscalers (Deep "
+        "Video Precoding; a player upscales linearly; spatial modes only); vistra: learned "
+        "up-sampler and frame interpolator at restoration (ViSTRA)",
+    )
     qro.add_argument("--probe-preset", default="veryfast", help="preset of probe encodes")
     qro.add_argument(
         "--qro-tolerance", type=float, default=0.5,
@@ -280,8 +286,10 @@ def _qro_settings(args: argparse.Namespace) -> QroSettings | None:
     elif args.max_bitrate is not None:
         target = QroTarget("vmaf", max_bitrate_kbps=float(args.max_bitrate))
     else:
-        if args.decisions or args.save_decisions:
-            raise UsageError("--decisions/--save-decisions need a QRO target or --max-bitrate")
+        if args.decisions or args.save_decisions or args.precoder != "none":
+            raise UsageError(
+                "--decisions/--save-decisions/--precoder need a QRO target or --max-bitrate"
+            )
         return None
     scales = tuple(sorted({parse_scale(part.strip()) for part in args.qro_scales.split(",")},
                           reverse=True))
@@ -294,6 +302,7 @@ def _qro_settings(args: argparse.Namespace) -> QroSettings | None:
         half_rate=not args.no_half_rate,
         tolerance=args.qro_tolerance,
         max_reencodes=max(0, args.max_reencodes),
+        precoder=args.precoder,
     )
 
 

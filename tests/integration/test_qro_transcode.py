@@ -110,3 +110,33 @@ def test_mixed_sizes_and_rates_decode_everywhere(tmp_path: Path) -> None:
 def test_qro_needs_matroska(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="mkv"):
         _qro(media(CLIP), tmp_path / "out.mp4")
+
+
+@pytest.mark.parametrize("precoder", ["dvp", "vistra"])
+def test_learned_precoders_restore_from_the_file_alone(tmp_path: Path, precoder: str) -> None:
+    src = media(CLIP)
+    decisions = tmp_path / "half.json"
+    decisions.write_text(json.dumps({
+        "version": 1, "metric": "vmaf",
+        "gops": [
+            {"index": 0, "scale": "1/2", "half_rate": False, "crf": 24},
+            {"index": 1, "scale": "1/2", "half_rate": True, "crf": 24},
+        ],
+    }))
+    out = tmp_path / f"{precoder}.mkv"
+    settings = QroSettings(QroTarget("vmaf", target=60.0), precoder=precoder)
+    report = run_transcode(TranscodeConfig(
+        input=src, output=str(out), settings=EncodeSettings(preset="veryfast"), qro=settings,
+        decisions_in=str(decisions), progress=False,
+    )).to_dict()
+    assert [g["decision"]["scale"] for g in report["gops"]] == ["1/2", "1/2"]
+    assert _decoded_sizes(str(out))[0] == (320, 240)
+    viewer = tmp_path / "viewer.y4m"
+    result = run_restore(str(out), str(viewer))
+    assert (result.frames, result.width, result.height) == (77, 640, 480)
+    # the worker's check and `restore` use the same restoration: same quality figure
+    measured = report["gops"][0]["decision"]["quality"]
+    from gopflow.quality.vmaf import vmaf_scores
+
+    whole = vmaf_scores(src, str(viewer))
+    assert abs(whole.per_gop([(0, 60)])[0].pooled["vmaf"].mean - measured) < 1.0

@@ -10,6 +10,7 @@ repetition onto the source's frame grid) -> ffmpeg: Y4M (raw), MKV (FFV1, lossle
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -25,6 +26,17 @@ _WRITERS = {
     ".mkv": ["-c:v", "ffv1", "-level", "3", "-f", "matroska"],
     ".mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-f", "mp4"],
 }
+
+
+def _restorer(path: str) -> Callable[..., Iterator[bytes]]:
+    """Learned restoration (ViSTRA up-sampler + interpolator) when the output asks for it."""
+    with open_input(path) as container:
+        tags = {k.upper(): v for k, v in container.metadata.items()}
+    if tags.get("GOPFLOW_RESTORE") == "learned":
+        from gopflow.precoders.learned import LearnedRestorer
+
+        return LearnedRestorer().restore_frames
+    return restore_frames
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,8 @@ def run_restore(source: str, output: str) -> RestoreResult:
     try:
         with open_input(source) as container:
             decoded = container.decode(container.streams[info.stream_index])
-            code, reason = feed_process(command, restore_frames(decoded, target), log_path)
+            restore = _restorer(source)
+            code, reason = feed_process(command, restore(decoded, target), log_path)
         if code != 0:
             raise OutputError(f"writing {output} failed: {reason}")
         got = inspect_output(temp).frames

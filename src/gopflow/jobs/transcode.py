@@ -263,6 +263,8 @@ def run_transcode(
     ordered = [records[g.index] for g in gops]
     segments = [workdir.segment_path(g.index) for g in gops]
     tags = source_tags(info)
+    if config.qro is not None:
+        tags["GOPFLOW_RESTORE"] = "learned" if config.qro.precoder == "vistra" else "plain"
     if config.qro is None:
         expected = coded_size(info.width, info.height, settings.pix_fmt)
         check = assemble(

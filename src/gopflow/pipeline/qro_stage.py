@@ -19,21 +19,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
 import av
+import numpy as np
 
 from gopflow.codecs.ffmpeg_encoder import build_command
 from gopflow.errors import EncoderError
 from gopflow.fileio import atomic_write_json
-from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.reader import feed_format, frame_bytes
 from gopflow.pipeline.stage import GopEncodeStage
+from gopflow.precoders.learned import DvpPrecoder, LearnedRestorer
 from gopflow.precoders.resample import ResampleMode, down_filters
 from gopflow.precoders.restore import RestoreTarget, restore_frames
 from gopflow.quality.gop_quality import GopScore, score_restored
@@ -58,6 +60,7 @@ class QroSettings:
     start_crf: float = 23.0
     max_probes_per_mode: int = 4
     refinements: int = 2
+    precoder: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +76,7 @@ class QroSettings:
             "start_crf": self.start_crf,
             "max_probes_per_mode": self.max_probes_per_mode,
             "refinements": self.refinements,
+            "precoder": self.precoder,
         }
 
 
@@ -86,6 +90,31 @@ class QroGopTask:
     forced: Candidate | None = None
     measure_threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _learned_down(task: QroGopTask, candidate: Candidate, raw_fmt: str) -> bool:
+    """DVP applies to down-scaled, 8-bit 4:2:0, even-sized GOPs; anything else is Lanczos."""
+    source = task.base.source
+    return (
+        task.qro.precoder == "dvp"
+        and candidate.scale != 1
+        and not candidate.half_rate
+        and raw_fmt == "yuv420p"
+        and source.width % 2 == 0
+        and source.height % 2 == 0
+    )
+
+
+def _dvp_frames(raw: str, width: int, height: int, precoder: DvpPrecoder) -> Iterator[bytes]:
+    """Learned-downscaled frames of a raw yuv420p GOP file, one at a time."""
+    frame_size = width * height * 3 // 2
+    with open(raw, "rb") as handle:
+        while True:
+            data = handle.read(frame_size)
+            if len(data) < frame_size:
+                return
+            planes = np.frombuffer(data, np.uint8).reshape(height * 3 // 2, width)
+            yield precoder.down(av.VideoFrame.from_ndarray(planes, format="yuv420p"))
 
 
 class _ProbeCache:
@@ -137,15 +166,28 @@ class QroGopStage:
                                                           base.settings.pix_fmt))
         mode = ResampleMode(candidate.scale, candidate.half_rate)
         output = os.path.join(scratch, "final.mp4" if final else "probe.mp4")
-        command = build_command(
-            find_ffmpeg().path, source, settings, output,
-            pre_filters=down_filters(source.width, source.height, mode),
-            input_path=raw, in_band_headers=True,
-        )
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0 or not os.path.exists(output):
-            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-            raise EncoderError(f"{settings.codec} failed on candidate {candidate.key}: {last}")
+        log_path = os.path.join(scratch, "encode.log")
+        if _learned_down(task, candidate, source.pix_fmt):
+            # Deep Video Precoding: the learned downscaler runs here, in Python, and the
+            # encoder gets the small frames (timestamps unchanged: DVP keeps the frame rate).
+            precoder = DvpPrecoder(candidate.scale, threads=max(1, base.settings.threads))
+            width, height = precoder.size(source.width, source.height)
+            command = build_command(
+                find_ffmpeg().path, replace(source, width=width, height=height), settings,
+                output, in_band_headers=True,
+            )
+            code, reason = feed_process(
+                command, _dvp_frames(raw, source.width, source.height, precoder), log_path
+            )
+        else:
+            command = build_command(
+                find_ffmpeg().path, source, settings, output,
+                pre_filters=down_filters(source.width, source.height, mode),
+                input_path=raw, in_band_headers=True,
+            )
+            code, reason = feed_process(command, (), log_path)
+        if code != 0 or not os.path.exists(output):
+            raise EncoderError(f"{settings.codec} failed on candidate {candidate.key}: {reason}")
         with open(output, "rb") as handle:
             return handle.read()
 
@@ -156,9 +198,12 @@ class QroGopStage:
         with open(path, "wb") as handle:
             handle.write(data)
         metric = _METRIC_FOR_SCORING.get(task.qro.target.metric, task.qro.target.metric)
+        restore = restore_frames
+        if task.qro.precoder == "vistra":
+            restore = LearnedRestorer(threads=max(1, task.base.settings.threads)).restore_frames
         with av.open(path) as container:
             return score_restored(
-                restore_frames(container.decode(video=0), target), raw, target, metric,
+                restore(container.decode(video=0), target), raw, target, metric,
                 threads=task.measure_threads, full_range=task.base.source.color_range == "pc",
             )
 
@@ -234,7 +279,7 @@ class QroGopStage:
                 decision = decide(
                     gop.index, probe, qro.target, gop.frame_count, fps,
                     scales=qro.scales,
-                    rates=(False, True) if qro.half_rate else (False,),
+                    rates=(False, True) if qro.half_rate and qro.precoder != "dvp" else (False,),
                     crf_range=qro.crf_range, start_crf=qro.start_crf,
                     max_probes_per_mode=qro.max_probes_per_mode,
                 )
