@@ -40,7 +40,8 @@ def coded_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
     return width + (width % 2 if sub_x else 0), height + (height % 2 if sub_y else 0)
 
 
-def _colour_args(source: SourceFormat) -> list[str]:
+def colour_args(source: Any) -> list[str]:
+    """ffmpeg colour options for anything with color_range/space/primaries/trc fields."""
     args = []
     for option, value in (
         ("-color_range", source.color_range),
@@ -125,7 +126,7 @@ def build_command(
         filters.append(f"fillborders=right={pad_x}:bottom={pad_y}:mode=smear")
     if in_fmt != settings.pix_fmt:
         filters.append(f"format={settings.pix_fmt}")
-    colour = _colour_args(source)
+    colour = colour_args(source)
     command = [
         ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", in_fmt,

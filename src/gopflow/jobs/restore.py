@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
+from gopflow.codecs.ffmpeg_encoder import colour_args
 from gopflow.errors import FrameCountError, InputError, OutputError, UsageError
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.probe import open_input, probe
@@ -93,16 +94,7 @@ def run_restore(source: str, output: str) -> RestoreResult:
     audio = extension != ".y4m" and bool(info.audio)
     if audio:
         command += ["-i", info.path, "-map", "0:v", "-map", "1:a", "-c:a", "copy"]
-    colour = []
-    for option, value in (
-        ("-color_range", info.color_range),
-        ("-colorspace", info.color_space),
-        ("-color_primaries", info.color_primaries),
-        ("-color_trc", info.color_trc),
-    ):
-        if value != "unknown":
-            colour += [option, value]
-    command += [*_WRITERS[extension], *colour, "-fflags", "+bitexact", temp]
+    command += [*_WRITERS[extension], *colour_args(info), "-fflags", "+bitexact", temp]
     log_path = temp + ".log"
     try:
         with open_input(source) as container:
