@@ -44,7 +44,7 @@ import numpy as np
 from gopflow.errors import FrameCountError, UsageError
 from gopflow.precoders import restore as plain
 from gopflow.precoders.resample import SCALES, scaled_size
-from gopflow.precoders.restore import RestoreTarget
+from gopflow.precoders.restore import RestoreTarget, restore_frames
 from gopflow.precoders.weights import (
     INTERPOLATOR_NAME,
     dvp_name,
@@ -295,33 +295,14 @@ class LearnedRestorer:
         """Exactly ``target.frame_count`` full-size frames from decoded ``frames`` (the
         contract of :func:`gopflow.precoders.restore.restore_frames`); a single missing
         slot between two decoded frames is interpolated, not repeated."""
-        fps = float(target.fps)
         learned_time = self.temporal and target.pix_fmt == "yuv420p"
-        start: float | None = None
-        slot = 0
-        previous: bytes | None = None
-        for frame in frames:
-            if frame.time is None:
-                raise FrameCountError("a decoded frame has no timestamp; cannot restore its place")
-            if start is None:
-                start = float(frame.time)
-            index = round((float(frame.time) - start) * fps)
-            current = self.full_size_bytes(frame, target)
-            if previous is not None:
-                end = min(index, target.frame_count)
-                if slot < end:
-                    yield previous
-                    slot += 1
-                if learned_time and end - slot == 1 and index == end:
-                    yield self.interpolate(previous, current, target.width, target.height)
-                    slot += 1
-                while slot < end:
-                    yield previous
-                    slot += 1
-            previous = current
-            slot = max(slot, index)
-        if previous is None:
-            raise FrameCountError("nothing to restore: the stream has no frames")
-        while slot < target.frame_count:
-            yield previous
-            slot += 1
+        return restore_frames(
+            frames,
+            target,
+            full_size=self.full_size_bytes,
+            interpolate=(
+                (lambda prev, nxt: self.interpolate(prev, nxt, target.width, target.height))
+                if learned_time
+                else None
+            ),
+        )

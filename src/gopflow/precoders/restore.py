@@ -14,7 +14,7 @@ tags): encoder-decoder matched side information (EDMS).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -70,8 +70,19 @@ def full_size_bytes(frame: Any, target: RestoreTarget) -> bytes:
     return frame_bytes(scaled, target.pix_fmt)
 
 
-def restore_frames(frames: Iterable[Any], target: RestoreTarget) -> Iterator[bytes]:
-    """Exactly ``target.frame_count`` full-size frames from decoded ``frames``."""
+def restore_frames(
+    frames: Iterable[Any],
+    target: RestoreTarget,
+    full_size: Callable[[Any, RestoreTarget], bytes] = full_size_bytes,
+    interpolate: Callable[[bytes, bytes], bytes] | None = None,
+) -> Iterator[bytes]:
+    """Exactly ``target.frame_count`` full-size frames from decoded ``frames``.
+
+    ``full_size`` brings one decoded frame to the target size (plain: crop or bicubic;
+    learned restorers pass their up-sampler). Grid slots between two decoded frames repeat
+    the earlier one, except that with ``interpolate`` a single missing slot (a half-rate
+    GOP) gets ``interpolate(previous, next)``.
+    """
     fps = float(target.fps)
     start: float | None = None
     slot = 0
@@ -82,11 +93,19 @@ def restore_frames(frames: Iterable[Any], target: RestoreTarget) -> Iterator[byt
         if start is None:
             start = float(frame.time)
         index = round((float(frame.time) - start) * fps)
+        current = full_size(frame, target)
         if previous is not None:
-            while slot < min(index, target.frame_count):
+            end = min(index, target.frame_count)
+            if slot < end:
                 yield previous
                 slot += 1
-        previous = full_size_bytes(frame, target)
+            if interpolate is not None and end - slot == 1 and index == end:
+                yield interpolate(previous, current)
+                slot += 1
+            while slot < end:
+                yield previous
+                slot += 1
+        previous = current
         slot = max(slot, index)
     if previous is None:
         raise FrameCountError("nothing to restore: the stream has no frames")
