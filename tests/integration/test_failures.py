@@ -61,3 +61,17 @@ def test_a_gop_failing_for_good_fails_the_job_with_its_index(tmp_path: Path) -> 
     assert "(frames " in lines[0] and "injected encoder crash" in lines[0]
     assert "retries" in lines[0]
     assert not out.exists()
+
+
+def test_a_failing_qro_gop_names_its_index(tmp_path: Path) -> None:
+    out = tmp_path / "out.mkv"
+    env = {**os.environ, "GOPFLOW_FFMPEG": str(_flaky_ffmpeg(tmp_path, failures=1000))}
+    done = subprocess.run(
+        [sys.executable, "-m", "gopflow.cli", "transcode", media("asl_again_640x480.mkv"),
+         "-o", str(out), "--no-progress", "--retries", "1", "--target-vmaf", "90"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode != 0
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("gopflow: error: GOP ") and "injected encoder crash" in line
+    assert not out.exists()

@@ -10,7 +10,6 @@ Data flow::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -133,8 +132,8 @@ def _plan(info: VideoInfo, config: TranscodeConfig) -> list[GopSpec]:
     return plan_gops(info.frame_count, max_frames, min_frames, cuts, stamps)
 
 
-def _describe(task: GopTask) -> str:
-    gop = task.gop
+def _describe(task: GopTask | QroGopTask) -> str:
+    gop = _gop_of(task)
     return f"GOP {gop.index} (frames {gop.start_frame}-{gop.end_frame - 1})"
 
 
@@ -352,7 +351,3 @@ def _as_decision(record: GopRecord) -> Decision:
         expected_quality=float(details.get("quality", 0.0)),
         meets_target=bool(details.get("passed", True)),
     )
-
-
-def report_json(report: TranscodeReport) -> str:
-    return json.dumps(report.to_dict(), indent=2)

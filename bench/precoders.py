@@ -1,0 +1,318 @@
+"""Rate-distortion benchmark of the precoders (issue 4, item 7), all methods side by side.
+
+Per clip, the first ``--frames`` frames are decoded once to a y4m file (scratch under
+``bench/out/precoders``), then coded with x264 ``medium`` at each ``--crfs`` point as:
+
+* ``x264``       no precoding (full size);
+* ``lanczos``    ffmpeg ``scale=...:flags=lanczos`` to 3/4, 2/3, 1/2, restored bicubically
+                 (:func:`gopflow.precoders.restore.restore_frames`);
+* ``dvp``        the learned DVP downscaler (:class:`DvpPrecoder`, learned luma, Lanczos
+                 chroma) at each scale, restored bicubically;
+* ``dvp-select`` DVP with mode selection: the union of the full-size and all DVP points,
+                 reduced to its Pareto front in (log-rate, quality) -- for each rate the
+                 best quality any scale gives. It is an oracle choice, made per metric (the
+                 VMAF NEG front for VMAF NEG BD-rates, the PSNR-Y front for PSNR);
+* ``vistra``     the Lanczos 1/2 streams (the very same .mp4 files as ``lanczos`` 1/2)
+                 restored with the learned up-sampler (:class:`LearnedRestorer`) instead of
+                 bicubic.
+
+Bits are the bytes of the written .mp4 files. Quality is measured at source resolution
+after restoration: VMAF NEG (libvmaf ``vmaf_v0.6.1neg``, mean over frames) and PSNR-Y
+(mean of per-frame luma PSNR) against the decoded source. BD-rates (``--bd-method``,
+PCHIP by default) are negative when the test method needs fewer bits for the same quality.
+
+Usage::
+
+    .venv/bin/python bench/precoders.py [--frames 60] [--crfs 23,28,33,38] [CLIP ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from gopflow.errors import BdRateError
+from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.precoders import restore
+from gopflow.precoders.learned import DvpPrecoder, LearnedRestorer
+from gopflow.precoders.resample import scaled_size
+from gopflow.precoders.restore import RestoreTarget
+from gopflow.quality.bd import bd_rate
+from gopflow.quality.metrics import psnr_from_mse
+from gopflow.quality.vmaf import vmaf_scores
+
+MEDIA = Path("/work/shared/media")
+DEFAULT_CLIPS = ("white_flower_1280x720.264", "flower_960x540.mp4")
+RAW_FPS = {".264": Fraction(30), ".h264": Fraction(30)}  # elementary streams carry no rate
+SCALES = (Fraction(3, 4), Fraction(2, 3), Fraction(1, 2))
+VISTRA_SCALE = Fraction(1, 2)
+OUT = Path(__file__).resolve().parent / "out" / "precoders"
+THREADS = 2
+
+
+def ffmpeg(*args: str) -> None:
+    command = [find_ffmpeg().path, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+               *args]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"ffmpeg failed ({done.returncode}): {done.stderr.strip()}")
+
+
+class Source:
+    """The first ``frames`` frames of a clip, decoded once to y4m, with luma in memory."""
+
+    def __init__(self, clip: Path, frames: int, work: Path) -> None:
+        self.clip, self.work = clip, work
+        self.y4m = work / "source.y4m"
+        rate = RAW_FPS.get(clip.suffix)
+        pre = ["-framerate", str(rate)] if rate else []
+        ffmpeg(*pre, "-i", str(clip), "-frames:v", str(frames), "-an",
+               "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", str(self.y4m))
+        with av.open(str(self.y4m)) as box:
+            stream = box.streams.video[0]
+            self.fps = Fraction(stream.average_rate)
+            self.width, self.height = stream.codec_context.width, stream.codec_context.height
+        with self.y4m.open("rb") as fh:
+            self.header = fh.readline()
+        self.luma = [plane for plane in self._lumas()]
+        self.frames = len(self.luma)
+        self.target = RestoreTarget(self.width, self.height, self.fps, self.frames)
+
+    def _lumas(self) -> Iterator[np.ndarray]:
+        for frame in self.decoded():
+            yield frame.to_ndarray()[: frame.height].copy()
+
+    def decoded(self) -> Iterator[av.VideoFrame]:
+        with av.open(str(self.y4m)) as box:
+            yield from box.decode(video=0)
+
+    def kbps(self, path: Path) -> float:
+        return path.stat().st_size * 8 / (self.frames / float(self.fps)) / 1000.0
+
+
+def downscale_raw(source: Source, scale: Fraction, method: str) -> tuple[Path, int, int]:
+    """The source at ``scale`` as packed yuv420p (Lanczos via ffmpeg, or the learned DVP)."""
+    width, height = scaled_size(source.width, source.height, scale)
+    path = source.work / f"{method}-{scale.numerator}_{scale.denominator}.yuv"
+    if method == "lanczos":
+        ffmpeg("-i", str(source.y4m), "-vf", f"scale={width}:{height}:flags=lanczos",
+               "-pix_fmt", "yuv420p", "-f", "rawvideo", str(path))
+    else:
+        precoder = DvpPrecoder(scale, threads=THREADS)
+        assert precoder.size(source.width, source.height) == (width, height)
+        with path.open("wb") as fh:
+            for frame in source.decoded():
+                fh.write(precoder.down(frame))
+    return path, width, height
+
+
+def encode(source: Source, raw: Path | None, size: tuple[int, int], crf: int,
+           out: Path) -> None:
+    """x264 medium at ``crf`` of the y4m source (``raw`` None) or a packed yuv420p file."""
+    if raw is None:
+        inputs = ["-i", str(source.y4m)]
+    else:
+        inputs = ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{size[0]}x{size[1]}",
+                  "-framerate", str(source.fps), "-i", str(raw)]
+    ffmpeg(*inputs, "-an", "-c:v", "libx264", "-preset", "medium", "-crf", str(crf),
+           "-pix_fmt", "yuv420p", "-threads", str(THREADS), str(out))
+
+
+def measure(source: Source, stream: Path, restorer: LearnedRestorer | None) -> dict:
+    """Restore ``stream`` to the source geometry, write it as y4m, score it, delete it."""
+    restored = stream.with_suffix(".restored.y4m")
+    mses = []
+    y_size = source.width * source.height
+    with av.open(str(stream)) as box, restored.open("wb") as fh:
+        fh.write(source.header)
+        frames: Iterable[av.VideoFrame] = box.decode(video=0)
+        packed = (restorer.restore_frames(frames, source.target) if restorer
+                  else restore.restore_frames(frames, source.target))
+        for index, data in enumerate(packed):
+            fh.write(b"FRAME\n")
+            fh.write(data)
+            luma = np.frombuffer(data, np.uint8, y_size).reshape(source.height, source.width)
+            diff = luma.astype(np.int32) - source.luma[index]
+            mses.append(float(np.mean(diff * diff)))
+    vmaf = vmaf_scores(str(source.y4m), str(restored), models=("vmaf_neg",), threads=THREADS)
+    restored.unlink()
+    return {
+        "psnr_y": float(np.mean([psnr_from_mse(m) for m in mses])),
+        "vmaf_neg": float(np.mean(vmaf["vmaf_neg"])),
+    }
+
+
+def pareto(points: list[dict], metric: str) -> list[dict]:
+    """Points no other point beats on both rate and quality, by rate (mode selection)."""
+    front: list[dict] = []
+    for point in sorted(points, key=lambda p: (p["kbps"], -p[metric])):
+        if not front or point[metric] > front[-1][metric]:
+            front.append(point)
+    return front
+
+
+def run_clip(clip: Path, frames: int, crfs: list[int]) -> dict:
+    work = OUT / clip.stem
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    source = Source(clip, frames, work)
+    print(f"\n== {clip.name}: {source.width}x{source.height} @ {source.fps} fps, "
+          f"{source.frames} frames", flush=True)
+    learned = LearnedRestorer(threads=THREADS, temporal=False)
+    points: list[dict] = []
+
+    def add(method: str, scale: Fraction, crf: int, stream: Path,
+            restorer: LearnedRestorer | None = None) -> None:
+        started = time.perf_counter()
+        point = {"method": method, "scale": str(scale), "crf": crf,
+                 "kbps": source.kbps(stream), **measure(source, stream, restorer)}
+        points.append(point)
+        print(f"   {method:<8} {scale!s:>4} crf {crf}: {point['kbps']:8.1f} kbps "
+              f"PSNR-Y {point['psnr_y']:6.2f} VMAF NEG {point['vmaf_neg']:6.2f} "
+              f"({time.perf_counter() - started:.1f} s)", flush=True)
+
+    for crf in crfs:
+        stream = work / f"x264-crf{crf}.mp4"
+        encode(source, None, (source.width, source.height), crf, stream)
+        add("x264", Fraction(1), crf, stream)
+    for method in ("lanczos", "dvp"):
+        for scale in SCALES:
+            raw, width, height = downscale_raw(source, scale, method)
+            for crf in crfs:
+                stream = work / f"{method}-{scale.numerator}_{scale.denominator}-crf{crf}.mp4"
+                encode(source, raw, (width, height), crf, stream)
+                add(method, scale, crf, stream)
+                if method == "lanczos" and scale == VISTRA_SCALE:
+                    add("vistra", scale, crf, stream, learned)
+            raw.unlink()
+    return {"clip": clip.name, "width": source.width, "height": source.height,
+            "fps": str(source.fps), "frames": source.frames, "points": points}
+
+
+def curve(points: list[dict], method: str, scale: str | None = None) -> list[dict]:
+    return [p for p in points if p["method"] == method and (scale is None or p["scale"] == scale)]
+
+
+def bd(anchor: list[dict], test: list[dict], metric: str, method: str) -> float | None:
+    try:
+        return bd_rate([p["kbps"] for p in anchor], [p[metric] for p in anchor],
+                       [p["kbps"] for p in test], [p[metric] for p in test], method=method)
+    except BdRateError as exc:
+        print(f"   (BD-rate n/a: {exc})")
+        return None
+
+
+def report(result: dict, bd_method: str) -> None:
+    points = result["points"]
+    print(f"\n## {result['clip']} ({result['width']}x{result['height']}, "
+          f"{result['frames']} frames @ {result['fps']} fps), x264 medium")
+    print(f"{'method':<10} {'scale':>5} {'crf':>4} {'kbps':>9} {'PSNR-Y':>7} {'VMAF NEG':>9}")
+    for p in points:
+        print(f"{p['method']:<10} {p['scale']:>5} {p['crf']:>4} {p['kbps']:9.1f} "
+              f"{p['psnr_y']:7.2f} {p['vmaf_neg']:9.2f}")
+    full = curve(points, "x264")
+    dvp_union = full + curve(points, "dvp")
+    selections = {m: pareto(dvp_union, m) for m in ("vmaf_neg", "psnr_y")}
+    result["dvp_select"] = selections
+    for metric, front in selections.items():
+        chosen = ", ".join(f"{p['scale']}@{p['crf']}" for p in front)
+        print(f"dvp-select front ({metric}): {chosen}")
+    rows: list[tuple[str, list[dict], dict[str, list[dict]]]] = []
+    for scale in SCALES:
+        rows.append((f"lanczos {scale} vs x264", full, {"": curve(points, "lanczos", str(scale))}))
+    for scale in SCALES:
+        rows.append((f"dvp {scale} vs x264", full, {"": curve(points, "dvp", str(scale))}))
+    rows.append(("dvp-select vs x264", full, {m: f for m, f in selections.items()}))
+    rows.append((f"vistra {VISTRA_SCALE} (learned up) vs x264", full,
+                 {"": curve(points, "vistra")}))
+    for scale in SCALES:
+        rows.append((f"dvp {scale} vs lanczos {scale}", curve(points, "lanczos", str(scale)),
+                     {"": curve(points, "dvp", str(scale))}))
+    rows.append((f"vistra learned-up vs bicubic-up ({VISTRA_SCALE})",
+                 curve(points, "lanczos", str(VISTRA_SCALE)), {"": curve(points, "vistra")}))
+    print(f"\nBD-rate ({bd_method}), negative = fewer bits for the same quality")
+    print(f"{'comparison':<42} {'VMAF NEG':>9} {'PSNR-Y':>8}")
+    table = []
+    for label, anchor, tests in rows:
+        values = {m: bd(anchor, tests.get(m, tests.get("")), m, bd_method)
+                  for m in ("vmaf_neg", "psnr_y")}
+        table.append({"comparison": label, **values})
+        cells = " ".join(f"{'n/a' if v is None else f'{v:+.1f}%':>{w}}"
+                         for v, w in zip(values.values(), (9, 8), strict=True))
+        print(f"{label:<42} {cells}")
+    result["bd_rate"] = {"method": bd_method, "rows": table}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 5.5), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        points = result["points"]
+        series = [("x264 (full size)", curve(points, "x264"), ("-", "black"))]
+        for scale, colour in zip(SCALES, ("tab:blue", "tab:green", "tab:red"), strict=True):
+            series.append((f"lanczos {scale}", curve(points, "lanczos", str(scale)),
+                           ("--", colour)))
+            series.append((f"dvp {scale}", curve(points, "dvp", str(scale)), ("-", colour)))
+        series.append(("dvp-select (front)", result["dvp_select"]["vmaf_neg"], ("-", "purple")))
+        series.append((f"vistra {VISTRA_SCALE} learned up", curve(points, "vistra"),
+                       (":", "orange")))
+        for label, pts, style in series:
+            pts = sorted(pts, key=lambda p: p["kbps"])
+            x, y = [p["kbps"] for p in pts], [p["vmaf_neg"] for p in pts]
+            width = 2.5 if label.startswith(("dvp-select", "x264")) else 1.2
+            ax.plot(x, y, linestyle=style[0], color=style[1], marker=".",
+                    linewidth=width, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("kbps")
+        ax.set_ylabel("VMAF NEG (at source resolution)")
+        ax.set_title(f"{result['clip']} ({result['frames']} frames, x264 medium)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("clips", nargs="*", default=list(DEFAULT_CLIPS),
+                        help=f"clips (names under {MEDIA} or paths)")
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--crfs", default="23,28,33,38")
+    parser.add_argument("--bd-method", choices=("pchip", "cubic"), default="pchip")
+    args = parser.parse_args()
+    crfs = [int(c) for c in args.crfs.split(",")]
+    if len(crfs) < 4:
+        parser.error("BD-rates need at least 4 rate points (--crfs)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = []
+    for name in args.clips:
+        clip = Path(name) if Path(name).exists() else MEDIA / name
+        results.append(run_clip(clip, args.frames, crfs))
+    for result in results:
+        report(result, args.bd_method)
+    png, js = OUT / "rd_vmaf_neg.png", OUT / "results.json"
+    plot(results, png)
+    js.write_text(json.dumps({"frames": args.frames, "crfs": crfs, "clips": results},
+                             indent=1, default=str))
+    elapsed = time.perf_counter() - started
+    print(f"\nplot: {png}\njson: {js}\nelapsed: {elapsed:.0f} s ({math.floor(elapsed / 60)} min)")
+
+
+if __name__ == "__main__":
+    main()
