@@ -1,0 +1,233 @@
+"""The gopflow learned-video bitstream: a header, then self-delimiting, checksummed units.
+
+Layout (all integers big-endian)::
+
+    header  b"GFLV" | version u8 | model-id length u8 | model id (UTF-8: name + ":" +
+            weights sha256 prefix, never a list position) | width u32 | height u32 |
+            fps numerator u32 | fps denominator u32 | GOP size u32 | frame count u32 |
+            CRC32 of everything before it u32
+    unit    kind u8 (I intra, P inter, E end) | frame index u32 | payload length u32 |
+            payload | CRC32 of kind..payload u32
+    end     one E unit with an empty payload and frame index = frame count
+
+Unlike CompressAI's ``examples/codec.py`` header (no magic, version or checksum, models by
+dictionary position), a reader can tell a gopflow stream, its format version and the exact
+weights it needs, and a truncated or corrupt file stops with a one-line error at the first
+bad unit (after DCVC's ``stream_helper``: units per sequence, intra and inter data).
+Payloads are opaque here: entropy-coded latent strings packed with :func:`pack_strings`.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import BinaryIO
+
+from gopflow.errors import CorruptInputError, UsageError
+from gopflow.fileio import atomic_write
+
+MAGIC = b"GFLV"
+VERSION = 1
+_HEAD = struct.Struct(">IIIIII")
+_UNIT = struct.Struct(">BII")
+_CRC = struct.Struct(">I")
+MAX_PAYLOAD = 1 << 30
+
+
+class BitstreamError(CorruptInputError):
+    """A learned bitstream is truncated, corrupt, or not a gopflow stream."""
+
+
+class UnitKind(enum.IntEnum):
+    """What a unit carries."""
+
+    INTRA = ord("I")
+    INTER = ord("P")
+    END = ord("E")
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """Everything a decoder needs before the first frame."""
+
+    model_id: str
+    width: int
+    height: int
+    fps: Fraction
+    gop_size: int
+    frame_count: int
+
+    def __post_init__(self) -> None:
+        encoded = self.model_id.encode()
+        if not 0 < len(encoded) < 256:
+            raise UsageError("a model id must be 1 to 255 bytes of UTF-8")
+        for name in ("width", "height", "gop_size", "frame_count"):
+            value = getattr(self, name)
+            if not 0 < value < 1 << 32:
+                raise UsageError(f"stream {name} out of range: {value}")
+        if self.fps <= 0:
+            raise UsageError(f"frame rate must be positive, got {self.fps}")
+
+    def to_bytes(self) -> bytes:
+        model = self.model_id.encode()
+        body = (
+            MAGIC + bytes([VERSION, len(model)]) + model
+            + _HEAD.pack(self.width, self.height, self.fps.numerator, self.fps.denominator,
+                         self.gop_size, self.frame_count)
+        )
+        return body + _CRC.pack(zlib.crc32(body))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One frame's coded data (or the end marker)."""
+
+    kind: UnitKind
+    frame: int
+    payload: bytes
+
+    def to_bytes(self) -> bytes:
+        if len(self.payload) > MAX_PAYLOAD:
+            raise UsageError(f"a unit payload of {len(self.payload)} bytes is too large")
+        body = _UNIT.pack(int(self.kind), self.frame, len(self.payload)) + self.payload
+        return body + _CRC.pack(zlib.crc32(body))
+
+
+def write_stream(path: str, header: StreamHeader, units: Iterable[Unit]) -> int:
+    """Write a complete stream atomically (temp file, then rename); return its size."""
+    written = 0
+
+    def write(handle: BinaryIO) -> None:
+        nonlocal written
+        frames = 0
+        written += handle.write(header.to_bytes())
+        for unit in units:
+            if unit.kind == UnitKind.END:
+                raise UsageError("the end unit is written by write_stream itself")
+            if unit.frame != frames:
+                raise UsageError(f"unit for frame {unit.frame} out of order (expected {frames})")
+            written += handle.write(unit.to_bytes())
+            frames += 1
+        if frames != header.frame_count:
+            raise UsageError(f"header says {header.frame_count} frames, {frames} were written")
+        written += handle.write(Unit(UnitKind.END, frames, b"").to_bytes())
+
+    atomic_write(path, write)
+    return written
+
+
+def _read_exact(handle: BinaryIO, size: int, what: str, name: str) -> bytes:
+    data = handle.read(size)
+    if len(data) != size:
+        raise BitstreamError(f"{name} is truncated: {what} needs {size} bytes, {len(data)} left")
+    return data
+
+
+def read_header(handle: BinaryIO, name: str = "stream") -> StreamHeader:
+    """Read and check the header of a stream positioned at its start."""
+    start = _read_exact(handle, 6, "the header", name)
+    if start[:4] != MAGIC:
+        raise BitstreamError(f"{name} is not a gopflow learned bitstream (bad magic)")
+    if start[4] != VERSION:
+        raise BitstreamError(f"{name} has format version {start[4]}; this gopflow reads {VERSION}")
+    model = _read_exact(handle, start[5], "the model id", name)
+    numbers = _read_exact(handle, _HEAD.size, "the header", name)
+    (crc,) = _CRC.unpack(_read_exact(handle, _CRC.size, "the header checksum", name))
+    if zlib.crc32(start + model + numbers) != crc:
+        raise BitstreamError(f"{name} has a corrupt header (checksum mismatch)")
+    width, height, num, den, gop, frames = _HEAD.unpack(numbers)
+    try:
+        return StreamHeader(model.decode(), width, height, Fraction(num, den), gop, frames)
+    except (UsageError, UnicodeDecodeError, ZeroDivisionError) as exc:
+        raise BitstreamError(f"{name} has an invalid header: {exc}") from None
+
+
+def read_units(handle: BinaryIO, header: StreamHeader, name: str = "stream") -> Iterator[Unit]:
+    """Yield every frame unit in order, checking each checksum; stop at the end unit."""
+    expected = 0
+    while True:
+        head = _read_exact(handle, _UNIT.size, f"unit {expected}", name)
+        kind_value, frame, length = _UNIT.unpack(head)
+        if length > MAX_PAYLOAD:
+            raise BitstreamError(f"{name}: unit {expected} claims {length} bytes (corrupt)")
+        payload = _read_exact(handle, length, f"unit {expected}", name)
+        (crc,) = _CRC.unpack(_read_exact(handle, _CRC.size, f"unit {expected}'s checksum", name))
+        if zlib.crc32(head + payload) != crc:
+            raise BitstreamError(f"{name}: unit {expected} is corrupt (checksum mismatch)")
+        try:
+            kind = UnitKind(kind_value)
+        except ValueError:
+            raise BitstreamError(f"{name}: unit {expected} has unknown kind {kind_value}") from None
+        if frame != expected:
+            raise BitstreamError(f"{name}: unit for frame {frame} where {expected} was due")
+        if kind == UnitKind.END:
+            if frame != header.frame_count:
+                raise BitstreamError(
+                    f"{name} ends after {frame} frames; its header says {header.frame_count}"
+                )
+            return
+        if expected >= header.frame_count:
+            raise BitstreamError(f"{name} has more frames than its header's {header.frame_count}")
+        yield Unit(kind, frame, payload)
+        expected += 1
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(handle: io.BytesIO) -> int:
+    value, shift = 0, 0
+    while True:
+        raw = handle.read(1)
+        if not raw:
+            raise BitstreamError("a frame payload is truncated (inside a length)")
+        value |= (raw[0] & 0x7F) << shift
+        if not raw[0] & 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise BitstreamError("a frame payload has a malformed length")
+
+
+def pack_strings(groups: Sequence[Sequence[bytes]], shape: Sequence[int]) -> bytes:
+    """Entropy-coded strings (CompressAI's ``compress()`` output: one list per latent) and
+    the latent's spatial shape, as one self-delimiting payload."""
+    out = bytearray(_varint(len(shape)))
+    for size in shape:
+        out += _varint(size)
+    out += _varint(len(groups))
+    for group in groups:
+        out += _varint(len(group))
+        for item in group:
+            out += _varint(len(item)) + item
+    return bytes(out)
+
+
+def unpack_strings(payload: bytes) -> tuple[list[list[bytes]], list[int]]:
+    """The inverse of :func:`pack_strings`."""
+    handle = io.BytesIO(payload)
+    shape = [_read_varint(handle) for _ in range(_read_varint(handle))]
+    groups: list[list[bytes]] = []
+    for _ in range(_read_varint(handle)):
+        group = []
+        for _ in range(_read_varint(handle)):
+            size = _read_varint(handle)
+            item = handle.read(size)
+            if len(item) != size:
+                raise BitstreamError("a frame payload is truncated (inside a string)")
+            group.append(item)
+        groups.append(group)
+    if handle.read(1):
+        raise BitstreamError("a frame payload has trailing bytes")
+    return groups, shape
