@@ -308,12 +308,12 @@ def bench_clip(args: argparse.Namespace, source: Path) -> dict[str, Any]:
     started = time.perf_counter()
     key = {
         **clip_key(args, source), "target": args.target, "tolerance": args.tolerance,
-        "probe_preset": args.probe_preset,
+        "probe_preset": args.probe_preset, "mode_select": args.mode_select,
     }
     qro = encode(
-        args, source, out_dir, f"qro_vmaf{args.target:g}",
+        args, source, out_dir, f"qro_vmaf{args.target:g}_{args.mode_select}",
         ["--target-vmaf", str(args.target), "--qro-tolerance", str(args.tolerance),
-         "--probe-preset", args.probe_preset],
+         "--probe-preset", args.probe_preset, "--mode-select", args.mode_select],
         key,
     )
     log(
@@ -507,6 +507,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--preset", default="medium", help="final encode preset (both)")
     parser.add_argument("--probe-preset", default="veryfast", help="QRO probe preset")
+    parser.add_argument(
+        "--mode-select", choices=["probe", "predict"], default="probe",
+        help="QRO mode selection: probe encodes, or the shipped SI/TI predictor",
+    )
     parser.add_argument("--crf-min", type=int, default=10)
     parser.add_argument("--crf-max", type=int, default=40)
     parser.add_argument("--gop-seconds", type=float, default=None, help="passed to both")

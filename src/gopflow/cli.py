@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qro.add_argument("--probe-preset", default="veryfast", help="preset of probe encodes")
     qro.add_argument(
+        "--mode-select", choices=["probe", "predict"], default="probe",
+        help="probe: search every scale with probe encodes; predict: pick the scale from "
+        "the GOP's SI/TI with the shipped predictor (trained on probe results), then search "
+        "CRF in that mode only (quality targets only)",
+    )
+    qro.add_argument(
         "--qro-tolerance", type=float, default=0.5,
         help="a GOP passes its check at target minus this (0.5)",
     )
@@ -277,6 +283,8 @@ def _qro_settings(args: argparse.Namespace) -> QroSettings | None:
     from gopflow.pipeline.qro_stage import QroSettings
     from gopflow.quality.qro import QroTarget, parse_scale
 
+    if args.mode_select == "predict" and args.target_vmaf is None and args.target_vmaf_neg is None:
+        raise UsageError("--mode-select predict needs --target-vmaf or --target-vmaf-neg")
     if args.target_vmaf is not None:
         target = QroTarget("vmaf", target=args.target_vmaf)
     elif args.target_vmaf_neg is not None:
@@ -303,6 +311,7 @@ def _qro_settings(args: argparse.Namespace) -> QroSettings | None:
         tolerance=args.qro_tolerance,
         max_reencodes=max(0, args.max_reencodes),
         precoder=args.precoder,
+        mode_select=args.mode_select,
     )
 
 

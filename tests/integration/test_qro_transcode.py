@@ -140,3 +140,20 @@ def test_learned_precoders_restore_from_the_file_alone(tmp_path: Path, precoder:
 
     whole = vmaf_scores(src, str(viewer))
     assert abs(whole.per_gop([(0, 60)])[0].pooled["vmaf"].mean - measured) < 1.0
+
+
+def test_predicted_mode_searches_one_scale_per_gop(tmp_path: Path) -> None:
+    from gopflow.precoders.mode_predictor import DEFAULT_PATH
+
+    if not DEFAULT_PATH.exists():
+        pytest.skip("no mode predictor shipped in this checkout")
+    out = tmp_path / "predict.mkv"
+    settings = QroSettings(QroTarget("vmaf", target=90.0), mode_select="predict")
+    report = run_transcode(TranscodeConfig(
+        input=media(CLIP), output=str(out), settings=EncodeSettings(preset="faster"),
+        qro=settings, progress=False,
+    )).to_dict()
+    for gop in report["gops"]:
+        decision = gop["decision"]
+        assert len({(p["scale"], p["half_rate"]) for p in decision["probes"]}) == 1
+        assert decision["passed"] != decision["flagged"]

@@ -1056,6 +1056,9 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         "decoded luma, through a differentiable H.264-like codec proxy). Writes NAME.pt, "
         "NAME.json (metadata), NAME-loss.png and a checkpoint into --out.",
     )
+    from gopflow.jobs.train_mode import add_mode_parser
+
+    add_mode_parser(sub)
     pre.add_argument("--kind", required=True, choices=KINDS)
     pre.add_argument("--data", required=True, metavar="DIR", help="directory of video clips")
     pre.add_argument("--scale", type=_scale_arg, default="1/2",
@@ -1111,6 +1114,10 @@ def run_train(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
+    if args.train_command == "mode-predictor":
+        from gopflow.jobs.train_mode import run_mode
+
+        return run_mode(args)
     if args.train_command == "evaluate":
         report = evaluate_model(args.model, args.clips, frames=args.frames, crfs=args.crf,
                                 preset=args.preset, threads=args.threads,

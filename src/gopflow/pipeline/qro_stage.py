@@ -17,6 +17,7 @@ job re-probes nothing it already measured.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -36,6 +37,12 @@ from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.reader import feed_format, frame_bytes
 from gopflow.pipeline.stage import GopEncodeStage
 from gopflow.precoders.learned import DvpPrecoder, LearnedRestorer
+from gopflow.precoders.mode_predictor import (
+    ModePredictor,
+    gop_features,
+    luma_planes,
+    shipped_sha256,
+)
 from gopflow.precoders.resample import ResampleMode, down_filters
 from gopflow.precoders.restore import RestoreTarget, restore_frames
 from gopflow.quality.gop_quality import GopScore, score_restored
@@ -61,6 +68,7 @@ class QroSettings:
     max_probes_per_mode: int = 4
     refinements: int = 2
     precoder: str = "none"
+    mode_select: str = "probe"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +85,7 @@ class QroSettings:
             "max_probes_per_mode": self.max_probes_per_mode,
             "refinements": self.refinements,
             "precoder": self.precoder,
+            "mode_select": self.mode_select,
         }
 
 
@@ -90,6 +99,11 @@ class QroGopTask:
     forced: Candidate | None = None
     measure_threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=1)
+def _predictor() -> ModePredictor:
+    return ModePredictor.load(sha256=shipped_sha256())
 
 
 def _learned_down(task: QroGopTask, candidate: Candidate, raw_fmt: str) -> bool:
@@ -276,10 +290,22 @@ class QroGopStage:
                 decision: Decision | None = None
                 candidate = task.forced
             else:
+                scales, rates = qro.scales, (
+                    (False, True) if qro.half_rate and qro.precoder != "dvp" else (False,)
+                )
+                if qro.mode_select == "predict":
+                    # Fast mode selection: content features -> one spatial mode; the CRF
+                    # search then runs in that mode only.
+                    features = gop_features(luma_planes(
+                        raw, target.width, target.height, os.path.getsize(raw) // gop.frame_count
+                    ))
+                    assert qro.target.target is not None
+                    scales = (_predictor().predict(features, qro.target.target),)
+                    rates = (False,)
                 decision = decide(
                     gop.index, probe, qro.target, gop.frame_count, fps,
-                    scales=qro.scales,
-                    rates=(False, True) if qro.half_rate and qro.precoder != "dvp" else (False,),
+                    scales=scales,
+                    rates=rates,
                     crf_range=qro.crf_range, start_crf=qro.start_crf,
                     max_probes_per_mode=qro.max_probes_per_mode,
                 )
