@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -162,7 +161,6 @@ class FfmpegEncoder:
         if settings.codec not in ENCODER_NAMES:
             raise UsageError(f"unknown codec {settings.codec!r}; choose x264 or x265")
         self.settings = settings
-        self.last_encode_seconds = 0.0
 
     def encode_gop(
         self, frames: Iterable[Any], source: SourceFormat, keep: int | None = None
@@ -173,7 +171,6 @@ class FfmpegEncoder:
         tool = find_ffmpeg()
         tool.require(encoders=[ENCODER_NAMES[self.settings.codec]])
         in_fmt = feed_format(source.pix_fmt, self.settings.pix_fmt)
-        started = time.perf_counter()
         fed = 0
 
         def payload() -> Iterator[bytes]:
@@ -193,7 +190,6 @@ class FfmpegEncoder:
                 output = _cut(tool.path, output, keep, os.path.join(scratch, "cut.mp4"))
             with open(output, "rb") as segment:
                 data = segment.read()
-        self.last_encode_seconds = time.perf_counter() - started
         return data
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from gopflow.errors import UsageError
 from gopflow.fileio import atomic_write_json
-from gopflow.media.probe import frame_timestamps, probe
+from gopflow.media.probe import probe_with_timestamps
 from gopflow.media.reader import GopReader
 from gopflow.precoders.mode_predictor import (
     DEFAULT_PATH,
@@ -77,8 +77,7 @@ def train_mode_predictor(
                     ),
                     progress=False,
                 ))
-                info = probe(str(clip))
-                stamps = frame_timestamps(info.path, info.stream_index)
+                info, stamps = probe_with_timestamps(str(clip))
                 with GopReader(info.path, info.stream_index, info.read_mode) as reader:
                     for record in report.gops:
                         start_pts = stamps[record.start_frame] if info.read_mode == "seek" else None

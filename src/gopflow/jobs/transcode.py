@@ -22,7 +22,7 @@ from gopflow.codecs.ffmpeg_encoder import ENCODER_NAMES, PRESETS, coded_size
 from gopflow.errors import OutputError, UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import find_ffmpeg
-from gopflow.media.probe import frame_timestamps, probe
+from gopflow.media.probe import probe_with_timestamps
 from gopflow.pipeline.assemble import assemble, container_for
 from gopflow.pipeline.plan import DEFAULT_SCENE_THRESHOLD, detect_scene_cuts, plan_gops
 from gopflow.pipeline.qro_stage import QroGopStage, QroGopTask, QroSettings
@@ -123,13 +123,15 @@ def _source_format(info: VideoInfo) -> SourceFormat:
     )
 
 
-def _plan(info: VideoInfo, config: TranscodeConfig) -> list[GopSpec]:
+def _plan(
+    info: VideoInfo, config: TranscodeConfig, stamps: list[int | None]
+) -> list[GopSpec]:
     fps = float(info.fps)
     max_frames = max(1, round(config.gop_seconds * fps))
     min_frames = max(1, round(config.min_gop_seconds * fps))
     cuts = detect_scene_cuts(info, config.scene_threshold) if config.scene_detect else []
-    stamps = frame_timestamps(info.path, info.stream_index) if info.read_mode == "seek" else None
-    return plan_gops(info.frame_count, max_frames, min_frames, cuts, stamps)
+    seek_stamps = stamps if info.read_mode == "seek" else None
+    return plan_gops(info.frame_count, max_frames, min_frames, cuts, seek_stamps)
 
 
 def _describe(task: GopTask | QroGopTask) -> str:
@@ -150,7 +152,7 @@ def run_transcode(
     config.validate()
     tool = find_ffmpeg()
     tool.require(encoders=[ENCODER_NAMES[config.settings.codec]], filters=["scdet", "fillborders"])
-    info = probe(config.input)
+    info, stamps = probe_with_timestamps(config.input)
     mark("probed")
     _check_output_writable(config.output)
     if info.vfr:
@@ -187,7 +189,7 @@ def run_transcode(
     def plan_tasks() -> tuple[list[GopSpec], list[Any]]:
         planned = saved_plan
         if planned is None:
-            planned = _plan(info, config)
+            planned = _plan(info, config, stamps)
             workdir.save_plan(info.to_dict(), planned)
         todo: list[Any] = [
             GopTask(info.path, info.stream_index, info.read_mode, gop, source, settings)

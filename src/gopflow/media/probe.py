@@ -173,6 +173,12 @@ def _is_vfr(stamps: list[int | None]) -> bool:
 
 def probe(path: str) -> VideoInfo:
     """Describe ``path``'s first video stream and its audio streams."""
+    return probe_with_timestamps(path)[0]
+
+
+def probe_with_timestamps(path: str) -> tuple[VideoInfo, list[int | None]]:
+    """:func:`probe`, plus the frames' presentation timestamps its demux pass collected
+    (what GOP planning needs), so a job demuxes the input once."""
     path = os.path.abspath(path)
     with open_input(path) as container:
         stream, others = _video_stream(container, path)
@@ -230,7 +236,7 @@ def probe(path: str) -> VideoInfo:
             fps = Fraction(frame_count - 1) / Fraction(span).limit_denominator(1_000_000)
             fps = fps.limit_denominator(1001)
     duration = frame_count / float(fps)
-    return VideoInfo(
+    info = VideoInfo(
         path=path,
         fps=fps,
         vfr=vfr,
@@ -241,3 +247,4 @@ def probe(path: str) -> VideoInfo:
         read_mode="seek" if seekable else "scan",
         **info_common,
     )
+    return info, stamps

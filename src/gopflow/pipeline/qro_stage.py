@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -98,7 +98,6 @@ class QroGopTask:
     probe_cache: str | None = None
     forced: Candidate | None = None
     measure_threads: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=1)
@@ -170,7 +169,7 @@ class QroGopStage:
     # -- building blocks -------------------------------------------------------------
     @staticmethod
     def _encode(task: QroGopTask, raw: str, candidate: Candidate, preset: str,
-                scratch: str, final: bool) -> bytes:
+                scratch: str, final: bool) -> str:
         base = task.base
         settings = replace(
             base.settings, preset=preset, crf=candidate.crf, bitrate_kbps=None,
@@ -202,15 +201,11 @@ class QroGopStage:
             code, reason = feed_process(command, (), log_path)
         if code != 0 or not os.path.exists(output):
             raise EncoderError(f"{settings.codec} failed on candidate {candidate.key}: {reason}")
-        with open(output, "rb") as handle:
-            return handle.read()
+        return output
 
     @staticmethod
-    def _score(task: QroGopTask, data: bytes, raw: str, target: RestoreTarget,
-               scratch: str) -> GopScore:
-        path = os.path.join(scratch, "scored.mp4")
-        with open(path, "wb") as handle:
-            handle.write(data)
+    def _score(task: QroGopTask, path: str, raw: str, target: RestoreTarget) -> GopScore:
+        """Decode, restore and score the encoded GOP at ``path``."""
         metric = _METRIC_FOR_SCORING.get(task.qro.target.metric, task.qro.target.metric)
         restore = restore_frames
         if task.qro.precoder == "vistra":
@@ -280,9 +275,10 @@ class QroGopStage:
                 known = cache.get(candidate)
                 if known is not None:
                     return known
-                data = self._encode(task, raw, candidate, qro.probe_preset, scratch, False)
-                score = self._score(task, data, raw, target, scratch)
-                result = ProbeResult(candidate, len(data) * 8, score.mean, score.minimum)
+                path = self._encode(task, raw, candidate, qro.probe_preset, scratch, False)
+                score = self._score(task, path, raw, target)
+                bits = os.path.getsize(path) * 8
+                result = ProbeResult(candidate, bits, score.mean, score.minimum)
                 cache.put(result)
                 return result
 
@@ -317,8 +313,10 @@ class QroGopStage:
             )
 
             def final(candidate: Candidate) -> tuple[bytes, GopScore, bool]:
-                data = self._encode(task, raw, candidate, base.settings.preset, scratch, True)
-                score = self._score(task, data, raw, target, scratch)
+                path = self._encode(task, raw, candidate, base.settings.preset, scratch, True)
+                score = self._score(task, path, raw, target)
+                with open(path, "rb") as handle:
+                    data = handle.read()
                 if budget is not None:
                     passed = len(data) * 8 <= budget
                 else:

@@ -5,20 +5,17 @@ connects to an existing one (``address`` / ``RAY_ADDRESS``) and runs a stage ove
 bounded work in flight (backpressure: the driver never holds more than that many results),
 retries, and results yielded as they arrive (any order; assembly restores order by index).
 
-Two ways to run a stage, chosen here and nowhere else:
-
-- ``map_unordered``: stateless stage functions ``fn(item)`` as Ray tasks.
-- ``map_lanes``: stateful stages (``factory() -> stage``, ``stage(item)``) in one Ray actor per
-  slot. Items are split into contiguous lanes, one per actor, so an actor sees consecutive
-  GOPs and can keep its decoder running; an actor whose lane runs dry takes work from the
-  far end of the longest remaining lane (work stealing), so no core idles while work is left.
+``map_lanes`` runs stateful stages (``factory() -> stage``, ``stage(item)``) in one Ray actor
+per slot. Items are split into contiguous lanes, one per actor, so an actor sees consecutive
+GOPs and can keep its decoder running; an actor whose lane runs dry takes work from the far
+end of the longest remaining lane (work stealing), so no core idles while work is left.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,12 +41,6 @@ class Placed:
 
     value: Any
     node_id: str
-
-
-def _run_placed(fn: Callable[[Any], Any], item: Any) -> Placed:
-    import ray
-
-    return Placed(fn(item), ray.get_runtime_context().get_node_id())
 
 
 class _StageActor:
@@ -134,49 +125,6 @@ class RayRunner:
         import ray
 
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-    def map_unordered(
-        self,
-        fn: Callable[[Item], Result],
-        items: Iterable[Item],
-        describe: Callable[[Item], str],
-        cpus_per_item: float = 1,
-        window: int = 4,
-        max_retries: int = 2,
-    ) -> Iterator[tuple[Item, Result, str]]:
-        """Yield ``(item, fn(item), node_id)`` as tasks finish, at most ``window`` in flight."""
-        import ray
-
-        remote = ray.remote(_run_placed).options(
-            num_cpus=cpus_per_item,
-            max_retries=max_retries,
-            retry_exceptions=list(RETRYABLE),
-        )
-        pending: dict[Any, Item] = {}
-        source = iter(items)
-        exhausted = False
-        try:
-            while pending or not exhausted:
-                while not exhausted and len(pending) < max(1, window):
-                    try:
-                        item = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    pending[remote.remote(fn, item)] = item
-                if not pending:
-                    break
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    item = pending.pop(ref)
-                    try:
-                        placed: Placed = ray.get(ref)
-                    except ray.exceptions.RayError as exc:
-                        raise _failure(describe(item), exc, max_retries) from None
-                    yield item, placed.value, placed.node_id
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
 
     def map_lanes(
         self,

@@ -1,8 +1,7 @@
 """The per-GOP stage: read the GOP's frames, encode them, return the segment.
 
-Pure Python with no knowledge of Ray: the runner decides where it runs (a task for the
-stateless function, an actor for :class:`GopEncodeStage`, which keeps its decoder open so
-that consecutive GOPs are decoded in one pass). Data flow:
+Pure Python with no knowledge of Ray: the runner hosts :class:`GopEncodeStage` in an actor,
+where it keeps its decoder open so that consecutive GOPs are decoded in one pass. Data flow:
 :class:`GopTask` -> frame-accurate decode (PyAV, in this process) -> codec -> :class:`EncodedGop`.
 """
 
@@ -70,11 +69,3 @@ class GopEncodeStage:
             self._reader.close()
             self._reader = None
 
-
-def encode_gop(task: GopTask) -> EncodedGop:
-    """Decode exactly ``task.gop``'s frames and encode them as one closed GOP (stateless)."""
-    stage = GopEncodeStage()
-    try:
-        return stage(task)
-    finally:
-        stage.close()

@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 from gopflow.errors import UsageError
 from gopflow.fileio import atomic_write_bytes
+from gopflow.precoders.resample import SCALES
 
-SCALES: tuple[Fraction, ...] = (Fraction(1), Fraction(3, 4), Fraction(2, 3), Fraction(1, 2))
 """Spatial scales a GOP may be coded at (of the source's width and height)."""
 
 CRF_LIMITS: tuple[float, float] = (0.0, 51.0)
