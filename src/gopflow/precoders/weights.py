@@ -186,9 +186,15 @@ def install_model(
     entry = ModelEntry(name, target.name, sha256_file(target), dict(arch), metadata)
     entries = read_registry(root)
     entries[name] = entry
+    # Keep other top-level sections (the mode predictor's hash) as they are.
+    try:
+        document = json.loads((root / REGISTRY_NAME).read_text())
+    except FileNotFoundError:
+        document = {}
     atomic_write_json(
         root / REGISTRY_NAME,
         {
+            **document,
             "format": REGISTRY_FORMAT,
             "models": {
                 key: {

@@ -1,0 +1,90 @@
+"""The contract between gopflow's learned video codecs and the rest of the pipeline.
+
+Data flow (issue 5)::
+
+    GOP frames (H x W x 3 uint8 RGB, any size)
+      -> LearnedVideoCodec.encode_gop(frames, level)      [codecs/learned/engine.py]
+         (pad to the model's multiple; frame 0 intra-coded by the hyperprior image codec,
+          frames 1.. inter-coded by DVC or FVC against the *decoded* previous frame(s))
+      -> CodedGop: one CodedFrame (kind, entropy-coded payload) per frame, and the exact
+         reconstruction the decoder will produce
+      -> bitstream units in one .gflv file                 [codecs/learned/bitstream.py]
+      -> LearnedVideoCodec.decode_gop(frames, width, height, level) in another process
+         == CodedGop.recon, bit for bit
+
+Training (``gopflow train codec``) drives the models through :class:`TrainableCodec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from gopflow.codecs.learned.bitstream import UnitKind
+
+
+@dataclass(frozen=True)
+class CodedFrame:
+    """One frame's entropy-coded data: ``INTRA`` or ``INTER`` and an opaque payload."""
+
+    kind: UnitKind
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class CodedGop:
+    """A coded GOP: its frames in order and the decoder's reconstruction of each
+    (``H x W x 3`` uint8 RGB, cropped to the source size)."""
+
+    frames: tuple[CodedFrame, ...]
+    recon: tuple[np.ndarray, ...]
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(len(frame.payload) for frame in self.frames)
+
+
+class LearnedVideoCodec(Protocol):
+    """A learned codec ready to code GOPs (weights loaded, entropy tables built)."""
+
+    name: str
+    """``"intra"``, ``"dvc"`` or ``"fvc"``."""
+    model_id: str
+    """Stable id written into streams: names plus weights SHA-256 prefixes."""
+    levels: int
+    """Quality levels ``1..levels`` (1 = lowest rate)."""
+
+    def encode_gop(self, frames: Sequence[np.ndarray], level: int) -> CodedGop:
+        """Code one closed GOP (first frame intra) at quality ``level``."""
+        ...
+
+    def decode_gop(
+        self, frames: Sequence[CodedFrame], width: int, height: int, level: int
+    ) -> list[np.ndarray]:
+        """Decode a GOP coded by :meth:`encode_gop` to its exact reconstruction."""
+        ...
+
+
+class TrainableCodec(Protocol):
+    """What the training job needs from a learned codec model (an ``nn.Module``)."""
+
+    stages: tuple[str, ...]
+    """Training stages in order, e.g. ``("rd",)`` for intra, ``("motion", "rd")`` for DVC."""
+    frames_per_sample: int
+    """Frames to code per training sample (after the reference): 1 for intra."""
+    levels: int
+
+    def training_loss(
+        self, reference: Any, frames: Any, level: Any, lmbda: Any, stage: str
+    ) -> tuple[Any, dict[str, float]]:
+        """``(loss, metrics)`` for one batch: ``frames`` ``N x T x 3 x H x W`` in [0, 1];
+        ``reference`` ``N x 3 x H x W`` (the decoded previous frame; ``None`` for intra);
+        ``level`` ``N`` long (0-based); ``lmbda`` ``N`` float. Loss = R + lmbda * 255^2 * D."""
+        ...
+
+    def aux_loss(self) -> Any:
+        """CompressAI's auxiliary loss of the entropy bottlenecks (trained separately)."""
+        ...
