@@ -218,9 +218,21 @@ def index_clip(path: Path) -> Clip:
 
 def read_luma(clip: Clip, index: int, count: int = 1) -> list[np.ndarray]:
     """Luma of frames ``index .. index + count - 1`` of ``clip`` (uint8 copies)."""
-    import av
-
     from gopflow.precoders.learned import luma_array
+
+    return read_frames(clip, index, count, luma_array)
+
+
+def read_rgb(clip: Clip, index: int, count: int = 1) -> list[np.ndarray]:
+    """Frames ``index .. index + count - 1`` of ``clip`` as ``H x W x 3`` uint8 RGB."""
+    return read_frames(clip, index, count, lambda frame: frame.to_ndarray(format="rgb24"))
+
+
+def read_frames(
+    clip: Clip, index: int, count: int, convert: Callable[[Any], np.ndarray]
+) -> list[np.ndarray]:
+    """Frames ``index .. index + count - 1`` of ``clip``, each through ``convert``."""
+    import av
 
     out: list[np.ndarray] = []
     with av.open(clip.path) as container:
@@ -236,7 +248,7 @@ def read_luma(clip: Clip, index: int, count: int = 1) -> list[np.ndarray]:
                     continue
                 position = index
             if position >= index:
-                out.append(luma_array(frame).copy())
+                out.append(np.array(convert(frame), copy=True))
                 if len(out) == count:
                     break
             position += 1
@@ -246,16 +258,23 @@ def read_luma(clip: Clip, index: int, count: int = 1) -> list[np.ndarray]:
 
 
 class FramePool:
-    """A bounded, seed-determined pool of decoded luma frames (or consecutive triplets).
+    """A bounded, seed-determined pool of decoded frames (luma by default, or ``reader``'s),
+    ``span`` consecutive frames per slot.
 
     Slot ``j`` at step ``s`` holds the frames drawn by ``default_rng([seed, 1, j, g])``
-    where ``g`` is how often the slot has been refreshed by then (one slot per step, round
-    robin), so the pool at any step can be rebuilt from the seed alone (resume).
+    where ``g`` is how often the slot has been refreshed by then (one slot every
+    ``refresh_every`` steps, round robin), so the pool at any step can be rebuilt from the
+    seed alone (resume).
     """
 
-    def __init__(self, clips: Sequence[Clip], seed: int, size: int, span: int) -> None:
+    def __init__(
+        self, clips: Sequence[Clip], seed: int, size: int, span: int,
+        reader: Callable[[Clip, int, int], list[np.ndarray]] = read_luma,
+        refresh_every: int = 1,
+    ) -> None:
         self.clips = list(clips)
         self.seed, self.size, self.span = seed, size, span
+        self.reader, self.refresh_every = reader, max(1, refresh_every)
         self.slots: list[list[np.ndarray]] = []
         self.generations: list[int] = []
 
@@ -263,10 +282,10 @@ class FramePool:
         rng = np.random.default_rng([self.seed, 1, slot, generation])
         clip = self.clips[int(rng.integers(len(self.clips)))]
         index = int(rng.integers(clip.frames - self.span + 1))
-        return read_luma(clip, index, self.span)
+        return self.reader(clip, index, self.span)
 
     def generation(self, slot: int, step: int) -> int:
-        events = step  # one refresh event before every step >= 1
+        events = step // self.refresh_every  # one refresh event every refresh_every steps
         return (events - slot + self.size - 1) // self.size if events > slot else 0
 
     def at(self, step: int) -> FramePool:
@@ -282,12 +301,13 @@ class FramePool:
         return self
 
     def batch(self, step: int, batch: int, crop: int, stream: int = 2) -> np.ndarray:
-        """``batch x span x crop x crop`` uint8 crops (random slot, position, flips)."""
+        """``batch x span x crop x crop (x channels)`` uint8 crops (random slot, position,
+        flips)."""
         rng = np.random.default_rng([self.seed, stream, step])
-        out = np.empty((batch, self.span, crop, crop), np.uint8)
+        out = np.empty((batch, self.span, crop, crop, *self.slots[0][0].shape[2:]), np.uint8)
         for b in range(batch):
             frames = self.slots[int(rng.integers(self.size))]
-            height, width = frames[0].shape
+            height, width = frames[0].shape[:2]
             y = int(rng.integers(height - crop + 1))
             x = int(rng.integers(width - crop + 1))
             stack = np.stack([f[y : y + crop, x : x + crop] for f in frames])
@@ -472,13 +492,17 @@ def _to_tensor(batch: np.ndarray) -> Any:
 
 def _lr(config: TrainConfig, step: int, origin: int = 0) -> float:
     """Warm-up then cosine decay over the segment ``origin .. config.steps``."""
-    span = max(1, config.steps - origin)
+    return warmup_cosine(config.lr, step - origin, config.steps - origin)
+
+
+def warmup_cosine(lr: float, step: int, total: int) -> float:
+    """Learning rate at ``step`` of ``total``: linear warm-up, then cosine decay to 5%."""
+    span = max(1, total)
     warmup = min(50, span // 10 + 1)
-    step -= origin
     if step < warmup:
-        return config.lr * (step + 1) / warmup
+        return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, span - warmup)
-    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def _save_torch(path: Path, value: Any) -> None:
