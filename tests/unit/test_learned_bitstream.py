@@ -11,26 +11,32 @@ import pytest
 
 from gopflow.codecs.learned.bitstream import (
     BitstreamError,
+    GopExtent,
     StreamHeader,
     Unit,
     UnitKind,
     pack_strings,
+    read_gop,
     read_header,
     read_units,
+    scan_gops,
+    units_from_bytes,
     unpack_strings,
     write_stream,
 )
 from gopflow.errors import InputError, UsageError
 
-HEADER = StreamHeader("dvc-q2:3f9a1c0d2e4b5a69", 1279, 719, Fraction(30000, 1001), 12, 3)
+HEADER = StreamHeader("dvc:3f9a1c0d2e4b5a69", 1279, 719, Fraction(30000, 1001), 3, 3, 1, 2)
+GOP_STARTS = (0, 3, 4)  # scene-cut GOPs of 3, 1 and 2 frames
+SCENES = StreamHeader("fvc:0123456789abcdef", 353, 287, Fraction(25), 3, 6, 3, 4)
 
 
-def _units() -> list[Unit]:
+def _units(count: int = 3, starts: tuple[int, ...] = (0,)) -> list[Unit]:
     rng = random.Random(7)
     return [
-        Unit(UnitKind.INTRA if i == 0 else UnitKind.INTER, i,
+        Unit(UnitKind.INTRA if i in starts else UnitKind.INTER, i,
              pack_strings([[rng.randbytes(rng.randint(0, 300))] for _ in range(2)], [12, 20]))
-        for i in range(3)
+        for i in range(count)
     ]
 
 
@@ -91,4 +97,68 @@ def test_writer_refuses_inconsistent_streams(tmp_path: Path) -> None:
         write_stream(str(path), HEADER, [_units()[1]])
     assert not path.exists()  # written atomically: nothing half-done is left
     with pytest.raises(UsageError):
-        StreamHeader("", 1, 1, Fraction(25), 1, 1)
+        StreamHeader("", 1, 1, Fraction(25), 1, 1, 1, 1)
+    with pytest.raises(UsageError, match="first frame"):
+        write_stream(str(path), HEADER, [Unit(UnitKind.INTER, 0, b"")])
+    with pytest.raises(UsageError, match="GOP size"):  # a GOP longer than the header allows
+        write_stream(str(path), SCENES, _units(6, (0, 4)))
+    with pytest.raises(UsageError, match="GOPs"):  # fewer GOPs than the header says
+        write_stream(str(path), SCENES, _units(6, (0, 3)))
+    with pytest.raises(UsageError):  # header fields that cannot describe any stream
+        StreamHeader("m", 1, 1, Fraction(25), 2, 6, 2, 1)
+    with pytest.raises(UsageError):
+        StreamHeader("m", 1, 1, Fraction(25), 2, 2, 1, 0)
+    assert not path.exists()
+
+
+def test_level_and_scene_cut_gops_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "scenes.gflv"
+    units = _units(6, GOP_STARTS)
+    write_stream(str(path), SCENES, units)
+    with open(path, "rb") as handle:
+        header = read_header(handle)
+        extents = scan_gops(handle, header)
+        assert header == SCENES and header.level == 4 and header.gop_count == 3
+        assert [(e.first_frame, e.frames) for e in extents] == [(0, 3), (3, 1), (4, 2)]
+        # GOPs read back by extent, in any order, carry exactly the units written.
+        for extent in reversed(extents):
+            got = read_gop(handle, extent)
+            assert got == units[extent.first_frame : extent.first_frame + extent.frames]
+    blob = b"".join(u.to_bytes() for u in units[3:])
+    assert units_from_bytes(blob, 3) == units[3:]
+    with pytest.raises(BitstreamError):
+        units_from_bytes(blob[:-1], 3)
+    with pytest.raises(BitstreamError, match="frame 3 where 4"):
+        units_from_bytes(blob, 4)
+
+
+def test_scan_catches_every_truncation_and_flip_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "scenes.gflv"
+    write_stream(str(path), SCENES, _units(6, GOP_STARTS))
+    data = path.read_bytes()
+
+    def scan(blob: bytes) -> None:
+        handle = io.BytesIO(blob)
+        scan_gops(handle, read_header(handle))
+
+    for cut in range(len(data)):
+        with pytest.raises(BitstreamError):
+            scan(data[:cut])
+    rng = random.Random(3)
+    for _ in range(200):
+        broken = bytearray(data)
+        broken[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        with pytest.raises(BitstreamError):
+            scan(bytes(broken))
+
+
+def test_read_gop_refuses_a_wrong_extent(tmp_path: Path) -> None:
+    path = tmp_path / "scenes.gflv"
+    write_stream(str(path), SCENES, _units(6, GOP_STARTS))
+    with open(path, "rb") as handle:
+        extents = scan_gops(handle, read_header(handle))
+        first = extents[0]
+        with pytest.raises(BitstreamError):
+            read_gop(handle, GopExtent(0, 0, 3, first.offset, first.size + 1))
+        with pytest.raises(BitstreamError):
+            read_gop(handle, GopExtent(0, 0, 3, first.offset + 1, first.size))

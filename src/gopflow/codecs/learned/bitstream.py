@@ -4,11 +4,17 @@ Layout (all integers big-endian)::
 
     header  b"GFLV" | version u8 | model-id length u8 | model id (UTF-8: name + ":" +
             weights sha256 prefix, never a list position) | width u32 | height u32 |
-            fps numerator u32 | fps denominator u32 | GOP size u32 | frame count u32 |
-            CRC32 of everything before it u32
+            fps numerator u32 | fps denominator u32 | GOP size u32 (the longest GOP) |
+            frame count u32 | GOP count u32 | quality level u8 | CRC32 of everything before u32
     unit    kind u8 (I intra, P inter, E end) | frame index u32 | payload length u32 |
             payload | CRC32 of kind..payload u32
     end     one E unit with an empty payload and frame index = frame count
+
+GOP structure (version 2): every INTRA unit starts a closed GOP and only INTRA units do, so
+scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader checks
+that the first unit is INTRA, that no GOP is longer than the GOP size and that the file has
+the header's GOP count. :func:`scan_gops` lists each GOP's byte extent, so GOPs can be
+decoded in parallel (:func:`read_gop`) without holding the file in memory.
 
 Unlike CompressAI's ``examples/codec.py`` header (no magic, version or checksum, models by
 dictionary position), a reader can tell a gopflow stream, its format version and the exact
@@ -23,7 +29,7 @@ import enum
 import io
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO
@@ -32,8 +38,8 @@ from gopflow.errors import CorruptInputError, UsageError
 from gopflow.fileio import atomic_write
 
 MAGIC = b"GFLV"
-VERSION = 1
-_HEAD = struct.Struct(">IIIIII")
+VERSION = 2
+_HEAD = struct.Struct(">IIIIIIIB")
 _UNIT = struct.Struct(">BII")
 _CRC = struct.Struct(">I")
 MAX_PAYLOAD = 1 << 30
@@ -60,16 +66,32 @@ class StreamHeader:
     height: int
     fps: Fraction
     gop_size: int
+    """Frames in the longest GOP."""
     frame_count: int
+    gop_count: int
+    level: int
+    """The quality level every GOP was coded at (1 = lowest rate)."""
 
     def __post_init__(self) -> None:
         encoded = self.model_id.encode()
         if not 0 < len(encoded) < 256:
             raise UsageError("a model id must be 1 to 255 bytes of UTF-8")
-        for name in ("width", "height", "gop_size", "frame_count"):
+        for name in ("width", "height", "gop_size", "frame_count", "gop_count"):
             value = getattr(self, name)
             if not 0 < value < 1 << 32:
                 raise UsageError(f"stream {name} out of range: {value}")
+        if not 0 < self.level < 256:
+            raise UsageError(f"stream quality level out of range: {self.level}")
+        if self.gop_count > self.frame_count or self.gop_size > self.frame_count:
+            raise UsageError(
+                f"{self.gop_count} GOPs of up to {self.gop_size} frames do not fit "
+                f"{self.frame_count} frames"
+            )
+        if self.gop_count * self.gop_size < self.frame_count:
+            raise UsageError(
+                f"{self.frame_count} frames do not fit {self.gop_count} GOPs of at most "
+                f"{self.gop_size}"
+            )
         if self.fps <= 0:
             raise UsageError(f"frame rate must be positive, got {self.fps}")
 
@@ -78,7 +100,7 @@ class StreamHeader:
         body = (
             MAGIC + bytes([VERSION, len(model)]) + model
             + _HEAD.pack(self.width, self.height, self.fps.numerator, self.fps.denominator,
-                         self.gop_size, self.frame_count)
+                         self.gop_size, self.frame_count, self.gop_count, self.level)
         )
         return body + _CRC.pack(zlib.crc32(body))
 
@@ -98,6 +120,37 @@ class Unit:
         return body + _CRC.pack(zlib.crc32(body))
 
 
+class _GopChecker:
+    """Checks the GOP structure unit by unit (shared by the writer and the reader)."""
+
+    def __init__(self, header: StreamHeader, fail: Callable[[str], Exception]) -> None:
+        self.header = header
+        self.fail = fail
+        self.gops = 0
+        self.length = 0
+
+    def add(self, unit: Unit) -> bool:
+        """Account for ``unit``; return True if it starts a GOP."""
+        starts = unit.kind == UnitKind.INTRA
+        if unit.frame == 0 and not starts:
+            raise self.fail("the first frame is not an intra frame")
+        if starts:
+            self.gops += 1
+            self.length = 0
+            if self.gops > self.header.gop_count:
+                raise self.fail(f"more GOPs than the header's {self.header.gop_count}")
+        self.length += 1
+        if self.length > self.header.gop_size:
+            raise self.fail(
+                f"GOP {self.gops - 1} is longer than the header's GOP size {self.header.gop_size}"
+            )
+        return starts
+
+    def finish(self) -> None:
+        if self.gops != self.header.gop_count:
+            raise self.fail(f"{self.gops} GOPs where the header says {self.header.gop_count}")
+
+
 def write_stream(path: str, header: StreamHeader, units: Iterable[Unit]) -> int:
     """Write a complete stream atomically (temp file, then rename); return its size."""
     written = 0
@@ -105,16 +158,21 @@ def write_stream(path: str, header: StreamHeader, units: Iterable[Unit]) -> int:
     def write(handle: BinaryIO) -> None:
         nonlocal written
         frames = 0
+        gops = _GopChecker(header, UsageError)
         written += handle.write(header.to_bytes())
         for unit in units:
             if unit.kind == UnitKind.END:
                 raise UsageError("the end unit is written by write_stream itself")
             if unit.frame != frames:
                 raise UsageError(f"unit for frame {unit.frame} out of order (expected {frames})")
+            if frames >= header.frame_count:
+                raise UsageError(f"more than the header's {header.frame_count} frames")
+            gops.add(unit)
             written += handle.write(unit.to_bytes())
             frames += 1
         if frames != header.frame_count:
             raise UsageError(f"header says {header.frame_count} frames, {frames} were written")
+        gops.finish()
         written += handle.write(Unit(UnitKind.END, frames, b"").to_bytes())
 
     atomic_write(path, write)
@@ -140,41 +198,111 @@ def read_header(handle: BinaryIO, name: str = "stream") -> StreamHeader:
     (crc,) = _CRC.unpack(_read_exact(handle, _CRC.size, "the header checksum", name))
     if zlib.crc32(start + model + numbers) != crc:
         raise BitstreamError(f"{name} has a corrupt header (checksum mismatch)")
-    width, height, num, den, gop, frames = _HEAD.unpack(numbers)
+    width, height, num, den, gop, frames, gops, level = _HEAD.unpack(numbers)
     try:
-        return StreamHeader(model.decode(), width, height, Fraction(num, den), gop, frames)
+        return StreamHeader(
+            model.decode(), width, height, Fraction(num, den), gop, frames, gops, level
+        )
     except (UsageError, UnicodeDecodeError, ZeroDivisionError) as exc:
         raise BitstreamError(f"{name} has an invalid header: {exc}") from None
 
 
-def read_units(handle: BinaryIO, header: StreamHeader, name: str = "stream") -> Iterator[Unit]:
-    """Yield every frame unit in order, checking each checksum; stop at the end unit."""
+def _read_unit(handle: BinaryIO, expected: int, name: str) -> Unit:
+    """One unit, its checksum checked, that must carry frame ``expected``."""
+    head = _read_exact(handle, _UNIT.size, f"unit {expected}", name)
+    kind_value, frame, length = _UNIT.unpack(head)
+    if length > MAX_PAYLOAD:
+        raise BitstreamError(f"{name}: unit {expected} claims {length} bytes (corrupt)")
+    payload = _read_exact(handle, length, f"unit {expected}", name)
+    (crc,) = _CRC.unpack(_read_exact(handle, _CRC.size, f"unit {expected}'s checksum", name))
+    if zlib.crc32(head + payload) != crc:
+        raise BitstreamError(f"{name}: unit {expected} is corrupt (checksum mismatch)")
+    try:
+        kind = UnitKind(kind_value)
+    except ValueError:
+        raise BitstreamError(f"{name}: unit {expected} has unknown kind {kind_value}") from None
+    if frame != expected:
+        raise BitstreamError(f"{name}: unit for frame {frame} where {expected} was due")
+    return Unit(kind, frame, payload)
+
+
+def _units_at(
+    handle: BinaryIO, header: StreamHeader, name: str
+) -> Iterator[tuple[int, bool, Unit]]:
+    """``(offset, starts a GOP, unit)`` for every frame unit; checks the end and structure."""
+    gops = _GopChecker(header, lambda text: BitstreamError(f"{name}: {text}"))
     expected = 0
     while True:
-        head = _read_exact(handle, _UNIT.size, f"unit {expected}", name)
-        kind_value, frame, length = _UNIT.unpack(head)
-        if length > MAX_PAYLOAD:
-            raise BitstreamError(f"{name}: unit {expected} claims {length} bytes (corrupt)")
-        payload = _read_exact(handle, length, f"unit {expected}", name)
-        (crc,) = _CRC.unpack(_read_exact(handle, _CRC.size, f"unit {expected}'s checksum", name))
-        if zlib.crc32(head + payload) != crc:
-            raise BitstreamError(f"{name}: unit {expected} is corrupt (checksum mismatch)")
-        try:
-            kind = UnitKind(kind_value)
-        except ValueError:
-            raise BitstreamError(f"{name}: unit {expected} has unknown kind {kind_value}") from None
-        if frame != expected:
-            raise BitstreamError(f"{name}: unit for frame {frame} where {expected} was due")
-        if kind == UnitKind.END:
-            if frame != header.frame_count:
+        offset = handle.tell()
+        unit = _read_unit(handle, expected, name)
+        if unit.kind == UnitKind.END:
+            if unit.frame != header.frame_count or unit.payload:
                 raise BitstreamError(
-                    f"{name} ends after {frame} frames; its header says {header.frame_count}"
+                    f"{name} ends after {unit.frame} frames; its header says {header.frame_count}"
                 )
+            gops.finish()
             return
         if expected >= header.frame_count:
             raise BitstreamError(f"{name} has more frames than its header's {header.frame_count}")
-        yield Unit(kind, frame, payload)
+        yield offset, gops.add(unit), unit
         expected += 1
+
+
+def read_units(handle: BinaryIO, header: StreamHeader, name: str = "stream") -> Iterator[Unit]:
+    """Yield every frame unit in order, checking each checksum and the GOP structure; stop
+    at the end unit."""
+    for _, _, unit in _units_at(handle, header, name):
+        yield unit
+
+
+@dataclass(frozen=True)
+class GopExtent:
+    """Where one GOP's units lie in a stream file."""
+
+    index: int
+    first_frame: int
+    frames: int
+    offset: int
+    size: int
+
+
+def scan_gops(handle: BinaryIO, header: StreamHeader, name: str = "stream") -> list[GopExtent]:
+    """Check a whole stream (checksums, structure, end) and list its GOPs' byte extents.
+
+    Reads the payloads once to check them but keeps none: memory stays constant.
+    """
+    extents: list[GopExtent] = []
+    start = first = 0
+    for offset, starts, unit in _units_at(handle, header, name):
+        if starts and unit.frame:
+            extents.append(
+                GopExtent(len(extents), first, unit.frame - first, start, offset - start)
+            )
+        if starts:
+            start, first = offset, unit.frame
+    end = handle.tell() - _UNIT.size - _CRC.size
+    extents.append(GopExtent(len(extents), first, header.frame_count - first, start, end - start))
+    return extents
+
+
+def read_gop(handle: BinaryIO, extent: GopExtent, name: str = "stream") -> list[Unit]:
+    """The units of one GOP listed by :func:`scan_gops` (checksums checked again)."""
+    handle.seek(extent.offset)
+    units = [_read_unit(handle, extent.first_frame + i, name) for i in range(extent.frames)]
+    if handle.tell() != extent.offset + extent.size:
+        raise BitstreamError(f"{name}: GOP {extent.index} does not end where it was listed")
+    if units[0].kind != UnitKind.INTRA or any(u.kind != UnitKind.INTER for u in units[1:]):
+        raise BitstreamError(f"{name}: GOP {extent.index} is not one intra frame then inter")
+    return units
+
+
+def units_from_bytes(data: bytes, first_frame: int, name: str = "segment") -> list[Unit]:
+    """Parse a run of serialised units (``Unit.to_bytes`` joined) starting at ``first_frame``."""
+    handle = io.BytesIO(data)
+    units: list[Unit] = []
+    while handle.tell() < len(data):
+        units.append(_read_unit(handle, first_frame + len(units), name))
+    return units
 
 
 def _varint(value: int) -> bytes:
