@@ -62,6 +62,10 @@ VIDEO_EXTENSIONS = frozenset(
      ".hevc", ".y4m", ".mpg", ".mpeg", ".ivf"}
 )
 CHECKPOINT_FORMAT = 1
+X264_CRF_RANGE = (18.0, 45.0)
+"""CRFs drawn for real x264-coded training inputs (``--proxy x264``)."""
+CODED_RUN = 6
+"""Consecutive frames coded per ``--proxy x264`` draw (frames 1.. are P/B pictures)."""
 EVAL_QPS: tuple[int, ...] = (22, 27, 32, 37)
 DEFAULT_EVAL_CLIPS: tuple[str, ...] = (
     "white_flower_1280x720.264",
@@ -95,6 +99,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     threads: int = 2
     arch: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    """Registry name of a model to start from (fine-tuning) instead of the plain init."""
 
     @property
     def scale_fraction(self) -> Fraction:
@@ -117,7 +123,7 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the checkpoint."""
-        keep = ("kind", "scale", "seed", "crop", "batch", "pool", "arch")
+        keep = ("kind", "scale", "seed", "crop", "batch", "pool", "arch", "init")
         return {key: getattr(self, key) for key in keep}
 
     def resolved(self) -> TrainConfig:
@@ -131,10 +137,14 @@ class TrainConfig:
         lost its motion gains when fine-tuned the same way, so it keeps the noise proxy.
         """
         learned_input = self.kind != "vistra-up"
+        if self.proxy == "x264":  # the range is x264's CRF, not a proxy QP
+            low, high = X264_CRF_RANGE
+        else:
+            low, high = (20.0, 40.0) if learned_input else (10.0, 38.0)
         return replace(
             self,
-            qp_min=self.qp_min if self.qp_min is not None else (20.0 if learned_input else 10.0),
-            qp_max=self.qp_max if self.qp_max is not None else (40.0 if learned_input else 38.0),
+            qp_min=self.qp_min if self.qp_min is not None else low,
+            qp_max=self.qp_max if self.qp_max is not None else high,
             proxy=self.proxy or ("noise" if learned_input else "round"),
         )
 
@@ -157,8 +167,10 @@ def validate(config: TrainConfig) -> None:
     assert config.qp_min is not None and config.qp_max is not None
     if not 0 <= config.qp_min <= config.qp_max <= 51:
         raise UsageError("the QP range must satisfy 0 <= min <= max <= 51")
-    if config.proxy not in ("noise", "round"):
-        raise UsageError(f"--proxy must be noise or round, got {config.proxy!r}")
+    if config.proxy not in ("noise", "round", "x264"):
+        raise UsageError(f"--proxy must be noise, round or x264, got {config.proxy!r}")
+    if config.proxy == "x264" and config.kind != "vistra-up":
+        raise UsageError("--proxy x264 (real x264-coded inputs) is for --kind vistra-up only")
 
 
 # ----------------------------------------------------------------------------- data
@@ -321,6 +333,95 @@ class FramePool:
         return out
 
 
+def x264_lowres_run(
+    luma: Sequence[np.ndarray], size: tuple[int, int], crf: float, preset: str = "medium"
+) -> list[np.ndarray]:
+    """``luma`` frames Lanczos-downscaled to ``size`` (w, h) by ffmpeg's swscale, coded by
+    x264 at ``crf`` and decoded: exactly what ViSTRA's decoder-side up-sampler receives
+    (the encoder side of :mod:`gopflow.precoders.resample`). Chroma is flat grey."""
+    height, width = luma[0].shape
+    grey = bytes([128]) * (2 * ((height + 1) // 2) * ((width + 1) // 2))
+    pictures = [frame.tobytes() + grey for frame in luma]
+    decoded, _ = x264_roundtrip(pictures, width, height, 25.0, crf, preset,
+                                filters=f"scale={size[0]}:{size[1]}:flags=lanczos", threads=1)
+    from gopflow.precoders.learned import luma_array
+
+    return [luma_array(frame).copy() for frame in decoded]
+
+
+class CodedPairPool:
+    """A bounded, seed-determined pool of (source luma, x264-decoded low-res luma) pairs.
+
+    Like :class:`FramePool` (one slot refreshed per step, rebuilt from the seed on resume),
+    but a slot holds a run of :data:`CODED_RUN` frames downscaled and really coded by x264
+    at a CRF drawn from ``crf_range``: the up-sampler learns from the artefacts it will
+    restore (intra and inter pictures), not from a proxy. x264 runs single-threaded, so a
+    draw is deterministic.
+    """
+
+    def __init__(
+        self, clips: Sequence[Clip], seed: int, size: int, scale: Fraction,
+        crf_range: tuple[float, float],
+    ) -> None:
+        usable = [
+            c for c in clips
+            if _exact_scale(c.width, c.height, scale) and c.frames >= CODED_RUN
+        ]
+        if not usable:
+            raise InputError(f"no training clip has a size that scales exactly by {scale}")
+        self.frames = FramePool(usable, seed, size, CODED_RUN)
+        self.scale, self.crf_range = scale, crf_range
+        self.pairs: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        self.generations: list[int] = []
+
+    def _code(self, slot: int, generation: int, frames: list[np.ndarray]) -> list[Any]:
+        rng = np.random.default_rng([self.frames.seed, 5, slot, generation])
+        lo, hi = self.crf_range
+        crf = round(float(lo + (hi - lo) * rng.random()), 1)
+        height, width = frames[0].shape
+        size = _scaled(width, height, self.scale)
+        return list(zip(frames, x264_lowres_run(frames, size, crf), strict=True))
+
+    def at(self, step: int) -> CodedPairPool:
+        before = list(self.frames.generations)
+        self.frames.at(step)
+        for j, generation in enumerate(self.frames.generations):
+            if j >= len(self.pairs):
+                self.pairs.append(self._code(j, generation, self.frames.slots[j]))
+            elif before[j] != generation:
+                self.pairs[j] = self._code(j, generation, self.frames.slots[j])
+        self.generations = list(self.frames.generations)
+        return self
+
+    def batch(self, step: int, batch: int, crop: int, stream: int = 2) -> tuple[Any, Any]:
+        """``(source, coded)``: ``batch x 1 x crop x crop`` and the aligned low-res crops."""
+        rng = np.random.default_rng([self.frames.seed, stream, step])
+        d, n = self.scale.denominator, self.scale.numerator
+        small = crop * n // d
+        hr = np.empty((batch, 1, crop, crop), np.uint8)
+        lr = np.empty((batch, 1, small, small), np.uint8)
+        for b in range(batch):
+            run = self.pairs[int(rng.integers(len(self.pairs)))]
+            source, coded = run[int(rng.integers(len(run)))]
+            height, width = source.shape
+            y = d * int(rng.integers((height - crop) // d + 1))
+            x = d * int(rng.integers((width - crop) // d + 1))
+            a = source[y : y + crop, x : x + crop]
+            c = coded[y * n // d : y * n // d + small, x * n // d : x * n // d + small]
+            if rng.random() < 0.5:
+                a, c = a[:, ::-1], c[:, ::-1]
+            if rng.random() < 0.5:
+                a, c = a[::-1], c[::-1]
+            hr[b, 0], lr[b, 0] = a, c
+        return _to_tensor(hr), _to_tensor(lr)
+
+
+def _exact_scale(width: int, height: int, scale: Fraction) -> bool:
+    """Whether the coded size is exactly ``scale`` times the source (crops align)."""
+    out_w, out_h = _scaled(width, height, scale)
+    return Fraction(out_w, width) == scale and Fraction(out_h, height) == scale
+
+
 def usable_clips(files: Sequence[Path], crop: int, span: int) -> list[Clip]:
     clips = [index_clip(p) for p in files]
     usable = [c for c in clips if min(c.width, c.height) >= crop and c.frames >= span]
@@ -373,6 +474,14 @@ def lanczos_resize(y: Any, size: tuple[int, int]) -> Any:
 def build_model(config: TrainConfig) -> Any:
     from gopflow.precoders import nets
 
+    if config.init:  # fine-tune a registered model (same architecture)
+        from gopflow.precoders.weights import load_model
+
+        model = load_model(config.init)
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model.train()
+
     if config.kind == "dvp":
         return nets.DvpDownscaler(config.scale_fraction, **config.arch)
     if config.kind == "vistra-up":
@@ -405,9 +514,10 @@ class Objective:
         self.ms_ok = (self.window - 1) * 16 < config.effective_crop
 
     def reconstruct(
-        self, model: Any, crops: Any, qp: Any, plain: bool = False
+        self, model: Any, crops: Any, qp: Any, plain: bool = False, coded: Any = None
     ) -> tuple[Any, Any]:
-        """``(reconstruction, coded_picture)``: what the viewer sees, what the codec got."""
+        """``(reconstruction, coded_picture)``: what the viewer sees, what the codec got.
+        ``coded``: really decoded low-res pictures (``--proxy x264``) instead of the proxy."""
         import torch.nn.functional as F
 
         kind = self.config.kind
@@ -419,9 +529,11 @@ class Objective:
             return up, small
         if kind == "vistra-up":
             x = crops[:, :1]
-            out_w, out_h = _scaled(x.shape[-1], x.shape[-2], self.config.scale_fraction)
-            small = lanczos_resize(x, (out_h, out_w))
-            coded = self.proxy(small, qp)
+            small = None
+            if coded is None:
+                out_w, out_h = _scaled(x.shape[-1], x.shape[-2], self.config.scale_fraction)
+                small = lanczos_resize(x, (out_h, out_w))
+                coded = self.proxy(small, qp)
             if plain:
                 up = F.interpolate(coded, size=x.shape[-2:], mode="bicubic", align_corners=False)
             else:
@@ -433,7 +545,9 @@ class Objective:
     def target(self, crops: Any) -> Any:
         return crops[:, 1:2] if self.config.kind == "vistra-interp" else crops[:, :1]
 
-    def loss(self, model: Any, crops: Any, qp: Any, plain: bool = False) -> tuple[Any, dict]:
+    def loss(
+        self, model: Any, crops: Any, qp: Any, plain: bool = False, coded: Any = None
+    ) -> tuple[Any, dict]:
         """The training loss and its parts (floats, for logging).
 
         Distortion per crop ``D = L1 + w_ms (1 - MS-SSIM)``. Without a rate term the loss is
@@ -445,7 +559,7 @@ class Objective:
         import torch
         from pytorch_msssim import ms_ssim
 
-        out, small = self.reconstruct(model, crops, qp, plain)
+        out, small = self.reconstruct(model, crops, qp, plain, coded)
         ref = self.target(crops)
         per_crop = (out - ref).abs().mean(dim=(1, 2, 3))
         parts = {"l1": float(per_crop.detach().mean())}
@@ -553,6 +667,13 @@ def _evaluate_crops(
     span = 3 if config.kind == "vistra-interp" else 1
     pool = FramePool(clips, config.seed + 7919, 8, span).at(0)
     crops = _to_tensor(pool.batch(0, 32, config.effective_crop, stream=3))
+    inputs: dict[int, tuple[Any, Any]] = {}
+    for qp in EVAL_QPS:  # for --proxy x264 the QPs are x264 CRFs of really coded crops
+        if config.proxy == "x264":
+            pairs = CodedPairPool(clips, config.seed + 7919, 8, config.scale_fraction, (qp, qp))
+            inputs[qp] = pairs.at(0).batch(0, 32, config.effective_crop, stream=3)
+        else:
+            inputs[qp] = (crops, None)
     objective.proxy.eval()
     model.eval()
     result: dict[str, Any] = {"qps": list(EVAL_QPS), "crops": 32}
@@ -560,7 +681,8 @@ def _evaluate_crops(
         for label, plain in (("model", False), ("plain", True)):
             losses, psnrs = [], []
             for qp in EVAL_QPS:
-                loss, parts = objective.loss(model, crops, float(qp), plain)
+                source, coded = inputs[qp]
+                loss, parts = objective.loss(model, source, float(qp), plain, coded)
                 losses.append(float(loss))
                 psnrs.append(round(parts["psnr"], 3))
             result[f"{label}_loss"] = round(float(np.mean(losses)), 6)
@@ -674,16 +796,24 @@ def run_training(
                 "model": model.state_dict(), "optimiser": optimiser.state_dict(),
             })
         pool = FramePool(clips, config.seed, config.pool, span)
+        lo, hi = float(config.qp_min), float(config.qp_max)  # type: ignore[arg-type]
+        pairs = (
+            CodedPairPool(clips, config.seed, config.pool, config.scale_fraction, (lo, hi))
+            if config.proxy == "x264" else None
+        )
 
         def run_step(step: int) -> None:
             # Every random draw is a function of (seed, step): resumable, reproducible.
             torch.manual_seed(config.seed * 1_000_003 + step)
-            crops = _to_tensor(pool.at(step).batch(step, config.batch, crop))
-            lo, hi = float(config.qp_min), float(config.qp_max)  # type: ignore[arg-type]
+            coded = None
+            if pairs is not None:
+                crops, coded = pairs.at(step).batch(step, config.batch, crop)
+            else:
+                crops = _to_tensor(pool.at(step).batch(step, config.batch, crop))
             qp = lo + (hi - lo) * torch.rand(config.batch)
             for group in optimiser.param_groups:
                 group["lr"] = _lr(config, step, origin)
-            loss, _ = objective.loss(model, crops, qp)
+            loss, _ = objective.loss(model, crops, qp, coded=coded)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -738,6 +868,7 @@ def run_training(
             "lr": config.lr,
             "qp_range": [config.qp_min, config.qp_max],
             "proxy": config.proxy,
+            "init": config.init,
             "msssim_weight": config.msssim_weight,
             "rate_weight": config.rate_weight,
             "pool": config.pool,
@@ -806,9 +937,11 @@ def _packed(frame: Any) -> bytes:
 
 
 def x264_roundtrip(
-    pictures: Sequence[bytes], width: int, height: int, fps: float, crf: float, preset: str
+    pictures: Sequence[bytes], width: int, height: int, fps: float, crf: float, preset: str,
+    filters: str | None = None, threads: int = 2,
 ) -> tuple[list[Any], int]:
-    """Encode packed yuv420p pictures with libx264 (ffmpeg) and decode them back (PyAV)."""
+    """Encode packed yuv420p pictures with libx264 (ffmpeg; after ``filters`` if given)
+    and decode them back (PyAV)."""
     import av
 
     from gopflow.media.ffmpeg import find_ffmpeg
@@ -820,8 +953,9 @@ def x264_roundtrip(
         command = [
             tool.path, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
-            "-r", f"{fps:.6f}", "-i", "-", "-c:v", "libx264", "-preset", preset,
-            "-crf", f"{crf:g}", "-threads", "2", out,
+            "-r", f"{fps:.6f}", "-i", "-", *(["-vf", filters] if filters else []),
+            "-c:v", "libx264", "-preset", preset, "-crf", f"{crf:g}", "-threads", str(threads),
+            out,
         ]
         done = subprocess.run(command, input=b"".join(pictures), capture_output=True)
         if done.returncode:
@@ -1101,9 +1235,14 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help="lowest proxy QP (default: 10 vistra-up, else 20)")
     pre.add_argument("--qp-max", type=float,
                      help="highest proxy QP (default: 38 vistra-up, else 40)")
-    pre.add_argument("--proxy", choices=["noise", "round"],
+    pre.add_argument("--proxy", choices=["noise", "round", "x264"],
                      help="proxy quantisation while training: additive noise (default) or "
-                     "rounding with a dead zone (default for vistra-up)")
+                     "rounding with a dead zone (default for vistra-up); x264: vistra-up "
+                     "inputs really Lanczos-downscaled and coded by x264 (CRF range: "
+                     "--qp-min/--qp-max, default 18-45)")
+    pre.add_argument("--init", metavar="NAME",
+                     help="start from the registered model NAME (fine-tune) instead of the "
+                     "plain resampler")
     pre.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     pre.add_argument("--checkpoint-every", type=int, default=100, help="steps (100)")
     pre.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -1156,7 +1295,7 @@ def run_train(args: argparse.Namespace) -> int:
         out_dir=args.out, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr,
         rate_weight=args.rate_weight, msssim_weight=args.msssim_weight,
         threads=args.threads, checkpoint_every=args.checkpoint_every,
-        qp_min=args.qp_min, qp_max=args.qp_max, proxy=args.proxy,
+        qp_min=args.qp_min, qp_max=args.qp_max, proxy=args.proxy, init=args.init,
     )
     result = run_training(config, resume=args.resume, progress=progress, log=log)
     if args.install:
