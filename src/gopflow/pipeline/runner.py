@@ -186,3 +186,59 @@ class RayRunner:
                 ray.cancel(ref, force=False)
             for handle in pool:
                 ray.kill(handle)
+
+    def map_ordered(
+        self,
+        factory: Callable[[], Callable[[Item], Result]],
+        items: Sequence[Item],
+        describe: Callable[[Item], str],
+        cpus_per_item: float = 1,
+        actors: int = 2,
+        window: int = 4,
+        max_retries: int = 2,
+    ) -> Iterator[tuple[Item, Result]]:
+        """Yield ``(item, stage(item))`` in the order of ``items``.
+
+        For consumers that write a stream (decoding to a file): items go to whichever actor is
+        free, at most ``window`` of them past the next one to yield, so the driver holds at
+        most ``window`` results while it waits for a slow one.
+        """
+        import ray
+
+        if not items:
+            return
+        window = max(1, window)
+        actor_class = ray.remote(_StageActor).options(
+            num_cpus=cpus_per_item, max_restarts=max_retries, max_task_retries=max_retries
+        )
+        pool = [actor_class.remote(factory) for _ in range(max(1, min(actors, len(items))))]
+        idle = deque(range(len(pool)))
+        pending: dict[Any, tuple[int, int]] = {}  # ref -> (actor, item position)
+        done: dict[int, Any] = {}
+        submitted = emitted = 0
+        try:
+            while emitted < len(items):
+                while idle and submitted < len(items) and submitted - emitted < window:
+                    actor = idle.popleft()
+                    ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(
+                        items[submitted]
+                    )
+                    pending[ref] = (actor, submitted)
+                    submitted += 1
+                if emitted not in done:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in ready:
+                        actor, position = pending.pop(ref)
+                        idle.append(actor)
+                        try:
+                            done[position] = ray.get(ref).value
+                        except ray.exceptions.RayError as exc:
+                            raise _failure(describe(items[position]), exc, max_retries) from None
+                    continue
+                yield items[emitted], done.pop(emitted)
+                emitted += 1
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=False)
+            for handle in pool:
+                ray.kill(handle)
