@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -138,8 +139,14 @@ def model_path(name: str, directory: str | os.PathLike[str] | None = None) -> Pa
     return path
 
 
-def load_model(name: str, directory: str | os.PathLike[str] | None = None) -> Any:
-    """The registered network ``name`` with its verified weights, in eval mode (CPU)."""
+def load_model(
+    name: str,
+    directory: str | os.PathLike[str] | None = None,
+    builder: Callable[[dict[str, Any]], Any] | None = None,
+) -> Any:
+    """The registered network ``name`` with its verified weights, in eval mode (CPU).
+    ``builder`` makes the network from the registry's ``arch`` (default: the precoder nets;
+    the learned codecs pass theirs)."""
     import torch
 
     from gopflow.precoders.nets import build
@@ -147,7 +154,7 @@ def load_model(name: str, directory: str | os.PathLike[str] | None = None) -> An
     path = model_path(name, directory)
     entry = read_registry(directory)[name]
     try:
-        model = build(entry.arch)
+        model = (builder or build)(entry.arch)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError, KeyError, OSError) as exc:

@@ -1,0 +1,245 @@
+"""The GOP engine: codes a closed GOP with a learned intra codec and a DVC or FVC inter codec.
+
+Frame 0 is intra-coded, later frames inter-coded against the *decoded* previous frame(s).
+The encoder runs the decoder's path: every payload is decoded right after it is written and
+the reconstruction, rounded to uint8, is the next reference on both sides.
+
+Determinism: convolution results on this CPU depend on the torch thread count (measured:
+encoder outputs differ by ~1e-7 between 1 and 2 threads), and a tiny difference in a
+predicted scale can change an entropy-coder table index. All codec inference therefore runs
+under :func:`codec_threads` (a fixed :data:`CODEC_THREADS`), so a decoder in another process
+reproduces the encoder's reconstruction bit for bit. Parallelism comes from coding GOPs in
+separate workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gopflow.codecs.learned.api import CodedFrame, CodedGop
+from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
+from gopflow.errors import UsageError
+from gopflow.precoders.weights import ModelMissingError, load_model, read_registry
+
+CODEC_THREADS = 1
+"""Torch threads for all codec inference (part of the format: results depend on it)."""
+CODEC_NAMES = ("intra", "dvc", "fvc")
+
+
+@contextmanager
+def codec_threads(count: int = CODEC_THREADS) -> Iterator[None]:
+    """Run torch with exactly ``count`` threads inside, restoring the previous count after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class IntraModel(Protocol):
+    """What the engine needs from an intra codec (:class:`~.intra.IntraCodec`)."""
+
+    levels: int
+    multiple: int
+
+    def compress(self, x: Tensor, level: int) -> bytes: ...
+
+    def decompress(self, payload: bytes, padded_h: int, padded_w: int, level: int) -> Tensor: ...
+
+
+class InterModel(Protocol):
+    """What the engine needs from an inter codec (DVC, FVC): an opaque decoder state built
+    from the decoded (uint8-rounded) frames, and per-frame payloads coded against it."""
+
+    levels: int
+    multiple: int
+
+    def next_state(self, state: Any, recon: Tensor) -> Any: ...
+
+    def compress_inter(self, x: Tensor, state: Any, level: int) -> bytes: ...
+
+    def decompress_inter(self, payload: bytes, state: Any, level: int) -> Tensor: ...
+
+
+def to_tensor(frame: np.ndarray) -> Tensor:
+    """``H x W x 3`` uint8 RGB -> ``1 x 3 x H x W`` float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """A model output rounded to the uint8 grid (kept as a ``1 x 3 x H x W`` tensor)."""
+    return torch.round(x.clamp(0.0, 1.0) * 255.0)
+
+
+def pad_to(x: Tensor, multiple: int) -> Tensor:
+    """Replicate-pad the bottom and right edges to a multiple of ``multiple``."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
+
+
+class GopCodec:
+    """A :class:`~gopflow.codecs.learned.api.LearnedVideoCodec`: intra plus optional inter."""
+
+    def __init__(
+        self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str
+    ) -> None:
+        if name not in CODEC_NAMES:
+            raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
+        if (name == "intra") != (inter is None):
+            need = "no" if name == "intra" else "an"
+            raise UsageError(f"codec {name!r} needs {need} inter model")
+        if inter is not None and inter.levels != intra.levels:
+            raise UsageError(f"intra has {intra.levels} levels, inter {inter.levels}")
+        self.name = name
+        self.model_id = model_id
+        self.levels = intra.levels
+        self.intra = intra
+        self.inter = inter
+        self.multiple = max(intra.multiple, inter.multiple if inter is not None else 1)
+
+    def _level(self, level: int) -> int:
+        if not 1 <= level <= self.levels:
+            raise UsageError(f"quality level must be 1..{self.levels}, got {level}")
+        return level - 1
+
+    def _decode(
+        self, frame: CodedFrame, state: Any, padded: tuple[int, int], level: int
+    ) -> tuple[Tensor, Any]:
+        """One frame's uint8-grid reconstruction (padded) and the next decoder state."""
+        if frame.kind == UnitKind.INTRA:
+            recon = to_uint8(self.intra.decompress(frame.payload, padded[0], padded[1], level))
+        elif frame.kind == UnitKind.INTER and self.inter is not None and state is not None:
+            recon = to_uint8(self.inter.decompress_inter(frame.payload, state, level))
+        else:
+            raise BitstreamError(f"an inter frame without a reference for codec {self.name!r}")
+        if self.inter is not None:
+            state = self.inter.next_state(state, recon / 255.0)
+        return recon, state
+
+    def encode_gop(self, frames: Sequence[np.ndarray], level: int) -> CodedGop:
+        """Code a closed GOP (first frame intra) at quality ``level`` (1..levels)."""
+        index = self._level(level)
+        if not frames:
+            raise UsageError("a GOP needs at least one frame")
+        shape = frames[0].shape
+        for frame in frames:
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                raise UsageError("learned codecs take H x W x 3 uint8 RGB frames")
+            if frame.shape != shape:
+                raise UsageError(f"GOP frames differ in size: {frame.shape} vs {shape}")
+        height, width = shape[:2]
+        coded: list[CodedFrame] = []
+        recons: list[np.ndarray] = []
+        state: Any = None
+        with codec_threads(), torch.no_grad():
+            for position, frame in enumerate(frames):
+                x = pad_to(to_tensor(frame), self.multiple)
+                padded = (x.shape[-2], x.shape[-1])
+                if position == 0 or self.inter is None:
+                    item = CodedFrame(UnitKind.INTRA, self.intra.compress(x, index))
+                else:
+                    item = CodedFrame(UnitKind.INTER, self.inter.compress_inter(x, state, index))
+                recon, state = self._decode(item, state, padded, index)
+                coded.append(item)
+                recons.append(_crop(recon, height, width))
+        return CodedGop(tuple(coded), tuple(recons))
+
+    def decode_gop(
+        self, frames: Sequence[CodedFrame], width: int, height: int, level: int
+    ) -> list[np.ndarray]:
+        """Decode a GOP coded by :meth:`encode_gop` to its exact reconstruction."""
+        index = self._level(level)
+        if width <= 0 or height <= 0:
+            raise UsageError(f"frame size must be positive, got {width}x{height}")
+        step = self.multiple
+        padded = (-(-height // step) * step, -(-width // step) * step)
+        out: list[np.ndarray] = []
+        state: Any = None
+        with codec_threads(), torch.no_grad():
+            for frame in frames:
+                recon, state = self._decode(frame, state, padded, index)
+                out.append(_crop(recon, height, width))
+        return out
+
+
+def _crop(recon: Tensor, height: int, width: int) -> np.ndarray:
+    return recon[0, :, :height, :width].permute(1, 2, 0).to(torch.uint8).numpy().copy()
+
+
+def codec_classes() -> dict[str, Callable[..., nn.Module]]:
+    """The learned codec model classes by registry ``arch["class"]`` name."""
+    from gopflow.codecs.learned.intra import IntraCodec
+
+    classes: dict[str, Callable[..., nn.Module]] = {"IntraCodec": IntraCodec}
+    try:
+        from gopflow.codecs.dvc.model import DvcCodec
+
+        classes["DvcCodec"] = DvcCodec
+    except ImportError:
+        pass
+    try:
+        from gopflow.codecs.fvc.model import FvcCodec
+
+        classes["FvcCodec"] = FvcCodec
+    except ImportError:
+        pass
+    return classes
+
+
+def build_codec_model(arch: dict[str, Any]) -> nn.Module:
+    """A codec model from its :meth:`arch` description (the registry's builder hook)."""
+    spec = dict(arch)
+    name = spec.pop("class", None)
+    classes = codec_classes()
+    if name not in classes:
+        raise UsageError(f"unknown learned codec class {name!r}; known: {sorted(classes)}")
+    return classes[name](**spec)
+
+
+def registry_name(codec: str) -> str:
+    """Registry name of a codec's weights: ``codec-intra``, ``codec-dvc``, ``codec-fvc``."""
+    return f"codec-{codec}"
+
+
+def _load(codec: str, directory: str | os.PathLike[str] | None) -> tuple[Any, str]:
+    name = registry_name(codec)
+    entry = read_registry(directory).get(name)
+    if entry is None:
+        raise ModelMissingError(
+            f"learned codec weights {name!r} are not installed; train them with "
+            f"`gopflow train codec --model {codec} --data DIR` and install them"
+        )
+    model = load_model(name, directory, builder=build_codec_model)
+    model.update()
+    return model, entry.sha256[:12]
+
+
+def load_codec(name: str, directory: str | os.PathLike[str] | None = None) -> GopCodec:
+    """The learned codec ``name`` (``intra``, ``dvc``, ``fvc``) with its shipped weights,
+    each file checked against the registry's SHA-256."""
+    if name not in CODEC_NAMES:
+        raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
+    intra, intra_sha = _load("intra", directory)
+    if name == "intra":
+        return GopCodec(name, intra, None, f"intra:{intra_sha}")
+    inter, inter_sha = _load(name, directory)
+    return GopCodec(name, intra, inter, f"{name}:{inter_sha}+{intra_sha}")
+
+
+def model_digest(model: nn.Module) -> str:
+    """A 12-hex-digit digest of a model's state (model ids for models not from the registry)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]

@@ -1,0 +1,130 @@
+"""A variable-rate scale-hyperprior latent coder, shared by every learned auto-encoder.
+
+Scale hyperprior after Balle et al. 2018 ("Variational image compression with a scale
+hyperprior"): side information ``z = h_a(|y|)`` is coded with a factorized prior
+(CompressAI's ``EntropyBottleneck``) and ``h_s(z_hat)`` predicts the scale of each zero-mean
+Gaussian latent (``GaussianConditional`` with a scale table). Variable rate after Cui et al.
+2021 ("Asymmetric Gained Deep Image Compression"): per-level, per-channel gain and inverse
+gain vectors on ``y`` (and on ``z``), so one model gives ``levels`` rate points (0 = lowest).
+
+Coding uses rounding and CompressAI's real rANS coder. ``y`` has zero mean, so the coded
+symbols are the integers ``round(gain * y)`` and the decoder recovers ``y_hat`` exactly; only
+the entropy parameters (scales) must be computed identically on both sides (see
+:func:`gopflow.codecs.learned.engine.codec_threads`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from gopflow.codecs.learned.bitstream import BitstreamError
+
+HYPER_STRIDE = 4
+"""Spatial down-sampling of ``z`` relative to ``y``."""
+
+
+@dataclass(frozen=True)
+class LatentCode:
+    """The entropy-coded strings of one latent (batch 1): ``y`` and ``z``."""
+
+    y_string: bytes
+    z_string: bytes
+
+
+class GainedHyperprior(nn.Module):
+    """Scale-hyperprior coder of an ``M``-channel latent with ``levels`` gain vectors."""
+
+    def __init__(self, channels: int, hyper_channels: int, levels: int = 4) -> None:
+        super().__init__()
+        m, n = channels, hyper_channels
+        self.levels = levels
+        self.h_a = nn.Sequential(
+            conv(m, n, 3, 1), nn.ReLU(inplace=True),
+            conv(n, n, 5, 2), nn.ReLU(inplace=True),
+            conv(n, n, 5, 2),
+        )
+        self.h_s = nn.Sequential(
+            deconv(n, n, 5, 2), nn.ReLU(inplace=True),
+            deconv(n, n, 5, 2), nn.ReLU(inplace=True),
+            conv(n, m, 3, 1), nn.ReLU(inplace=True),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(n)
+        self.gaussian_conditional = GaussianConditional(None)
+        # Level 0 quantises coarsest; gains spread over a factor of 4 and are learned.
+        spread = torch.tensor(
+            [2.0 ** (2.0 * (i / max(levels - 1, 1)) - 1.0) for i in range(levels)]
+        )
+        self.gain = nn.Parameter(spread[:, None].repeat(1, m))
+        self.inv_gain = nn.Parameter((1.0 / spread)[:, None].repeat(1, m))
+        self.hyper_gain = nn.Parameter(torch.ones(levels, n))
+        self.hyper_inv_gain = nn.Parameter(torch.ones(levels, n))
+
+    def _gains(self, level: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-sample gains ``N x C x 1 x 1`` (absolute values keep them positive)."""
+        pick = [p.abs()[level][:, :, None, None] for p in (
+            self.gain, self.inv_gain, self.hyper_gain, self.hyper_inv_gain)]
+        return pick[0], pick[1], pick[2], pick[3]
+
+    def forward(self, y: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
+        """Training pass (additive uniform noise): ``(y_hat, bits per sample)``."""
+        gain, inv_gain, hgain, hinv = self._gains(level)
+        z = self.h_a(torch.abs(y))
+        z_tilde, z_likelihoods = self.entropy_bottleneck(z * hgain)
+        scales = self.h_s(z_tilde * hinv) * gain
+        y_tilde, y_likelihoods = self.gaussian_conditional(y * gain, scales)
+        bits = -(
+            torch.log(y_likelihoods).sum(dim=(1, 2, 3))
+            + torch.log(z_likelihoods).sum(dim=(1, 2, 3))
+        ) / math.log(2.0)
+        return y_tilde * inv_gain, bits
+
+    def _scales_indexes(self, z_hat: Tensor, gain: Tensor) -> Tensor:
+        return self.gaussian_conditional.build_indexes(self.h_s(z_hat) * gain)
+
+    def compress(self, y: Tensor, level: int) -> tuple[LatentCode, Tensor]:
+        """Code ``y`` (batch 1) with real rANS: ``(strings, y_hat)``; ``y_hat`` is exactly what
+        :meth:`decompress` returns (both come from the same decoded ``z``)."""
+        if y.shape[0] != 1:
+            raise ValueError("the latent coder codes one frame at a time")
+        gain, inv_gain, hgain, hinv = self._gains(torch.tensor([level]))
+        z = self.h_a(torch.abs(y)) * hgain
+        z_string = self.entropy_bottleneck.compress(z)
+        z_q = self.entropy_bottleneck.decompress(z_string, z.shape[-2:])
+        indexes = self._scales_indexes(z_q * hinv, gain)
+        y_string = self.gaussian_conditional.compress(y * gain, indexes)
+        y_q = torch.round(y * gain)
+        return LatentCode(y_string[0], z_string[0]), y_q * inv_gain
+
+    def decompress(self, code: LatentCode, y_size: tuple[int, int], level: int) -> Tensor:
+        """Decode ``y_hat`` (``1 x M x h x w``) for a latent of spatial size ``y_size``."""
+        h, w = y_size
+        if h % HYPER_STRIDE or w % HYPER_STRIDE:
+            raise ValueError(f"latent size {y_size} is not a multiple of {HYPER_STRIDE}")
+        gain, inv_gain, _, hinv = self._gains(torch.tensor([level]))
+        try:
+            z_q = self.entropy_bottleneck.decompress(
+                [code.z_string], (h // HYPER_STRIDE, w // HYPER_STRIDE))
+            indexes = self._scales_indexes(z_q * hinv, gain)
+            y_q = self.gaussian_conditional.decompress([code.y_string], indexes, z_q.dtype)
+        except (RuntimeError, ValueError) as exc:
+            raise BitstreamError(f"a frame payload does not decode: {exc}") from exc
+        return y_q * inv_gain
+
+
+def pack_codes(codes: list[LatentCode]) -> list[list[bytes]]:
+    """Latent codes as ``pack_strings`` groups (one ``[y, z]`` group per latent)."""
+    return [[code.y_string, code.z_string] for code in codes]
+
+
+def unpack_codes(groups: list[list[bytes]], expected: int) -> list[LatentCode]:
+    """The inverse of :func:`pack_codes`, checking the number of latents."""
+    if len(groups) != expected or any(len(group) != 2 for group in groups):
+        raise BitstreamError(
+            f"a frame payload has {len(groups)} latents, this codec expects {expected}")
+    return [LatentCode(group[0], group[1]) for group in groups]
