@@ -15,6 +15,14 @@ Per clip, the first ``--frames`` frames are decoded once to a y4m file (scratch 
 * ``vistra``     the Lanczos 1/2 streams (the very same .mp4 files as ``lanczos`` 1/2)
                  restored with the learned up-sampler (:class:`LearnedRestorer`) instead of
                  bicubic.
+* ``lanczos-t`` / ``vistra-t``  ViSTRA's spatio-temporal mode: Lanczos 1/2 *and* every other
+                 frame dropped (coded at half the frame rate), restored to full size and
+                 rate with bicubic + frame repetition, or with the learned up-sampler +
+                 learned frame interpolator (the same .mp4 files for both).
+
+A clip given as ``NAME@WxH`` is Lanczos-resized to ``W x H`` first (the 1080p clip at 720p).
+With more than four CRFs, the BD-rate table is printed twice: over all points, and over
+the four lowest-rate points (the low-rate end).
 
 Bits are the bytes of the written .mp4 files. Quality is measured at source resolution
 after restoration: VMAF NEG (libvmaf ``vmaf_v0.6.1neg``, mean over frames) and PSNR-Y
@@ -23,7 +31,7 @@ PCHIP by default) are negative when the test method needs fewer bits for the sam
 
 Usage::
 
-    .venv/bin/python bench/precoders.py [--frames 60] [--crfs 23,28,33,38] [CLIP ...]
+    .venv/bin/python bench/precoders.py [--frames 60] [--crfs 23,28,33,38] [CLIP[@WxH] ...]
 """
 
 from __future__ import annotations
@@ -71,12 +79,13 @@ def ffmpeg(*args: str) -> None:
 class Source:
     """The first ``frames`` frames of a clip, decoded once to y4m, with luma in memory."""
 
-    def __init__(self, clip: Path, frames: int, work: Path) -> None:
+    def __init__(self, clip: Path, frames: int, work: Path, size: str | None = None) -> None:
         self.clip, self.work = clip, work
         self.y4m = work / "source.y4m"
         rate = RAW_FPS.get(clip.suffix)
         pre = ["-framerate", str(rate)] if rate else []
-        ffmpeg(*pre, "-i", str(clip), "-frames:v", str(frames), "-an",
+        resize = ["-vf", f"scale={size.replace('x', ':')}:flags=lanczos"] if size else []
+        ffmpeg(*pre, "-i", str(clip), "-frames:v", str(frames), "-an", *resize,
                "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", str(self.y4m))
         with av.open(str(self.y4m)) as box:
             stream = box.streams.video[0]
@@ -100,13 +109,18 @@ class Source:
         return path.stat().st_size * 8 / (self.frames / float(self.fps)) / 1000.0
 
 
-def downscale_raw(source: Source, scale: Fraction, method: str) -> tuple[Path, int, int]:
-    """The source at ``scale`` as packed yuv420p (Lanczos via ffmpeg, or the learned DVP)."""
+def downscale_raw(
+    source: Source, scale: Fraction, method: str, half_rate: bool = False
+) -> tuple[Path, int, int]:
+    """The source at ``scale`` as packed yuv420p (Lanczos via ffmpeg, or the learned DVP);
+    ``half_rate``: every other frame only (Lanczos)."""
     width, height = scaled_size(source.width, source.height, scale)
-    path = source.work / f"{method}-{scale.numerator}_{scale.denominator}.yuv"
+    tag = "-t" if half_rate else ""
+    path = source.work / f"{method}{tag}-{scale.numerator}_{scale.denominator}.yuv"
     if method == "lanczos":
-        ffmpeg("-i", str(source.y4m), "-vf", f"scale={width}:{height}:flags=lanczos",
-               "-pix_fmt", "yuv420p", "-f", "rawvideo", str(path))
+        select = "select='not(mod(n\\,2))'," if half_rate else ""
+        ffmpeg("-i", str(source.y4m), "-vf", f"{select}scale={width}:{height}:flags=lanczos",
+               "-fps_mode", "passthrough", "-pix_fmt", "yuv420p", "-f", "rawvideo", str(path))
     else:
         precoder = DvpPrecoder(scale, threads=THREADS)
         assert precoder.size(source.width, source.height) == (width, height)
@@ -117,13 +131,15 @@ def downscale_raw(source: Source, scale: Fraction, method: str) -> tuple[Path, i
 
 
 def encode(source: Source, raw: Path | None, size: tuple[int, int], crf: int,
-           out: Path) -> None:
-    """x264 medium at ``crf`` of the y4m source (``raw`` None) or a packed yuv420p file."""
+           out: Path, half_rate: bool = False) -> None:
+    """x264 medium at ``crf`` of the y4m source (``raw`` None) or a packed yuv420p file
+    (at half the frame rate if ``half_rate``)."""
     if raw is None:
         inputs = ["-i", str(source.y4m)]
     else:
+        rate = source.fps / 2 if half_rate else source.fps
         inputs = ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{size[0]}x{size[1]}",
-                  "-framerate", str(source.fps), "-i", str(raw)]
+                  "-framerate", str(rate), "-i", str(raw)]
     ffmpeg(*inputs, "-an", "-c:v", "libx264", "-preset", "medium", "-crf", str(crf),
            "-pix_fmt", "yuv420p", "-threads", str(THREADS), str(out))
 
@@ -161,14 +177,15 @@ def pareto(points: list[dict], metric: str) -> list[dict]:
     return front
 
 
-def run_clip(clip: Path, frames: int, crfs: list[int]) -> dict:
-    work = OUT / clip.stem
+def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None) -> dict:
+    work = OUT / (clip.stem + (f"@{size}" if size else ""))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    source = Source(clip, frames, work)
+    source = Source(clip, frames, work, size)
     print(f"\n== {clip.name}: {source.width}x{source.height} @ {source.fps} fps, "
           f"{source.frames} frames", flush=True)
     learned = LearnedRestorer(threads=THREADS, temporal=False)
+    learned_st = LearnedRestorer(threads=THREADS, temporal=True)
     points: list[dict] = []
 
     def add(method: str, scale: Fraction, crf: int, stream: Path,
@@ -195,7 +212,16 @@ def run_clip(clip: Path, frames: int, crfs: list[int]) -> dict:
                 if method == "lanczos" and scale == VISTRA_SCALE:
                     add("vistra", scale, crf, stream, learned)
             raw.unlink()
-    return {"clip": clip.name, "width": source.width, "height": source.height,
+    raw, width, height = downscale_raw(source, VISTRA_SCALE, "lanczos", half_rate=True)
+    for crf in crfs:
+        tag = f"{VISTRA_SCALE.numerator}_{VISTRA_SCALE.denominator}"
+        stream = work / f"lanczos-t-{tag}-crf{crf}.mp4"
+        encode(source, raw, (width, height), crf, stream, half_rate=True)
+        add("lanczos-t", VISTRA_SCALE, crf, stream)
+        add("vistra-t", VISTRA_SCALE, crf, stream, learned_st)
+    raw.unlink()
+    name = clip.name + (f"@{size}" if size else "")
+    return {"clip": name, "width": source.width, "height": source.height,
             "fps": str(source.fps), "frames": source.frames, "points": points}
 
 
@@ -213,17 +239,28 @@ def bd(anchor: list[dict], test: list[dict], metric: str, method: str) -> float 
 
 
 def report(result: dict, bd_method: str) -> None:
-    points = result["points"]
+    crfs = sorted({p["crf"] for p in result["points"]})
+    bd_table(result, bd_method, result["points"], "all points")
+    if len(crfs) > 4:
+        low = set(crfs[-4:])
+        bd_table(result, bd_method, [p for p in result["points"] if p["crf"] in low],
+                 f"low-rate end: CRF {min(low)}-{max(low)}", key="bd_rate_low")
+
+
+def bd_table(result: dict, bd_method: str, points: list[dict], title: str,
+             key: str = "bd_rate") -> None:
     print(f"\n## {result['clip']} ({result['width']}x{result['height']}, "
           f"{result['frames']} frames @ {result['fps']} fps), x264 medium")
-    print(f"{'method':<10} {'scale':>5} {'crf':>4} {'kbps':>9} {'PSNR-Y':>7} {'VMAF NEG':>9}")
-    for p in points:
-        print(f"{p['method']:<10} {p['scale']:>5} {p['crf']:>4} {p['kbps']:9.1f} "
-              f"{p['psnr_y']:7.2f} {p['vmaf_neg']:9.2f}")
+    if key == "bd_rate":
+        print(f"{'method':<10} {'scale':>5} {'crf':>4} {'kbps':>9} {'PSNR-Y':>7} "
+              f"{'VMAF NEG':>9}")
+        for p in points:
+            print(f"{p['method']:<10} {p['scale']:>5} {p['crf']:>4} {p['kbps']:9.1f} "
+                  f"{p['psnr_y']:7.2f} {p['vmaf_neg']:9.2f}")
     full = curve(points, "x264")
     dvp_union = full + curve(points, "dvp")
     selections = {m: pareto(dvp_union, m) for m in ("vmaf_neg", "psnr_y")}
-    result["dvp_select"] = selections
+    result.setdefault("dvp_select", selections)
     for metric, front in selections.items():
         chosen = ", ".join(f"{p['scale']}@{p['crf']}" for p in front)
         print(f"dvp-select front ({metric}): {chosen}")
@@ -240,7 +277,10 @@ def report(result: dict, bd_method: str) -> None:
                      {"": curve(points, "dvp", str(scale))}))
     rows.append((f"vistra learned-up vs bicubic-up ({VISTRA_SCALE})",
                  curve(points, "lanczos", str(VISTRA_SCALE)), {"": curve(points, "vistra")}))
-    print(f"\nBD-rate ({bd_method}), negative = fewer bits for the same quality")
+    rows.append((f"vistra-t learned vs bicubic+repeat ({VISTRA_SCALE}, half)",
+                 curve(points, "lanczos-t"), {"": curve(points, "vistra-t")}))
+    rows.append(("vistra-t learned vs x264", full, {"": curve(points, "vistra-t")}))
+    print(f"\nBD-rate ({bd_method}, {title}), negative = fewer bits for the same quality")
     print(f"{'comparison':<42} {'VMAF NEG':>9} {'PSNR-Y':>8}")
     table = []
     for label, anchor, tests in rows:
@@ -250,7 +290,7 @@ def report(result: dict, bd_method: str) -> None:
         cells = " ".join(f"{'n/a' if v is None else f'{v:+.1f}%':>{w}}"
                          for v, w in zip(values.values(), (9, 8), strict=True))
         print(f"{label:<42} {cells}")
-    result["bd_rate"] = {"method": bd_method, "rows": table}
+    result[key] = {"method": bd_method, "points": title, "rows": table}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -301,9 +341,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = []
-    for name in args.clips:
+    for spec in args.clips:
+        name, _, size = spec.partition("@")
         clip = Path(name) if Path(name).exists() else MEDIA / name
-        results.append(run_clip(clip, args.frames, crfs))
+        results.append(run_clip(clip, args.frames, crfs, size or None))
     for result in results:
         report(result, args.bd_method)
     png, js = OUT / "rd_vmaf_neg.png", OUT / "results.json"

@@ -131,3 +131,81 @@ def test_cli_handler_runs_a_short_job(clips, tmp_path, capsys):
     assert result["name"] == "dvp-2_3" and Path(result["weights"]).is_file()
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "precoder", "--kind", "dvp", "--data", "x", "--scale", "2"])
+
+
+def test_x264_coded_pairs_are_aligned_real_codings_and_training_resumes(clips, tmp_path):
+    """--proxy x264: low-res crops are really x264-coded versions of the source crops."""
+    import numpy as np
+
+    from gopflow.jobs.train import CodedPairPool, index_clip
+
+    clip = index_clip(clips / "pattern.mkv")
+    scale = Fraction(1, 2)
+    sharp = CodedPairPool([clip], seed=1, size=2, scale=scale, crf_range=(12, 12)).at(0)
+    coarse = CodedPairPool([clip], seed=1, size=2, scale=scale, crf_range=(45, 45)).at(0)
+    source, good = sharp.batch(0, 4, 64)
+    same, bad = coarse.batch(0, 4, 64)
+    assert torch.equal(source, same) and good.shape == (4, 1, 32, 32)
+    down = torch.nn.functional.avg_pool2d(source, 2)  # aligned crops agree with a plain 2x2 mean
+
+    def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+    assert psnr(good, down) > 28  # misaligned by one low-res pixel this drops below 20
+    assert psnr(good, down) > psnr(bad, down) + 3  # CRF 45 is coded much more coarsely
+    shifted = torch.roll(good, 1, dims=-1)
+    assert psnr(shifted, down) < psnr(good, down) - 3
+    assert np.isfinite(psnr(bad, down))
+
+    first = train_precoder(
+        "vistra-up", str(clips), scale="1/2", steps=4, out_dir=str(tmp_path / "a"), seed=2,
+        checkpoint_every=2, progress=False, proxy="x264", **FAST,
+    )
+    meta = json.loads(Path(first.metadata).read_text())
+    assert meta["proxy"] == "x264" and meta["qp_range"] == [18.0, 45.0]
+    evaluation = meta["evaluation_on_training_crops"]
+    assert len(evaluation["model_psnr"]) == len(evaluation["plain_psnr"]) == 4
+    # Interrupted after step 3 (checkpoint at step 2), then resumed: the x264 pool is
+    # rebuilt from the seed alone and the result is bit-identical.
+    def interrupt(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_precoder(
+            "vistra-up", str(clips), scale="1/2", steps=4, out_dir=str(tmp_path / "b"), seed=2,
+            checkpoint_every=2, progress=False, proxy="x264", on_step=interrupt, **FAST,
+        )
+    resumed = train_precoder(
+        "vistra-up", str(clips), scale="1/2", steps=4, out_dir=str(tmp_path / "b"), seed=2,
+        checkpoint_every=2, progress=False, proxy="x264", resume=True, **FAST,
+    )
+    a, b = _state(first.weights), _state(resumed.weights)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_x264_proxy_is_refused_for_downscalers(clips, tmp_path):
+    with pytest.raises(UsageError, match="vistra-up only"):
+        train_precoder("dvp", str(clips), steps=1, out_dir=str(tmp_path), proxy="x264",
+                       progress=False, **FAST)
+
+
+def test_init_fine_tunes_a_registered_model(clips, tmp_path, monkeypatch):
+    registry = tmp_path / "reg"
+    net = nets.DvpDownscaler(Fraction(1, 2))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.normal_(0, 0.05)
+    path = tmp_path / "w.pt"
+    torch.save(net.state_dict(), path)
+    weights.install_model("dvp-1_2", path, net.arch(), directory=registry)
+    from gopflow.jobs.train import TrainConfig, build_model
+
+    config = TrainConfig(kind="dvp", data_dir=str(clips), init="dvp-1_2")
+    original = weights.load_model
+    monkeypatch.setattr(weights, "load_model", lambda name: original(name, registry))
+    model = build_model(config)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    state = net.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
