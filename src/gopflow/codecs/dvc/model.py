@@ -1,0 +1,189 @@
+"""DVC inter codec after Lu et al., CVPR 2019 ("DVC: An End-to-end Deep Video Compression
+Framework").
+
+Steps per P frame: a small SpyNet-like pyramid estimates optical flow from the current frame
+to the decoded reference; the flow is coded by a motion auto-encoder with the gained scale
+hyperprior; the reference is warped backwards with the decoded flow (``grid_sample``); a small
+U-Net motion-compensation network refines the warped frame from (warped, reference, flow);
+the residual is coded by a second hyperprior auto-encoder. Loss ``R + lmbda * 255^2 * D``.
+Sized for the CPU: flow is estimated at half resolution, all channel counts are small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from compressai.models import CompressionModel
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from gopflow.codecs.learned.bitstream import pack_strings
+from gopflow.codecs.learned.hyperprior import GainedHyperprior, pack_codes
+from gopflow.codecs.learned.intra import (
+    LATENT_STRIDE,
+    MULTIPLE,
+    analysis,
+    latent_shape,
+    rd_loss,
+    synthesis,
+    unpack_payload,
+)
+
+
+def backward_warp(image: Tensor, flow: Tensor) -> Tensor:
+    """Sample ``image`` at ``(x + u, y + v)`` (flow in pixels, bilinear, border padding)."""
+    n, _, h, w = image.shape
+    ys = torch.linspace(-1.0, 1.0, h, dtype=image.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, dtype=image.dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    scale_x = 2.0 / max(w - 1, 1)
+    scale_y = 2.0 / max(h - 1, 1)
+    grid = torch.stack(
+        (grid_x[None] + flow[:, 0] * scale_x, grid_y[None] + flow[:, 1] * scale_y), dim=-1)
+    return F.grid_sample(image, grid.expand(n, h, w, 2), mode="bilinear",
+                         padding_mode="border", align_corners=True)
+
+
+class PyramidFlow(nn.Module):
+    """Coarse-to-fine flow (after SpyNet, Ranjan and Black 2017): at each pyramid level a
+    small CNN refines the up-sampled flow from (current, warped reference, flow)."""
+
+    def __init__(self, channels: int = 24, levels: int = 4) -> None:
+        super().__init__()
+        self.levels = levels
+        self.nets = nn.ModuleList(
+            nn.Sequential(
+                conv(8, channels, 3, 1), nn.ReLU(inplace=True),
+                conv(channels, channels, 3, 1), nn.ReLU(inplace=True),
+                conv(channels, channels // 2, 3, 1), nn.ReLU(inplace=True),
+                conv(channels // 2, 2, 3, 1),
+            )
+            for _ in range(levels)
+        )
+
+    def forward(self, current: Tensor, reference: Tensor) -> Tensor:
+        """Flow (pixels, full resolution) such that ``warp(reference, flow) ~ current``."""
+        cur = [F.avg_pool2d(current, 2)]
+        ref = [F.avg_pool2d(reference, 2)]
+        for _ in range(self.levels - 1):
+            cur.append(F.avg_pool2d(cur[-1], 2))
+            ref.append(F.avg_pool2d(ref[-1], 2))
+        flow = torch.zeros_like(cur[-1][:, :2])
+        for level in reversed(range(self.levels)):
+            if level != self.levels - 1:
+                flow = 2.0 * F.interpolate(flow, scale_factor=2, mode="bilinear",
+                                           align_corners=False)
+            warped = backward_warp(ref[level], flow)
+            flow = flow + self.nets[level](torch.cat((cur[level], warped, flow), dim=1))
+        return 2.0 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class MotionCompensation(nn.Module):
+    """DVC's motion-compensation network: a small U-Net refining the warped frame."""
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        c = channels
+        self.down1 = nn.Sequential(conv(8, c, 3, 2), nn.ReLU(inplace=True))
+        self.down2 = nn.Sequential(conv(c, 2 * c, 3, 2), nn.ReLU(inplace=True),
+                                   conv(2 * c, 2 * c, 3, 1), nn.ReLU(inplace=True))
+        self.up2 = nn.Sequential(deconv(2 * c, c, 3, 2), nn.ReLU(inplace=True))
+        self.up1 = deconv(c, 3, 3, 2)
+
+    def forward(self, warped: Tensor, reference: Tensor, flow: Tensor) -> Tensor:
+        e1 = self.down1(torch.cat((warped, reference, flow / 16.0), dim=1))
+        d2 = self.up2(self.down2(e1)) + e1
+        return warped + self.up1(d2)
+
+
+class DvcCodec(CompressionModel):
+    """DVC: flow estimation, motion auto-encoder, warping plus MC net, residual auto-encoder."""
+
+    stages: tuple[str, ...] = ("motion", "rd")
+    frames_per_sample = 2
+    multiple = MULTIPLE
+
+    def __init__(
+        self, flow_channels: int = 24, flow_levels: int = 4, motion_channels: int = 48,
+        motion_latent: int = 64, residual_channels: int = 64, residual_latent: int = 96,
+        hyper_channels: int = 48, mc_channels: int = 32, levels: int = 4,
+    ) -> None:
+        super().__init__()
+        self._arch = {
+            "flow_channels": flow_channels, "flow_levels": flow_levels,
+            "motion_channels": motion_channels, "motion_latent": motion_latent,
+            "residual_channels": residual_channels, "residual_latent": residual_latent,
+            "hyper_channels": hyper_channels, "mc_channels": mc_channels, "levels": levels,
+        }
+        self.levels = levels
+        self.flow = PyramidFlow(flow_channels, flow_levels)
+        self.m_a = analysis(2, motion_channels, motion_latent)
+        self.m_s = synthesis(motion_latent, motion_channels, 2)
+        self.motion_prior = GainedHyperprior(motion_latent, hyper_channels, levels)
+        self.mc = MotionCompensation(mc_channels)
+        self.r_a = analysis(3, residual_channels, residual_latent)
+        self.r_s = synthesis(residual_latent, residual_channels, 3)
+        self.residual_prior = GainedHyperprior(residual_latent, hyper_channels, levels)
+
+    def arch(self) -> dict[str, Any]:
+        """JSON description the weights registry rebuilds this model from."""
+        return {"class": type(self).__name__, **self._arch}
+
+    def forward(
+        self, x: Tensor, reference: Tensor, level: Tensor, motion_only: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Training pass for one frame: ``(x_hat, bits per sample)``; with ``motion_only``
+        the warped reference and the motion bits (DVC's flow warm-up)."""
+        m_hat, bits = self.motion_prior(self.m_a(self.flow(x, reference)), level)
+        flow_hat = self.m_s(m_hat)
+        warped = backward_warp(reference, flow_hat)
+        if motion_only:
+            return warped, bits
+        prediction = self.mc(warped, reference, flow_hat)
+        r_hat, r_bits = self.residual_prior(self.r_a(x - prediction), level)
+        return prediction + self.r_s(r_hat), bits + r_bits
+
+    def training_loss(
+        self, reference: Tensor, frames: Tensor, level: Tensor, lmbda: Tensor, stage: str
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Frames coded in order, each decoded frame the next reference; mean over frames.
+        Stage ``"motion"`` (flow warm-up): motion rate plus distortion of the warped
+        reference, with the source frames as references."""
+        if stage not in self.stages:
+            raise ValueError(f"DvcCodec has no training stage {stage!r}")
+        losses, totals = [], {}
+        for t in range(frames.shape[1]):
+            x = frames[:, t]
+            x_hat, bits = self(x, reference, level, motion_only=stage == "motion")
+            loss, metrics = rd_loss(x, x_hat, bits, lmbda)
+            losses.append(loss)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value / frames.shape[1]
+            reference = x_hat.clamp(0.0, 1.0) if stage == "rd" else x
+        return torch.stack(losses).mean(), totals
+
+    def _prediction(self, reference: Tensor, m_hat: Tensor) -> Tensor:
+        flow_hat = self.m_s(m_hat)
+        return self.mc(backward_warp(reference, flow_hat), reference, flow_hat)
+
+    def next_state(self, state: Any, recon: Tensor) -> Tensor:
+        """The decoder state is the last decoded frame."""
+        return recon
+
+    def compress_inter(self, x: Tensor, state: Tensor, level: int) -> bytes:
+        """Code padded frame ``x`` against the decoded reference ``state``."""
+        m_code, m_hat = self.motion_prior.compress(self.m_a(self.flow(x, state)), level)
+        prediction = self._prediction(state, m_hat)
+        r_code, _ = self.residual_prior.compress(self.r_a(x - prediction), level)
+        return pack_strings(pack_codes([m_code, r_code]), latent_shape(x.shape[-2], x.shape[-1]))
+
+    def decompress_inter(self, payload: bytes, state: Tensor, level: int) -> Tensor:
+        """Decode a :meth:`compress_inter` payload against the same reference."""
+        h, w = state.shape[-2:]
+        m_code, r_code = unpack_payload(payload, h, w, 2)
+        size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
+        prediction = self._prediction(state, self.motion_prior.decompress(m_code, size, level))
+        r_hat = self.residual_prior.decompress(r_code, size, level)
+        return (prediction + self.r_s(r_hat)).clamp(0.0, 1.0)
