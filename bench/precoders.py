@@ -12,6 +12,11 @@ Per clip, the first ``--frames`` frames are decoded once to a y4m file (scratch 
                  reduced to its Pareto front in (log-rate, quality) -- for each rate the
                  best quality any scale gives. It is an oracle choice, made per metric (the
                  VMAF NEG front for VMAF NEG BD-rates, the PSNR-Y front for PSNR);
+* ``dvp-qro``    the real pipeline's DVP mode selection (``--pipeline-targets``):
+                 ``gopflow transcode --precoder dvp --target-vmaf V --no-half-rate`` on the
+                 same source, where QRO probe encodes choose the scale and CRF per GOP; the
+                 output file (sizes changing per GOP) restored bicubically like every
+                 other point. Unlike ``dvp-select`` this is no oracle: it is what users get.
 * ``vistra``     the Lanczos 1/2 streams (the very same .mp4 files as ``lanczos`` 1/2)
                  restored with the learned up-sampler (:class:`LearnedRestorer`) instead of
                  bicubic.
@@ -41,6 +46,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -177,7 +183,21 @@ def pareto(points: list[dict], metric: str) -> list[dict]:
     return front
 
 
-def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None) -> dict:
+def pipeline_encode(source: Source, target: float, out: Path) -> list[str]:
+    """``gopflow transcode`` with DVP mode selection at VMAF ``target``; the chosen modes."""
+    report = out.with_suffix(".json")
+    command = [str(Path(sys.executable).with_name("gopflow")), "transcode", str(source.y4m),
+               "-o", str(out), "--target-vmaf", f"{target:g}", "--precoder", "dvp",
+               "--no-half-rate", "--no-progress", "--report", str(report)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"gopflow transcode failed: {done.stderr.strip()[-500:]}")
+    gops = json.loads(report.read_text())["gops"]
+    return [f"{g['decision']['scale']}@{g['decision']['crf']}" for g in gops]
+
+
+def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None,
+             targets: list[float] | None = None) -> dict:
     work = OUT / (clip.stem + (f"@{size}" if size else ""))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -220,6 +240,12 @@ def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None) 
         add("lanczos-t", VISTRA_SCALE, crf, stream)
         add("vistra-t", VISTRA_SCALE, crf, stream, learned_st)
     raw.unlink()
+    for target in targets or []:
+        stream = work / f"dvp-qro-vmaf{target:g}.mkv"
+        modes = pipeline_encode(source, target, stream)
+        add("dvp-qro", Fraction(0), int(target), stream)
+        points[-1]["modes"] = modes
+        print(f"   (dvp-qro target {target:g}: scale@crf per GOP {', '.join(modes)})")
     name = clip.name + (f"@{size}" if size else "")
     return {"clip": name, "width": source.width, "height": source.height,
             "fps": str(source.fps), "frames": source.frames, "points": points}
@@ -269,7 +295,9 @@ def bd_table(result: dict, bd_method: str, points: list[dict], title: str,
         rows.append((f"lanczos {scale} vs x264", full, {"": curve(points, "lanczos", str(scale))}))
     for scale in SCALES:
         rows.append((f"dvp {scale} vs x264", full, {"": curve(points, "dvp", str(scale))}))
-    rows.append(("dvp-select vs x264", full, {m: f for m, f in selections.items()}))
+    rows.append(("dvp-select (oracle) vs x264", full, {m: f for m, f in selections.items()}))
+    if curve(points, "dvp-qro"):
+        rows.append(("dvp-qro (pipeline) vs x264", full, {"": curve(points, "dvp-qro")}))
     rows.append((f"vistra {VISTRA_SCALE} (learned up) vs x264", full,
                  {"": curve(points, "vistra")}))
     for scale in SCALES:
@@ -334,6 +362,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--crfs", default="23,28,33,38")
     parser.add_argument("--bd-method", choices=("pchip", "cubic"), default="pchip")
+    parser.add_argument("--pipeline-targets", default="",
+                        help="VMAF targets for gopflow transcode --precoder dvp (e.g. 80,86,91,95)")
     args = parser.parse_args()
     crfs = [int(c) for c in args.crfs.split(",")]
     if len(crfs) < 4:
@@ -344,7 +374,8 @@ def main() -> None:
     for spec in args.clips:
         name, _, size = spec.partition("@")
         clip = Path(name) if Path(name).exists() else MEDIA / name
-        results.append(run_clip(clip, args.frames, crfs, size or None))
+        targets = [float(t) for t in args.pipeline_targets.split(",") if t]
+        results.append(run_clip(clip, args.frames, crfs, size or None, targets))
     for result in results:
         report(result, args.bd_method)
     png, js = OUT / "rd_vmaf_neg.png", OUT / "results.json"
