@@ -17,7 +17,7 @@ Per clip, the first ``--frames`` frames are decoded once to a y4m file (scratch 
                  same source, where QRO probe encodes choose the scale and CRF per GOP; the
                  output file (sizes changing per GOP) restored bicubically like every
                  other point. Unlike ``dvp-select`` this is no oracle: it is what users get.
-* ``vistra``     the Lanczos 1/2 streams (the very same .mp4 files as ``lanczos`` 1/2)
+* ``vistra``     the Lanczos streams (the very same .mp4 files as ``lanczos``) at each scale
                  restored with the learned up-sampler (:class:`LearnedRestorer`) instead of
                  bicubic.
 * ``lanczos-t`` / ``vistra-t``  ViSTRA's spatio-temporal mode: Lanczos 1/2 *and* every other
@@ -229,7 +229,7 @@ def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None,
                 stream = work / f"{method}-{scale.numerator}_{scale.denominator}-crf{crf}.mp4"
                 encode(source, raw, (width, height), crf, stream)
                 add(method, scale, crf, stream)
-                if method == "lanczos" and scale == VISTRA_SCALE:
+                if method == "lanczos":
                     add("vistra", scale, crf, stream, learned)
             raw.unlink()
     raw, width, height = downscale_raw(source, VISTRA_SCALE, "lanczos", half_rate=True)
@@ -299,12 +299,14 @@ def bd_table(result: dict, bd_method: str, points: list[dict], title: str,
     if curve(points, "dvp-qro"):
         rows.append(("dvp-qro (pipeline) vs x264", full, {"": curve(points, "dvp-qro")}))
     rows.append((f"vistra {VISTRA_SCALE} (learned up) vs x264", full,
-                 {"": curve(points, "vistra")}))
+                 {"": curve(points, "vistra", str(VISTRA_SCALE))}))
     for scale in SCALES:
         rows.append((f"dvp {scale} vs lanczos {scale}", curve(points, "lanczos", str(scale)),
                      {"": curve(points, "dvp", str(scale))}))
-    rows.append((f"vistra learned-up vs bicubic-up ({VISTRA_SCALE})",
-                 curve(points, "lanczos", str(VISTRA_SCALE)), {"": curve(points, "vistra")}))
+    for scale in SCALES:
+        rows.append((f"vistra learned-up vs bicubic-up ({scale})",
+                     curve(points, "lanczos", str(scale)),
+                     {"": curve(points, "vistra", str(scale))}))
     rows.append((f"vistra-t learned vs bicubic+repeat ({VISTRA_SCALE}, half)",
                  curve(points, "lanczos-t"), {"": curve(points, "vistra-t")}))
     rows.append(("vistra-t learned vs x264", full, {"": curve(points, "vistra-t")}))
@@ -336,8 +338,10 @@ def plot(results: list[dict], path: Path) -> None:
                            ("--", colour)))
             series.append((f"dvp {scale}", curve(points, "dvp", str(scale)), ("-", colour)))
         series.append(("dvp-select (front)", result["dvp_select"]["vmaf_neg"], ("-", "purple")))
-        series.append((f"vistra {VISTRA_SCALE} learned up", curve(points, "vistra"),
-                       (":", "orange")))
+        series.append((f"vistra {VISTRA_SCALE} learned up",
+                       curve(points, "vistra", str(VISTRA_SCALE)), (":", "orange")))
+        if curve(points, "dvp-qro"):
+            series.append(("dvp-qro (pipeline)", curve(points, "dvp-qro"), ("-.", "magenta")))
         for label, pts, style in series:
             pts = sorted(pts, key=lambda p: p["kbps"])
             x, y = [p["kbps"] for p in pts], [p["vmaf_neg"] for p in pts]
