@@ -31,6 +31,9 @@ INTER_ARCHS: dict[str, dict[str, Any]] = {
     "dvc": {"class": "DvcCodec", "flow_channels": 8, "flow_levels": 3, "motion_channels": 8,
             "motion_latent": 12, "residual_channels": 16, "residual_latent": 24,
             "hyper_channels": 8, "mc_channels": 8, "levels": 4},
+    "fvc": {"class": "FvcCodec", "channels": 8, "offset_channels": 8, "offset_latent": 12,
+            "residual_channels": 16, "residual_latent": 16, "hyper_channels": 8,
+            "offset_groups": 2, "buffer": 2, "levels": 4},
 }
 
 
@@ -182,3 +185,14 @@ def test_arch_rebuilds_the_same_model() -> None:
     assert model_digest(rebuilt) == model_digest(model)
     with pytest.raises(UsageError):
         build_codec_model({"class": "Nope"})
+
+
+def test_fvc_reference_buffer_is_bounded() -> None:
+    model = _model(INTER_ARCHS["fvc"], 1)
+    frames = [torch.rand(1, 3, 64, 64) for _ in range(4)]
+    state = None
+    with torch.no_grad():
+        for frame in frames:
+            state = model.next_state(state, frame)
+        assert len(state) == INTER_ARCHS["fvc"]["buffer"]
+        torch.testing.assert_close(state[0], model.extract(frames[-1]), rtol=0, atol=0)
