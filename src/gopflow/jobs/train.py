@@ -1201,7 +1201,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``train precoder`` and ``train evaluate`` to the CLI's subcommands."""
     parser = subparsers.add_parser(
         "train",
-        help="train or evaluate the learned precoders (CPU)",
+        help="train or evaluate the learned precoders and codecs (CPU)",
         description="Train the learned precoders (Deep Video Precoding downscalers, ViSTRA "
         "up-samplers and frame interpolator) on CPU, or evaluate a registered model on "
         "held-out clips against plain resampling.",
@@ -1214,9 +1214,11 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         "decoded luma, through a differentiable H.264-like codec proxy). Writes NAME.pt, "
         "NAME.json (metadata), NAME-loss.png and a checkpoint into --out.",
     )
+    from gopflow.jobs.train_codec import add_codec_parser
     from gopflow.jobs.train_mode import add_mode_parser
 
     add_mode_parser(sub)
+    add_codec_parser(sub)
     pre.add_argument("--kind", required=True, choices=KINDS)
     pre.add_argument("--data", required=True, metavar="DIR", help="directory of video clips")
     pre.add_argument("--scale", type=_scale_arg, default="1/2",
@@ -1281,6 +1283,10 @@ def run_train(args: argparse.Namespace) -> int:
         from gopflow.jobs.train_mode import run_mode
 
         return run_mode(args)
+    if args.train_command == "codec":
+        from gopflow.jobs.train_codec import run_codec
+
+        return run_codec(args)
     if args.train_command == "evaluate":
         report = evaluate_model(args.model, args.clips, frames=args.frames, crfs=args.crf,
                                 preset=args.preset, threads=args.threads,

@@ -1,0 +1,126 @@
+"""``gopflow train codec``: tiny real training runs of the learned codecs (real PyAV data,
+real CompressAI entropy coder in the evaluation), checkpoint/resume, outputs, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_clip
+from gopflow.cli import main
+from gopflow.jobs.train import data_hash, list_clips
+from gopflow.jobs.train_codec import CodecTrainConfig, install_codec, run_codec_training
+from gopflow.precoders import weights
+
+FAST = {"crop": 64, "batch": 2, "threads": 1, "pool": 2, "refresh_every": 2,
+        "eval_crops": 2, "eval_crop": 64}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A moving pattern (seekable) and a raw H.264 stream (scanned), plus a non-clip file."""
+    root = tmp_path_factory.mktemp("codec-data")
+    make_clip(
+        root / "pattern.mkv", "-f", "lavfi", "-i", "testsrc2=size=160x128:rate=25:duration=0.8",
+        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-g", "8", "-pix_fmt", "yuv420p",
+    )
+    make_clip(
+        root / "mandel.264", "-f", "lavfi", "-i", "mandelbrot=size=128x96:rate=25",
+        "-frames:v", "12", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-f", "h264",
+    )
+    (root / "README.md").write_text("not a clip\n")
+    return root
+
+
+def _config(clips: Path, out: Path, **options: object) -> CodecTrainConfig:
+    settings = {**FAST, **options}
+    return CodecTrainConfig(model="intra", data_dirs=(str(clips),), steps=(4,), seed=5,
+                            out_dir=str(out), **settings)  # type: ignore[arg-type]
+
+
+def _state(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path):
+    straight = run_codec_training(_config(clips, tmp_path / "a"), progress=False)
+    for path in (straight.weights, straight.metadata, straight.plot, straight.checkpoint):
+        assert Path(path).is_file()
+    assert Path(straight.plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads(Path(straight.metadata).read_text())
+    assert meta["steps"] == 4 and meta["stage_schedule"] == [{"stage": "rd", "steps": 4}]
+    assert meta["lambdas"] == [0.0018, 0.0035, 0.0067, 0.013] and meta["levels"] == 4
+    assert meta["data_hash"] == data_hash(list_clips(clips))
+    assert [c["name"] for c in meta["clips"]] == ["mandel.264", "pattern.mkv"]
+    assert meta["torch_version"] == torch.__version__ and meta["wall_seconds"] > 0
+    assert meta["weights_sha256"] == weights.sha256_file(straight.weights)
+    assert torch.isfinite(torch.tensor(straight.final_loss)) and straight.final_loss > 0
+    assert {"bpp", "psnr", "aux"} <= set(meta["final_metrics"])
+    rows = meta["evaluation_real_bytes"]["levels"]
+    assert [row["level"] for row in rows] == [1, 2, 3, 4]
+    assert all(row["bpp"] > 0 and 0 < row["psnr"] < 99 for row in rows)
+    # The shipped state dict holds the entropy coder's CDF tables (built by update()).
+    state = _state(straight.weights)
+    assert any(key.endswith("_quantized_cdf") and value.numel() > 0
+               for key, value in state.items())
+
+    # The same run interrupted after step 3 (Ctrl-C saves a checkpoint), then resumed.
+    def interrupt(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_codec_training(_config(clips, tmp_path / "b"), progress=False, on_step=interrupt)
+    assert _state(tmp_path / "b" / "checkpoint-codec-intra.pt")["step"] == 3
+    messages: list[str] = []
+    resumed = run_codec_training(_config(clips, tmp_path / "b"), resume=True, progress=False,
+                                 log=messages.append)
+    assert any("resuming codec-intra at step 3 of 4" in m for m in messages)
+    a, b = _state(straight.weights), _state(resumed.weights)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert resumed.evaluation == straight.evaluation
+
+    # Other settings refuse the checkpoint; installing registers the weights by hash.
+    with pytest.raises(ValueError, match="different run"):
+        run_codec_training(_config(clips, tmp_path / "b", batch=3), resume=True, progress=False)
+    install_codec(resumed, str(tmp_path / "registry"))
+    entry = weights.read_registry(tmp_path / "registry")["codec-intra"]
+    assert entry.sha256 == meta["weights_sha256"] and entry.arch["class"] == "IntraCodec"
+    assert weights.model_path("codec-intra", tmp_path / "registry").is_file()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message", "status"),
+    [
+        (["--lmbda", "0.01,abc"], "comma-separated numbers", 2),
+        (["--lmbda", "0.01,0.005"], "must increase", 2),
+        (["--crop", "100"], "multiple of 64", 2),
+        (["--steps", "10,20"], "one value or one per stage", 2),
+    ],
+)
+def test_cli_rejects_bad_arguments_in_one_line(clips, tmp_path, capsys, arguments, message,
+                                               status):
+    code = main(["train", "codec", "--model", "intra", "--data", str(clips),
+                 "--out", str(tmp_path), "--no-progress", *arguments])
+    err = capsys.readouterr().err.strip()
+    assert code == status
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_errors_on_empty_data_and_missing_intra(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no video here\n")
+    code = main(["train", "codec", "--model", "intra", "--data", str(empty), "--steps", "1",
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "no video files" in err and len(err.splitlines()) == 1
+    code = main(["train", "codec", "--model", "intra", "--data", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "does not exist" in err and len(err.splitlines()) == 1
