@@ -19,9 +19,17 @@ import torch
 
 from gopflow.codecs.learned.api import CodedFrame
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
-from gopflow.codecs.learned.engine import GopCodec, build_codec_model, codec_threads, model_digest
+from gopflow.codecs.learned.engine import (
+    GopCodec,
+    build_codec_model,
+    codec_threads,
+    load_codec,
+    model_digest,
+    registry_name,
+)
 from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.errors import UsageError
+from gopflow.precoders.weights import ModelMissingError, install_model, read_registry
 
 torch.set_num_threads(1)
 
@@ -196,3 +204,21 @@ def test_fvc_reference_buffer_is_bounded() -> None:
             state = model.next_state(state, frame)
         assert len(state) == INTER_ARCHS["fvc"]["buffer"]
         torch.testing.assert_close(state[0], model.extract(frames[-1]), rtol=0, atol=0)
+
+
+def test_load_codec_from_a_registry_checks_presence(tmp_path: Path) -> None:
+    with pytest.raises(ModelMissingError, match="gopflow train codec"):
+        load_codec("dvc", tmp_path)
+    for name, arch, seed in (("intra", SMALL_INTRA, 0), ("dvc", INTER_ARCHS["dvc"], 1)):
+        model = _model(arch, seed)
+        torch.save(model.state_dict(), tmp_path / f"{name}-src.pt")
+        install_model(registry_name(name), tmp_path / f"{name}-src.pt", arch, directory=tmp_path)
+    codec = load_codec("dvc", tmp_path)
+    entries = read_registry(tmp_path)
+    assert codec.model_id == (
+        f"dvc:{entries['codec-dvc'].sha256[:12]}+{entries['codec-intra'].sha256[:12]}")
+    frames = _frames(2, 64, 64)
+    gop = codec.encode_gop(frames, level=1)
+    np.testing.assert_array_equal(np.stack(_codec("dvc").encode_gop(frames, 1).recon),
+                                  np.stack(gop.recon))
+    assert load_codec("intra", tmp_path).model_id.startswith("intra:")
