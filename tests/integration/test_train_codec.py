@@ -37,9 +37,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(clips: Path, out: Path, **options: object) -> CodecTrainConfig:
-    settings = {**FAST, **options}
-    return CodecTrainConfig(model="intra", data_dirs=(str(clips),), steps=(4,), seed=5,
-                            out_dir=str(out), **settings)  # type: ignore[arg-type]
+    settings = {**FAST, "model": "intra", "steps": (4,), "seed": 5, **options}
+    return CodecTrainConfig(data_dirs=(str(clips),), out_dir=str(out),
+                            **settings)  # type: ignore[arg-type]
 
 
 def _state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -124,3 +124,26 @@ def test_cli_errors_on_empty_data_and_missing_intra(tmp_path, capsys):
                  "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "does not exist" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("model", ["dvc", "fvc"])
+def test_p_models_train_staged_on_installed_intra_references(clips, tmp_path, model):
+    registry = str(tmp_path / "registry")
+    with pytest.raises(OSError, match="codec-intra"):  # no intra installed yet
+        run_codec_training(_config(clips, tmp_path / model, registry=registry, model=model,
+                                   steps=(1, 1)), progress=False)
+    intra = run_codec_training(_config(clips, tmp_path / "intra", steps=(2,)), progress=False)
+    install_codec(intra, registry)
+    config = _config(clips, tmp_path / model, registry=registry, batch=1, eval_crops=1,
+                     model=model, steps=(1, 2))
+    result = run_codec_training(config, progress=False)
+    meta = json.loads(Path(result.metadata).read_text())
+    stages = {"dvc": "motion", "fvc": "align"}[model]
+    assert meta["stage_schedule"] == [{"stage": stages, "steps": 1}, {"stage": "rd", "steps": 2}]
+    assert meta["reference"] == "codec-intra decoded previous frame"
+    assert torch.isfinite(torch.tensor(result.final_loss))
+    evaluation = meta["evaluation_real_bytes"]
+    assert evaluation["frames_per_crop"] == config.eval_gop
+    assert all(row["inter_bpp"] > 0 and row["bpp"] > row["inter_bpp"] * 0.5
+               for row in evaluation["levels"])
+    assert _state(result.weights).keys() == _state(result.checkpoint)["model"].keys()

@@ -160,27 +160,15 @@ def model_class(model: str) -> Any:
 
 
 def load_intra_reference(registry: str | None, levels: int) -> Any:
-    """The installed intra codec (``codec-intra``), hash-checked, eval mode, frozen: it
+    """The installed intra codec (``codec-intra``, hash-checked, eval mode, frozen): it
     decodes the reference frames of P-frame models."""
-    import torch
+    from gopflow.codecs.learned.engine import load_codec
 
-    from gopflow.precoders.weights import ModelIntegrityError, model_path, read_registry
-
-    path = model_path("codec-intra", registry)
-    arch = dict(read_registry(registry)["codec-intra"].arch)
-    arch.pop("class", None)
-    try:
-        intra = model_class("intra")(**arch)
-        intra.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, TypeError, KeyError) as exc:
-        raise ModelIntegrityError(f"{path} does not load as codec-intra: {exc}") from exc
+    intra = load_codec("intra", registry).intra
     if intra.levels != levels:
         raise UsageError(
             f"the installed codec-intra has {intra.levels} levels, --lmbda gives {levels}; "
             "train and install intra with the same number of levels first")
-    intra.eval()
-    for parameter in intra.parameters():
-        parameter.requires_grad_(False)
     return intra
 
 
@@ -590,27 +578,17 @@ def evaluate_codec(
 def _code_gop(
     trainer: _Trainer, frames: Sequence[np.ndarray], level: int
 ) -> list[tuple[int, np.ndarray]]:
-    """``(payload bytes, decoded uint8 frame)`` per frame, coding and decoding for real
-    (``level`` 0-based; crops are multiples of 64, so no padding)."""
-    import torch
+    """``(payload bytes, decoded uint8 frame)`` per frame of a GOP coded for real by the
+    engine that ships the model (``level`` 0-based)."""
+    from gopflow.codecs.learned.engine import GopCodec, model_digest
 
-    if not trainer.inter:
-        out = []
-        for frame in frames:
-            x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
-            payload = trainer.model.compress(x, level)
-            recon = trainer.model.decompress(payload, x.shape[-2], x.shape[-1], level)
-            out.append((len(payload), _to_uint8(recon)))
-        return out
-    from gopflow.codecs.learned.engine import GopCodec
-
-    coded = GopCodec(trainer.intra, trainer.model).encode_gop(list(frames), level + 1)
+    model_id = f"{trainer.config.model}:{model_digest(trainer.model)}"
+    if trainer.inter:
+        codec = GopCodec(trainer.config.model, trainer.intra, trainer.model, model_id)
+    else:
+        codec = GopCodec("intra", trainer.model, None, model_id)
+    coded = codec.encode_gop(list(frames), level + 1)
     return [(len(f.payload), r) for f, r in zip(coded.frames, coded.recon, strict=True)]
-
-
-def _to_uint8(x: Any) -> np.ndarray:
-    """``1 x 3 x H x W`` in [0, 1] -> ``H x W x 3`` uint8."""
-    return x[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
 
 
 def install_codec(result: CodecTrainResult, registry: str | None = None) -> None:
