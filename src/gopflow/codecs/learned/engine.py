@@ -118,6 +118,7 @@ class GopCodec:
         """One frame's uint8-grid reconstruction (padded) and the next decoder state."""
         if frame.kind == UnitKind.INTRA:
             recon = to_uint8(self.intra.decompress(frame.payload, padded[0], padded[1], level))
+            state = None  # an intra frame starts a new reference chain
         elif frame.kind == UnitKind.INTER and self.inter is not None and state is not None:
             recon = to_uint8(self.inter.decompress_inter(frame.payload, state, level))
         else:
