@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -20,7 +21,10 @@ from gopflow.jobs.compare import add_compare_parser, run_compare
 from gopflow.jobs.train import add_train_parser, run_train
 
 if TYPE_CHECKING:
+    from gopflow.jobs.learned import LearnedSettings
     from gopflow.pipeline.qro_stage import QroSettings
+
+LEARNED = ("dvc", "fvc", "intra")
 
 EPILOG = """examples:
   gopflow probe input.mp4
@@ -30,6 +34,8 @@ EPILOG = """examples:
   gopflow transcode input.mp4 -o out.mp4 --resume                      # after a crash/Ctrl-C
   gopflow transcode input.mp4 -o out.mkv --target-vmaf 93 --report r.json --plot r.png
   gopflow restore out.mkv -o viewer.mkv                                 # full size and rate
+  gopflow transcode input.mp4 -o out.gflv --codec dvc --quality 3      # learned codec
+  gopflow decode out.gflv -o decoded.y4m                                # exact frames
   gopflow train precoder --kind dvp --scale 3/4 --data ../shared/media/train --steps 900
   gopflow train evaluate --model dvp-3_4 --clips ../shared/media/white_flower_1280x720.264
 """
@@ -106,7 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("input", metavar="INPUT", help="video file to transcode")
     tr.add_argument("-o", "--output", required=True, help="output file (.mp4/.m4v/.mov/.mkv)")
     enc = tr.add_argument_group("encoding")
-    enc.add_argument("--codec", choices=["x264", "x265"], default="x264", help="default: x264")
+    enc.add_argument(
+        "--codec", choices=["x264", "x265", *LEARNED], default="x264",
+        help="x264/x265 through ffmpeg, or a learned codec writing a .gflv file: dvc (DVC), "
+        "fvc (FVC), intra (learned image codec on every frame) (default: x264)",
+    )
+    enc.add_argument(
+        "--quality", type=int, metavar="Q",
+        help="learned codecs: quality level 1 (lowest rate) .. 4 (default: 3)",
+    )
+    enc.add_argument(
+        "--registry", metavar="DIR",
+        help="learned codecs: weights registry directory (default: the shipped weights)",
+    )
     rate = enc.add_mutually_exclusive_group()
     rate.add_argument(
         "--crf", type=_positive_float, help="constant rate factor 0-51 (default: 23 x264, 28 x265)"
@@ -116,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument("--maxrate", type=_bitrate_kbps, help="VBV max rate (default: --bitrate)")
     enc.add_argument("--bufsize", type=_bitrate_kbps, help="VBV buffer (default: 2x maxrate)")
-    enc.add_argument("--preset", default="medium", help="x264/x265 preset (default: medium)")
-    enc.add_argument("--pix-fmt", default="yuv420p", help="output pixel format (default: yuv420p)")
+    enc.add_argument("--preset", help="x264/x265 preset (default: medium)")
+    enc.add_argument("--pix-fmt", help="output pixel format (default: yuv420p)")
     enc.add_argument(
         "--encoder-threads",
         type=int,
@@ -126,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parallelism uses the cores; workers x threads never exceed the cluster's CPUs)",
     )
     enc.add_argument(
-        "--lookahead-tail", type=int, default=10, metavar="N",
+        "--lookahead-tail", type=int, metavar="N",
         help="frames after each GOP shown to the encoder as look-ahead, then cut off at a "
         "forced IDR, so a GOP's last frames are coded as in one long encode (10; 0: off)",
     )
@@ -215,30 +233,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("input", metavar="OUTPUT", help="a file written by gopflow transcode")
     restore.add_argument("-o", "--output", required=True, metavar="FILE")
+    decode = commands.add_parser(
+        "decode",
+        help="decode a .gflv file written by a learned codec",
+        description=(
+            "Decode FILE.gflv (gopflow transcode --codec dvc|fvc|intra) GOP by GOP on Ray, in "
+            "order, to OUTPUT: .y4m holds the exact decoded RGB frames as 16-bit 4:4:4 "
+            "full-range BT.601 YCbCr (C444p16; any player reads it, gopflow's reader inverts it "
+            "bit for bit); .mp4/.mkv hold them losslessly as RGB H.264 (libx264rgb -qp 0). "
+            "Frame rate and size come from the stream. A truncated or corrupt file is refused "
+            "before anything is decoded."
+        ),
+    )
+    decode.add_argument("input", metavar="FILE", help="a .gflv stream")
+    decode.add_argument("-o", "--output", required=True, help="output .y4m, .mp4 or .mkv")
+    decode.add_argument("--workers", type=int, help="GOPs decoded at once (default: cluster CPUs)")
+    decode.add_argument("--registry", metavar="DIR", help="weights registry (default: shipped)")
+    decode.add_argument("--ray-address", help="existing Ray cluster (default: a local one)")
+    decode.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
     add_compare_parser(commands)
     add_train_parser(commands)
     return parser
+
+
+def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
+    """The learned codec asked for, after refusing options that belong to x264/x265."""
+    from gopflow.jobs.learned import LearnedSettings
+
+    if args.codec not in LEARNED:
+        for flag, value in (("--quality", args.quality), ("--registry", args.registry)):
+            if value is not None:
+                raise UsageError(f"{flag} is for the learned codecs (dvc, fvc, intra), not "
+                                 f"{args.codec}; use --crf or --bitrate")
+        return None
+    x264_only = {
+        "--crf": args.crf, "--bitrate": args.bitrate, "--maxrate": args.maxrate,
+        "--bufsize": args.bufsize, "--preset": args.preset, "--pix-fmt": args.pix_fmt,
+        "--lookahead-tail": args.lookahead_tail, "--target-vmaf": args.target_vmaf,
+        "--target-vmaf-neg": args.target_vmaf_neg, "--target-psnr": args.target_psnr,
+        "--max-bitrate": args.max_bitrate, "--decisions": args.decisions,
+        "--save-decisions": args.save_decisions, "--plot": args.plot,
+    }
+    given = [flag for flag, value in x264_only.items() if value is not None]
+    if args.precoder != "none":
+        given.append("--precoder")
+    if args.encoder_threads != 1:
+        given.append("--encoder-threads")
+    if given:
+        raise UsageError(f"{', '.join(given)} apply to x264/x265, not --codec {args.codec}; "
+                         "use --quality Q (learned codecs run one thread per GOP)")
+    return LearnedSettings(args.codec, args.quality, args.registry)
 
 
 def _transcode(args: argparse.Namespace) -> int:
     from gopflow.jobs.transcode import TranscodeConfig, run_transcode
     from gopflow.types import EncodeSettings
 
+    learned = _learned_settings(args)
     if args.bitrate is None and (args.maxrate or args.bufsize):
         raise UsageError("--maxrate/--bufsize need --bitrate")
     crf = args.crf
     if crf is None and args.bitrate is None:
         crf = 28.0 if args.codec == "x265" else 23.0
     settings = EncodeSettings(
-        codec=args.codec,
-        preset=args.preset,
+        codec=args.codec if learned is None else "x264",  # unused by the learned path
+        preset=args.preset or "medium",
         crf=crf if args.bitrate is None else None,
         bitrate_kbps=args.bitrate,
         maxrate_kbps=args.maxrate,
         bufsize_kbps=args.bufsize,
-        pix_fmt=args.pix_fmt,
+        pix_fmt=args.pix_fmt or "yuv420p",
         threads=args.encoder_threads,
-        lookahead_tail=max(0, args.lookahead_tail),
+        lookahead_tail=max(0, 10 if args.lookahead_tail is None else args.lookahead_tail),
     )
     config = TranscodeConfig(
         input=args.input,
@@ -260,6 +329,7 @@ def _transcode(args: argparse.Namespace) -> int:
     )
     config = replace(
         config,
+        learned=learned,
         qro=_qro_settings(args),
         decisions_in=args.decisions,
         decisions_out=args.save_decisions,
@@ -327,6 +397,24 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decode(args: argparse.Namespace) -> int:
+    from gopflow.jobs.learned import DecodeConfig, run_decode
+
+    result = run_decode(
+        DecodeConfig(
+            input=args.input, output=args.output, registry=args.registry,
+            workers=args.workers, ray_address=args.ray_address,
+            progress=args.progress,
+        )
+    )
+    print(
+        f"wrote {result.output}: {result.frames} frames, {result.width}x{result.height}, "
+        f"{float(result.fps):.3f} fps, {result.gops} GOPs, {result.wall_seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _probe(args: argparse.Namespace) -> int:
     from gopflow.media.probe import probe
 
@@ -341,6 +429,9 @@ def _terminated(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     # A polite kill (SIGTERM) stops a job like Ctrl-C: finished GOPs stay resumable.
     signal.signal(signal.SIGTERM, _terminated)
+    # CompressAI scripts a helper with torch.jit at import: a deprecation note for its
+    # maintainers, not for gopflow's users (who must see one-line messages only).
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -350,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "probe": _probe,
         "transcode": _transcode,
         "restore": _restore,
+        "decode": _decode,
         "compare": run_compare,
         "train": run_train,
     }

@@ -178,6 +178,8 @@ class GopRecord:
     node_id: str
     resumed: bool = False
     decision: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None
+    """Codec-specific facts (learned codecs: level, encoder-side PSNR, recon digest)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gopflow.codecs.ffmpeg_encoder import ENCODER_NAMES, PRESETS, coded_size
 from gopflow.errors import OutputError, UsageError
@@ -39,6 +39,9 @@ from gopflow.types import (
     TranscodeReport,
     VideoInfo,
 )
+
+if TYPE_CHECKING:
+    from gopflow.jobs.learned import LearnedSettings
 
 PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 
@@ -67,9 +70,13 @@ class TranscodeConfig:
     decisions_in: str | None = None
     decisions_out: str | None = None
     plot: str | None = None
+    learned: LearnedSettings | None = None
+    """A learned codec (``intra``/``dvc``/``fvc``) instead of x264/x265: a .gflv output."""
 
     def validate(self) -> None:
         s = self.settings
+        if self.learned is not None and (self.qro is not None or self.decisions_in):
+            raise UsageError("QRO and --decisions work with x264/x265, not a learned codec")
         if self.qro is not None and container_for(self.output) != "matroska":
             raise UsageError(
                 "QRO may change resolution and frame rate from GOP to GOP: write .mkv "
@@ -95,9 +102,17 @@ class TranscodeConfig:
             raise UsageError("--min-gop-seconds must be between 0 and --gop-seconds")
         if self.workers is not None and self.workers < 1:
             raise UsageError("--workers must be at least 1")
-        container_for(self.output)
+        if self.learned is None:
+            container_for(self.output)
         if os.path.abspath(self.input) == os.path.abspath(self.output):
             raise UsageError("the output must not overwrite the input")
+
+
+def work_root(config: TranscodeConfig) -> str:
+    """The work directory root: ``--work-dir``, else ``.gopflow-work`` next to the output."""
+    return config.work_dir or os.path.join(
+        os.path.dirname(os.path.abspath(config.output)), ".gopflow-work"
+    )
 
 
 def _check_output_writable(output: str) -> None:
@@ -150,6 +165,10 @@ def run_transcode(
     def mark(phase: str) -> None:
         phases[phase] = round(time.perf_counter() - started, 3)
     config.validate()
+    if config.learned is not None:
+        from gopflow.jobs.learned import run_learned_transcode
+
+        return run_learned_transcode(config, log)
     tool = find_ffmpeg()
     tool.require(encoders=[ENCODER_NAMES[config.settings.codec]], filters=["scdet", "fillborders"])
     info, stamps = probe_with_timestamps(config.input)
@@ -171,10 +190,7 @@ def run_transcode(
         "decisions": _file_digest(config.decisions_in),
     }
     forced = _forced_candidates(config.decisions_in)
-    root = config.work_dir or os.path.join(
-        os.path.dirname(os.path.abspath(config.output)), ".gopflow-work"
-    )
-    workdir = WorkDir(root, info.path, plan_settings)
+    workdir = WorkDir(work_root(config), info.path, plan_settings)
     resumed = workdir.prepare(config.resume)
     saved_plan = workdir.load_plan() if resumed else None
     finished = workdir.finished() if saved_plan is not None else {}

@@ -1,0 +1,168 @@
+"""Per-GOP stages of the learned codecs (DVC, Lu et al. CVPR 2019; FVC, Hu et al. CVPR 2021;
+the scale-hyperprior intra codec, Balle et al. 2018), with no knowledge of Ray.
+
+Encode: :class:`LearnedGopTask` -> frame-accurate decode of the source GOP (PyAV, in this
+process) -> RGB24 -> ``LearnedVideoCodec.encode_gop`` -> the GOP's bitstream units (bytes, as
+they go into the .gflv file), the encoder-side PSNR and a digest of the reconstruction.
+Decode: :class:`GopDecodeTask` (file path + byte extent) -> the GOP's units, checksums checked
+-> ``decode_gop`` -> RGB frames. The runner hosts either stage in an actor, which loads the
+model once and keeps its source decoder open across consecutive GOPs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gopflow.codecs.learned.api import CodedFrame, LearnedVideoCodec
+from gopflow.codecs.learned.bitstream import GopExtent, Unit, read_gop
+from gopflow.errors import FrameCountError
+from gopflow.media.reader import GopReader
+from gopflow.types import EncodedGop, GopSpec, ReadMode
+
+LEARNED_CODECS = ("intra", "dvc", "fvc")
+
+
+@dataclass(frozen=True)
+class LearnedCodecRef:
+    """Which learned codec a worker loads: a name and a weights registry (None: shipped)."""
+
+    name: str
+    registry: str | None = None
+
+
+def open_codec(ref: LearnedCodecRef) -> LearnedVideoCodec:
+    """Load the codec (weights checked against the registry's sha256; it runs its inference
+    on a fixed thread count, so recon and decode match bit for bit)."""
+    from gopflow.codecs.learned.engine import load_codec
+
+    return load_codec(ref.name, ref.registry)
+
+
+def rgb_frames(frames: Iterable[Any]) -> list[np.ndarray]:
+    """PyAV video frames as ``H x W x 3`` uint8 RGB (PyAV's conversion, as in training)."""
+    return [np.ascontiguousarray(frame.to_ndarray(format="rgb24")) for frame in frames]
+
+
+def frames_digest(frames: Iterable[np.ndarray]) -> str:
+    """SHA-256 of the frames' packed RGB bytes in order (compares recon and decode)."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def psnr_rgb(sources: Sequence[np.ndarray], recon: Sequence[np.ndarray]) -> float:
+    """PSNR over all RGB samples of a GOP (mean squared error pooled over its frames)."""
+    total = sum(
+        float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+        for a, b in zip(sources, recon, strict=True)
+    )
+    mse = total / max(1, len(sources))
+    return round(10.0 * np.log10(255.0**2 / mse), 4) if mse > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class LearnedGopTask:
+    """One GOP to code: where its frames are and the quality level."""
+
+    input_path: str
+    stream_index: int
+    read_mode: ReadMode
+    gop: GopSpec
+    level: int
+
+
+class LearnedEncodeStage:
+    """Codes GOPs one after another with one loaded codec and one open source decoder."""
+
+    def __init__(self, ref: LearnedCodecRef) -> None:
+        self.codec = open_codec(ref)
+        self._reader: GopReader | None = None
+
+    def _reader_for(self, task: LearnedGopTask) -> GopReader:
+        wanted = (task.input_path, task.stream_index, task.read_mode)
+        reader = self._reader
+        if reader is None or (reader.path, reader.stream_index, reader.read_mode) != wanted:
+            if reader is not None:
+                reader.close()
+            reader = self._reader = GopReader(*wanted)
+        return reader
+
+    def __call__(self, task: LearnedGopTask) -> EncodedGop:
+        started = time.perf_counter()
+        gop = task.gop
+        sources = rgb_frames(self._reader_for(task).read(gop))
+        coded = self.codec.encode_gop(sources, task.level)
+        if len(coded.frames) != gop.frame_count or len(coded.recon) != gop.frame_count:
+            raise FrameCountError(
+                f"the codec returned {len(coded.frames)} frames for a GOP of {gop.frame_count}"
+            )
+        data = b"".join(
+            Unit(frame.kind, gop.start_frame + i, frame.payload).to_bytes()
+            for i, frame in enumerate(coded.frames)
+        )
+        return EncodedGop(
+            index=gop.index,
+            data=data,
+            frames=gop.frame_count,
+            encode_seconds=time.perf_counter() - started,
+            details={
+                "model_id": self.codec.model_id,
+                "level": task.level,
+                "payload_bytes": coded.payload_bytes,
+                "psnr_rgb": psnr_rgb(sources, coded.recon),
+                "recon_sha256": frames_digest(coded.recon),
+            },
+        )
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+@dataclass(frozen=True)
+class GopDecodeTask:
+    """One GOP of a .gflv file to decode."""
+
+    path: str
+    extent: GopExtent
+    width: int
+    height: int
+    level: int
+
+
+@dataclass(frozen=True)
+class DecodedGop:
+    """A decoded GOP: its RGB frames in order."""
+
+    index: int
+    frames: tuple[np.ndarray, ...]
+    seconds: float
+
+
+class LearnedDecodeStage:
+    """Decodes GOPs of .gflv files with one loaded codec."""
+
+    def __init__(self, ref: LearnedCodecRef) -> None:
+        self.codec = open_codec(ref)
+
+    def __call__(self, task: GopDecodeTask) -> DecodedGop:
+        started = time.perf_counter()
+        with open(task.path, "rb") as handle:
+            units = read_gop(handle, task.extent, task.path)
+        frames = self.codec.decode_gop(
+            [CodedFrame(unit.kind, unit.payload) for unit in units],
+            task.width, task.height, task.level,
+        )
+        if len(frames) != task.extent.frames:
+            raise FrameCountError(
+                f"decoded {len(frames)} frames for a GOP of {task.extent.frames}"
+            )
+        return DecodedGop(task.extent.index, tuple(frames), time.perf_counter() - started)
