@@ -217,13 +217,15 @@ def _train_part(clip: Clip, span: int) -> Clip:
 
 
 def heldout_crops(clips: Sequence[Clip], span: int, count: int, crop: int, seed: int) -> Any:
-    """``count x span x 3 x crop x crop`` float crops from the held-out tails (fixed seed)."""
+    """``count`` crops (``span x 3 x crop x crop`` floats) from the held-out tails of the
+    clips at least ``crop`` pixels high and wide (fixed seed)."""
     import torch
 
     rng = np.random.default_rng([seed, 9])
+    large = [c for c in clips if min(c.width, c.height) >= crop] or list(clips)
     out = []
     for _ in range(count):
-        clip = clips[int(rng.integers(len(clips)))]
+        clip = large[int(rng.integers(len(large)))]
         first = _train_part(clip, span).frames
         index = first + int(rng.integers(clip.frames - first - span + 1))
         frames = read_rgb(clip, index, span)
