@@ -32,6 +32,9 @@ SMALL = {
     "dvc": {"class": "DvcCodec", "flow_channels": 8, "flow_levels": 3, "motion_channels": 8,
             "motion_latent": 12, "residual_channels": 16, "residual_latent": 24,
             "hyper_channels": 8, "mc_channels": 8, "levels": 4},
+    "fvc": {"class": "FvcCodec", "channels": 8, "offset_channels": 8, "offset_latent": 12,
+            "residual_channels": 16, "residual_latent": 16, "hyper_channels": 8,
+            "offset_groups": 2, "buffer": 2, "levels": 4},
 }
 TIMEOUT = 240
 
@@ -179,3 +182,27 @@ def test_bad_options_are_one_line_errors(setup: dict[str, Path]) -> None:
                     "--registry", registry)
     _one_line_error(done, 2, ".gflv")
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize(("codec", "gops"), [("fvc", [5, 5, 2]), ("intra", [1] * FRAMES)])
+def test_other_codecs_decode_exactly_in_a_fresh_process(
+    setup: dict[str, Path], codec: str, gops: list[int]
+) -> None:
+    root, registry = setup["root"], str(setup["registry"])
+    out, report, decoded_y4m = root / f"{codec}.gflv", root / f"{codec}.json", root / "d.y4m"
+    done = _gopflow(
+        "transcode", str(setup["clip"]), "-o", str(out), "--codec", codec, "--quality", "4",
+        "--registry", registry, "--gop-seconds", "0.2", "--min-gop-seconds", "0.04",
+        "--report", str(report),
+    )
+    assert done.returncode == 0, done.stderr
+    with open(out, "rb") as handle:
+        header = read_header(handle)
+        assert [e.frames for e in scan_gops(handle, header)] == gops  # intra: every frame
+    done = _gopflow("decode", str(out), "-o", str(decoded_y4m), "--registry", registry)
+    assert done.returncode == 0, done.stderr
+    with open(decoded_y4m, "rb") as handle:
+        decoded = list(read_y4m_rgb(handle)[3])
+    for gop in json.loads(report.read_text())["gops"]:
+        part = slice(gop["start_frame"], gop["start_frame"] + gop["frames"])
+        assert frames_digest(decoded[part]) == gop["details"]["recon_sha256"]

@@ -15,6 +15,7 @@ from gopflow.codecs.learned.bitstream import (
     StreamHeader,
     Unit,
     UnitKind,
+    gop_structure,
     pack_strings,
     read_gop,
     read_header,
@@ -162,3 +163,8 @@ def test_read_gop_refuses_a_wrong_extent(tmp_path: Path) -> None:
             read_gop(handle, GopExtent(0, 0, 3, first.offset, first.size + 1))
         with pytest.raises(BitstreamError):
             read_gop(handle, GopExtent(0, 0, 3, first.offset + 1, first.size))
+
+
+def test_gop_structure_counts_intra_starts() -> None:
+    assert gop_structure(u.kind for u in _units(6, GOP_STARTS)) == (3, 3)
+    assert gop_structure([UnitKind.INTRA] * 4) == (4, 1)  # all-intra: one-frame GOPs

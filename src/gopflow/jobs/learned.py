@@ -32,6 +32,8 @@ from gopflow.codecs.learned.bitstream import (
     BitstreamError,
     StreamHeader,
     Unit,
+    UnitKind,
+    gop_structure,
     read_header,
     scan_gops,
     units_from_bytes,
@@ -184,14 +186,18 @@ def run_learned_transcode(
                     records[record.index] = record
                     bar.update(encoded.frames)
     phases["encoded"] = round(time.perf_counter() - started, 3)
+    kinds = "".join(str((records[g.index].details or {}).get("kinds", "")) for g in gops)
+    if len(kinds) != info.frame_count:
+        raise FrameCountError(f"coded {len(kinds)} frames; the input has {info.frame_count}")
+    gop_count, gop_size = gop_structure(UnitKind(ord(kind)) for kind in kinds)
     header = StreamHeader(
         model_id=codec.model_id,
         width=info.width,
         height=info.height,
         fps=info.fps,
-        gop_size=max(g.frame_count for g in gops),
+        gop_size=gop_size,
         frame_count=info.frame_count,
-        gop_count=len(gops),
+        gop_count=gop_count,
         level=level,
     )
 

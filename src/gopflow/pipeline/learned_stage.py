@@ -118,6 +118,7 @@ class LearnedEncodeStage:
                 "payload_bytes": coded.payload_bytes,
                 "psnr_rgb": psnr_rgb(sources, coded.recon),
                 "recon_sha256": frames_digest(coded.recon),
+                "kinds": "".join(chr(frame.kind) for frame in coded.frames),
             },
         )
 

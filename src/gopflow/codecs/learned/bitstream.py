@@ -151,6 +151,18 @@ class _GopChecker:
             raise self.fail(f"{self.gops} GOPs where the header says {self.header.gop_count}")
 
 
+def gop_structure(kinds: Iterable[UnitKind]) -> tuple[int, int]:
+    """``(GOP count, longest GOP)`` of frames of these kinds in order (INTRA starts a GOP, so
+    an all-intra stream has one-frame GOPs)."""
+    count = longest = length = 0
+    for kind in kinds:
+        if kind == UnitKind.INTRA:
+            count, length = count + 1, 0
+        length += 1
+        longest = max(longest, length)
+    return count, longest
+
+
 def write_stream(path: str, header: StreamHeader, units: Iterable[Unit]) -> int:
     """Write a complete stream atomically (temp file, then rename); return its size."""
     written = 0
