@@ -31,16 +31,11 @@ import av
 import numpy as np
 import torch
 
-from gopflow.precoders import nets
-from gopflow.precoders.learned import (
-    _CACHE,
-    DvpPrecoder,
-    LearnedRestorer,
-    plane_array,
-    torch_settings,
-)
+from gopflow.precoders.dvp import DvpDownscaler, DvpPrecoder
+from gopflow.precoders.inference import MODEL_CACHE, plane_array, torch_settings
 from gopflow.precoders.resample import scaled_size
 from gopflow.precoders.restore import RestoreTarget
+from gopflow.precoders.vistra import FrameInterpolator, LearnedRestorer, Upsampler
 from gopflow.precoders.weights import (
     INTERPOLATOR_NAME,
     dvp_name,
@@ -55,7 +50,7 @@ TARGETS = {"dvp": 25.0, "up": 5.0, "interp": 5.0}
 
 def _model(name: str, fallback: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, str]:
     if has_model(name):
-        return _CACHE.get(name, None), "shipped"
+        return MODEL_CACHE.get(name, None), "shipped"
     return fallback().eval(), "untrained"
 
 
@@ -102,7 +97,7 @@ def main() -> None:
     rows: list[tuple[str, str, str, int, str, str, str]] = []
     for threads in args.threads:
         for scale in SCALES:
-            model, origin = _model(dvp_name(scale), lambda s=scale: nets.DvpDownscaler(s))
+            model, origin = _model(dvp_name(scale), lambda s=scale: DvpDownscaler(s))
             precoder = DvpPrecoder(scale, threads=threads, model=model)
             w, h = scaled_size(WIDTH, HEIGHT, scale)
 
@@ -116,7 +111,7 @@ def main() -> None:
                 cell(_time(lambda p=precoder: p.down(source), args.repeats)),
             ))
         for scale in SCALES:
-            model, origin = _model(upsampler_name(scale), lambda s=scale: nets.Upsampler(s))
+            model, origin = _model(upsampler_name(scale), lambda s=scale: Upsampler(s))
             w, h = scaled_size(WIDTH, HEIGHT, scale)
             small_t = torch.rand(1, 1, h, w)
             small = source.reformat(width=w, height=h)
@@ -134,7 +129,7 @@ def main() -> None:
                 cell(_time(lambda r=restorer, s=small: r.full_size_bytes(s, target),
                            args.repeats)),
             ))
-        model, origin = _model(INTERPOLATOR_NAME, nets.FrameInterpolator)
+        model, origin = _model(INTERPOLATOR_NAME, FrameInterpolator)
         restorer = LearnedRestorer(threads=threads)
         if origin == "untrained":
             restorer.interpolator = lambda m=model: m  # type: ignore[method-assign]

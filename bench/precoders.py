@@ -58,9 +58,10 @@ import numpy as np
 from gopflow.errors import BdRateError
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.precoders import restore
-from gopflow.precoders.learned import DvpPrecoder, LearnedRestorer
+from gopflow.precoders.dvp import DvpPrecoder
 from gopflow.precoders.resample import scaled_size
 from gopflow.precoders.restore import RestoreTarget
+from gopflow.precoders.vistra import LearnedRestorer
 from gopflow.quality.bd import bd_rate
 from gopflow.quality.metrics import psnr_from_mse
 from gopflow.quality.vmaf import vmaf_scores

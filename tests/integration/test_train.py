@@ -14,8 +14,9 @@ from conftest import make_clip
 from gopflow.errors import UsageError
 from gopflow.jobs.train import add_train_parser, data_hash, list_clips, run_train, train_precoder
 from gopflow.precoders import nets, weights
-from gopflow.precoders.learned import LearnedRestorer
+from gopflow.precoders.dvp import DvpDownscaler
 from gopflow.precoders.restore import RestoreTarget
+from gopflow.precoders.vistra import FrameInterpolator, LearnedRestorer
 
 FAST = {"crop": 64, "batch": 4, "pool": 3, "threads": 1}
 
@@ -106,7 +107,7 @@ def test_upsampler_and_interpolator_train_install_and_restore(clips, tmp_path):
         weights.install_model(result.name, result.weights, meta["arch"],
                               (result.metadata, result.plot), registry)
     assert sorted(weights.read_registry(registry)) == ["vistra-interp", "vistra-up-3_4"]
-    assert isinstance(weights.load_model("vistra-interp", registry), nets.FrameInterpolator)
+    assert isinstance(weights.load_model("vistra-interp", registry), FrameInterpolator)
 
     restorer = LearnedRestorer(threads=1, registry_dir=str(registry))
     assert restorer.upsampler(Fraction(3, 4)) is not None
@@ -192,7 +193,7 @@ def test_x264_proxy_is_refused_for_downscalers(clips, tmp_path):
 
 def test_init_fine_tunes_a_registered_model(clips, tmp_path, monkeypatch):
     registry = tmp_path / "reg"
-    net = nets.DvpDownscaler(Fraction(1, 2))
+    net = DvpDownscaler(Fraction(1, 2))
     torch.manual_seed(5)
     with torch.no_grad():
         for parameter in net.parameters():

@@ -14,10 +14,17 @@ import torch.nn.functional as F
 
 from gopflow.errors import GopflowError, InputError, ToolMissingError
 from gopflow.precoders import nets, weights
-from gopflow.precoders.learned import DvpPrecoder, LearnedRestorer, scale_between
+from gopflow.precoders.dvp import DvpDownscaler, DvpPrecoder
 from gopflow.precoders.proxy import CodecProxy, dct_matrix, qstep
 from gopflow.precoders.resample import scaled_size
 from gopflow.precoders.restore import RestoreTarget, full_size_bytes
+from gopflow.precoders.vistra import (
+    FrameInterpolator,
+    LearnedRestorer,
+    Upsampler,
+    scale_between,
+    warp,
+)
 
 SCALES = (Fraction(3, 4), Fraction(2, 3), Fraction(1, 2))
 
@@ -51,7 +58,7 @@ def _frame(width: int, height: int, seed: int = 0) -> av.VideoFrame:
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize(("height", "width"), [(72, 128), (101, 147)])
 def test_downscaler_output_size_matches_lanczos_path(scale, height, width):
-    net = nets.DvpDownscaler(scale).eval()
+    net = DvpDownscaler(scale).eval()
     with torch.no_grad():
         out = net(torch.rand(2, 1, height, width))
     coded_w, coded_h = scaled_size(width, height, scale)
@@ -62,19 +69,19 @@ def test_downscaler_output_size_matches_lanczos_path(scale, height, width):
 @pytest.mark.parametrize("scale", SCALES)
 def test_untrained_nets_are_the_plain_resamplers(scale):
     x = torch.rand(1, 1, 96, 120)
-    down = nets.DvpDownscaler(scale).eval()
+    down = DvpDownscaler(scale).eval()
     with torch.no_grad():
         small = down(x)
         plain = F.interpolate(x, size=small.shape[-2:], mode="bicubic", antialias=True)
         assert torch.allclose(small, plain, atol=1e-6)
-        up = nets.Upsampler(scale).eval()(small, (96, 120))
+        up = Upsampler(scale).eval()(small, (96, 120))
         assert up.shape == (1, 1, 96, 120)
         assert torch.allclose(up, F.interpolate(small, size=(96, 120), mode="bicubic"), atol=1e-6)
 
 
 def test_interpolator_shapes_and_untrained_average():
     a, b = torch.rand(1, 1, 70, 90), torch.rand(1, 1, 70, 90)
-    net = nets.FrameInterpolator().eval()
+    net = FrameInterpolator().eval()
     with torch.no_grad():
         out = net(a, b)
         flow, mask, residual = net.motion(a, b)
@@ -87,15 +94,15 @@ def test_warp_follows_the_flow():
     image = torch.rand(1, 1, 20, 30)
     flow = torch.zeros(1, 2, 20, 30)
     flow[:, 0] = 2.0  # sample 2 pixels to the right
-    out = nets.warp(image, flow)
+    out = warp(image, flow)
     assert torch.allclose(out[..., :, :-2], image[..., :, 2:], atol=1e-5)
 
 
 @pytest.mark.parametrize("scale", [Fraction(3, 4), Fraction(1, 2)])
 def test_strips_equal_whole_frame(scale):
     x = torch.rand(1, 1, 300, 200)
-    down = _trained(nets.DvpDownscaler(scale))
-    up = _trained(nets.Upsampler(scale), seed=1)
+    down = _trained(DvpDownscaler(scale))
+    up = _trained(Upsampler(scale), seed=1)
     with torch.no_grad():  # training mode: whole-frame convolutions
         whole_down = down.train()(x)
         whole_up = up.train()(whole_down, (300, 200))
@@ -107,8 +114,8 @@ def test_strips_equal_whole_frame(scale):
 
 
 def test_build_roundtrips_arch():
-    for net in (nets.DvpDownscaler(Fraction(2, 3)), nets.Upsampler(Fraction(3, 4)),
-                nets.FrameInterpolator()):
+    for net in (DvpDownscaler(Fraction(2, 3)), Upsampler(Fraction(3, 4)),
+                FrameInterpolator()):
         rebuilt = nets.build(net.arch())
         assert type(rebuilt) is type(net)
         assert nets.parameter_count(rebuilt) == nets.parameter_count(net)
@@ -159,7 +166,7 @@ def test_proxy_passes_gradients_in_both_modes():
 
 # ----------------------------------------------------------------------------- registry
 def _install(tmp_path: Path, name: str = "dvp-1_2") -> Path:
-    net = _trained(nets.DvpDownscaler(Fraction(1, 2)))
+    net = _trained(DvpDownscaler(Fraction(1, 2)))
     path = tmp_path / "src.pt"
     torch.save(net.state_dict(), path)
     weights.install_model(name, path, net.arch(), directory=tmp_path / "reg")
@@ -169,7 +176,7 @@ def _install(tmp_path: Path, name: str = "dvp-1_2") -> Path:
 def test_registry_loads_verified_weights(tmp_path):
     registry = _install(tmp_path)
     model = weights.load_model("dvp-1_2", registry)
-    assert isinstance(model, nets.DvpDownscaler) and not model.training
+    assert isinstance(model, DvpDownscaler) and not model.training
     assert weights.has_model("dvp-1_2", registry)
     assert not weights.has_model("dvp-3_4", registry)
 
@@ -202,7 +209,7 @@ def test_shipped_weights_verify_and_load():
 
 # ----------------------------------------------------------------------------- wrappers
 def test_dvp_precoder_is_deterministic_and_sized(tmp_path):
-    model = _trained(nets.DvpDownscaler(Fraction(3, 4)))
+    model = _trained(DvpDownscaler(Fraction(3, 4)))
     precoder = DvpPrecoder(Fraction(3, 4), threads=1, model=model)
     frame = _frame(202, 118)
     first, second = precoder.down(frame), precoder.down(frame)
@@ -225,7 +232,7 @@ def test_restorer_falls_back_to_bicubic_without_weights(tmp_path):
 
 
 def test_restorer_uses_the_registered_upsampler(tmp_path):
-    net = _trained(nets.Upsampler(Fraction(1, 2)))
+    net = _trained(Upsampler(Fraction(1, 2)))
     path = tmp_path / "up.pt"
     torch.save(net.state_dict(), path)
     weights.install_model("vistra-up-1_2", path, net.arch(), directory=tmp_path)

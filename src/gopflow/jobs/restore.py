@@ -34,7 +34,7 @@ def _restorer(path: str) -> Callable[..., Iterator[bytes]]:
     with open_input(path) as container:
         tags = {k.upper(): v for k, v in container.metadata.items()}
     if tags.get("GOPFLOW_RESTORE") == "learned":
-        from gopflow.precoders.learned import LearnedRestorer
+        from gopflow.precoders.vistra import LearnedRestorer
 
         return LearnedRestorer().restore_frames
     return restore_frames

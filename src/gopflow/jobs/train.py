@@ -230,7 +230,7 @@ def index_clip(path: Path) -> Clip:
 
 def read_luma(clip: Clip, index: int, count: int = 1) -> list[np.ndarray]:
     """Luma of frames ``index .. index + count - 1`` of ``clip`` (uint8 copies)."""
-    from gopflow.precoders.learned import luma_array
+    from gopflow.precoders.inference import luma_array
 
     return read_frames(clip, index, count, luma_array)
 
@@ -344,7 +344,7 @@ def x264_lowres_run(
     pictures = [frame.tobytes() + grey for frame in luma]
     decoded, _ = x264_roundtrip(pictures, width, height, 25.0, crf, preset,
                                 filters=f"scale={size[0]}:{size[1]}:flags=lanczos", threads=1)
-    from gopflow.precoders.learned import luma_array
+    from gopflow.precoders.inference import luma_array
 
     return [luma_array(frame).copy() for frame in decoded]
 
@@ -472,7 +472,8 @@ def lanczos_resize(y: Any, size: tuple[int, int]) -> Any:
 
 # ----------------------------------------------------------------------------- models/losses
 def build_model(config: TrainConfig) -> Any:
-    from gopflow.precoders import nets
+    from gopflow.precoders.dvp import DvpDownscaler
+    from gopflow.precoders.vistra import FrameInterpolator, Upsampler
 
     if config.init:  # fine-tune a registered model (same architecture)
         from gopflow.precoders.weights import load_model
@@ -483,10 +484,10 @@ def build_model(config: TrainConfig) -> Any:
         return model.train()
 
     if config.kind == "dvp":
-        return nets.DvpDownscaler(config.scale_fraction, **config.arch)
+        return DvpDownscaler(config.scale_fraction, **config.arch)
     if config.kind == "vistra-up":
-        return nets.Upsampler(config.scale_fraction, **config.arch)
-    return nets.FrameInterpolator(**config.arch)
+        return Upsampler(config.scale_fraction, **config.arch)
+    return FrameInterpolator(**config.arch)
 
 
 def _msssim_window(side: int) -> int:
@@ -915,7 +916,7 @@ def _psnr(mse: float) -> float:
 def _decode_frames(path: str, count: int) -> tuple[list[Any], float]:
     import av
 
-    from gopflow.precoders.learned import as_420
+    from gopflow.precoders.inference import as_420
 
     frames = []
     with av.open(path) as container:
@@ -931,7 +932,7 @@ def _decode_frames(path: str, count: int) -> tuple[list[Any], float]:
 
 
 def _packed(frame: Any) -> bytes:
-    from gopflow.precoders.learned import plane_array
+    from gopflow.precoders.inference import plane_array
 
     return b"".join(plane_array(frame, i).tobytes() for i in range(3))
 
@@ -992,12 +993,14 @@ def evaluate_model(
     import torch
     import torch.nn.functional as F
 
-    from gopflow.precoders import learned
+    from gopflow.precoders import inference
+    from gopflow.precoders.dvp import DvpPrecoder
     from gopflow.precoders.proxy import CodecProxy
+    from gopflow.precoders.vistra import LearnedRestorer
     from gopflow.quality.bd import bd_quality, bd_rate
 
     say = log or (lambda message: None)
-    model = learned._CACHE.get(name, registry_dir)
+    model = inference.MODEL_CACHE.get(name, registry_dir)
     proxy = CodecProxy().eval()
     report: dict[str, Any] = {"model": name, "frames": frames, "crfs": list(crfs),
                               "qps": list(qps), "preset": preset, "clips": {}}
@@ -1010,11 +1013,11 @@ def evaluate_model(
     def u8(tensor: Any) -> np.ndarray:
         return tensor[0, 0].mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
 
-    with learned.torch_settings(threads):
+    with inference.torch_settings(threads):
         for path in clips:
             source, fps = _decode_frames(path, frames)
             width, height = source[0].width, source[0].height
-            ys = [learned.plane_array(f, 0) for f in source]
+            ys = [inference.plane_array(f, 0) for f in source]
             entry: dict[str, Any] = {"size": f"{width}x{height}", "frames": len(source)}
             if kind in ("dvp", "vistra-up"):
                 assert scale is not None
@@ -1024,7 +1027,7 @@ def evaluate_model(
                                 for f in source],
                 }
                 if kind == "dvp":
-                    precoder = learned.DvpPrecoder(scale, threads=threads, model=model)
+                    precoder = DvpPrecoder(scale, threads=threads, model=model)
                     smalls["bicubic"] = [
                         f.reformat(width=sw, height=sh, interpolation="BICUBIC") for f in source
                     ]
@@ -1038,11 +1041,11 @@ def evaluate_model(
                     if kind == "dvp":
                         planes = [
                             np.frombuffer(p, np.uint8)[: sw * sh].reshape(sh, sw)
-                            if isinstance(p, bytes) else learned.plane_array(p, 0)
+                            if isinstance(p, bytes) else inference.plane_array(p, 0)
                             for p in pics
                         ]
                     else:
-                        planes = [learned.plane_array(p, 0) for p in pics]
+                        planes = [inference.plane_array(p, 0) for p in pics]
                     for up_name, up_model in ups.items():
                         label = method if kind == "dvp" else up_name
                         row = []
@@ -1062,7 +1065,7 @@ def evaluate_model(
                 entry["proxy_psnr"] = {"qps": ["none", *qps], **proxy_rows}
                 # Real x264 (all planes), swscale bicubic or learned luma up.
                 x264: dict[str, dict[str, list[float]]] = {}
-                restorer = learned.LearnedRestorer(threads=threads, registry_dir=registry_dir)
+                restorer = LearnedRestorer(threads=threads, registry_dir=registry_dir)
                 from gopflow.precoders.restore import RestoreTarget
 
                 target = RestoreTarget(width, height, Fraction(fps).limit_denominator(1001),
@@ -1079,7 +1082,7 @@ def evaluate_model(
                                 if up_model is None:
                                     big = frame.reformat(width=width, height=height,
                                                          interpolation="BICUBIC")
-                                    plane = learned.plane_array(big, 0)
+                                    plane = inference.plane_array(big, 0)
                                 else:
                                     full = restorer.full_size_bytes(frame, target)
                                     plane = np.frombuffer(full, np.uint8)[: width * height]
@@ -1116,7 +1119,8 @@ def _evaluate_interp(
     """Odd frames predicted from their (coded) even neighbours."""
     import torch
 
-    from gopflow.precoders.learned import LearnedRestorer, plane_array
+    from gopflow.precoders.inference import plane_array
+    from gopflow.precoders.vistra import LearnedRestorer
 
     def t(plane: np.ndarray) -> Any:
         return torch.from_numpy(plane.astype(np.float32))[None, None] / 255.0

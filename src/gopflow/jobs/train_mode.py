@@ -35,7 +35,7 @@ _VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".264", ".h264", ".265", ".hevc", "
 
 
 def _gop_lumas(path: str, gop: GopSpec, reader: GopReader) -> Any:
-    from gopflow.precoders.learned import luma_array
+    from gopflow.precoders.inference import luma_array
 
     for frame in reader.read(gop):
         yield luma_array(frame)

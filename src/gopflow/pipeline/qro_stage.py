@@ -36,7 +36,7 @@ from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.reader import feed_format, frame_bytes
 from gopflow.pipeline.stage import GopEncodeStage
-from gopflow.precoders.learned import DvpPrecoder, LearnedRestorer
+from gopflow.precoders.dvp import DvpPrecoder
 from gopflow.precoders.mode_predictor import (
     ModePredictor,
     gop_features,
@@ -45,6 +45,7 @@ from gopflow.precoders.mode_predictor import (
 )
 from gopflow.precoders.resample import ResampleMode, down_filters
 from gopflow.precoders.restore import RestoreTarget, restore_frames
+from gopflow.precoders.vistra import LearnedRestorer
 from gopflow.quality.gop_quality import GopScore, score_restored
 from gopflow.quality.qro import SCALES, Candidate, Decision, ProbeResult, QroTarget, decide
 from gopflow.quality.qro import stricter as stricter_candidate
