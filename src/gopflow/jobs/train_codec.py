@@ -359,13 +359,15 @@ class _Trainer:
 
 
 def _calibrate(config: CodecTrainConfig, clips: Sequence[Clip], stage: str) -> float:
-    """Seconds per step of ``stage`` on a throw-away model (the real run stays seeded)."""
+    """Seconds per step of ``stage`` on a throw-away model (the real run stays seeded),
+    averaged over two pool refresh intervals so frame decoding is counted."""
     trainer = _Trainer(config, clips)
-    trainer.step(0, stage, 0.0)  # first step: pool decode and allocator warm-up
+    trainer.step(0, stage, 0.0)  # first step: the whole pool is decoded
+    count = max(CALIBRATION_STEPS, 2 * config.refresh_every)
     began = time.monotonic()
-    for step in range(1, CALIBRATION_STEPS + 1):
+    for step in range(1, count + 1):
         trainer.step(step, stage, 0.0)
-    return (time.monotonic() - began) / CALIBRATION_STEPS
+    return (time.monotonic() - began) / count
 
 
 def run_codec_training(
