@@ -99,7 +99,7 @@ class CodecTrainConfig:
     checkpoint_minutes: float = 3.0
     checkpoint_every: int = 0
     """Also checkpoint every this many steps (0: by time only)."""
-    eval_crops: int = 6
+    eval_crops: int = 12
     eval_crop: int = 256
     eval_gop: int = 4
 
@@ -216,16 +216,19 @@ def _train_part(clip: Clip, span: int) -> Clip:
     return replace(clip, frames=clip.frames - holdout)
 
 
-def heldout_crops(clips: Sequence[Clip], span: int, count: int, crop: int, seed: int) -> Any:
+def heldout_crops(
+    clips: Sequence[Clip], span: int, count: int, crop: int, seed: int
+) -> tuple[list[Any], list[str]]:
     """``count`` crops (``span x 3 x crop x crop`` floats) from the held-out tails of the
-    clips at least ``crop`` pixels high and wide (fixed seed)."""
+    clips at least ``crop`` pixels high and wide (fixed seed), and their clips' names."""
     import torch
 
     rng = np.random.default_rng([seed, 9])
     large = [c for c in clips if min(c.width, c.height) >= crop] or list(clips)
-    out = []
+    out, names = [], []
     for _ in range(count):
         clip = large[int(rng.integers(len(large)))]
+        names.append(clip.name)
         first = _train_part(clip, span).frames
         index = first + int(rng.integers(clip.frames - first - span + 1))
         frames = read_rgb(clip, index, span)
@@ -237,7 +240,7 @@ def heldout_crops(clips: Sequence[Clip], span: int, count: int, crop: int, seed:
         out.append(stack)
     size = min(s.shape[1] for s in out)
     return [torch.from_numpy(s[:, :size, :size].copy()).permute(0, 3, 1, 2).float() / 255
-            for s in out]
+            for s in out], names
 
 
 def _to_frames(batch: np.ndarray) -> Any:
@@ -548,7 +551,7 @@ def evaluate_codec(
     import torch
 
     span = 1 if not trainer.inter else config.eval_gop
-    crops = heldout_crops(clips, span, config.eval_crops, config.eval_crop, config.seed)
+    crops, names = heldout_crops(clips, span, config.eval_crops, config.eval_crop, config.seed)
     rows = []
     with torch.no_grad():
         for level in range(len(config.lmbdas)):
@@ -566,17 +569,19 @@ def evaluate_codec(
                         bits[key] += 8 * size
                         pixels[key] += frame.shape[0] * frame.shape[1]
                         mse[key].append(err)
-            row: dict[str, Any] = {
-                "level": level + 1, "lambda": config.lmbdas[level],
-                "bpp": round(bits["all"] / pixels["all"], 4),
-                "psnr": round(_psnr(float(np.mean(mse["all"]))), 3)}
-            if trainer.inter:
-                row["inter_bpp"] = round(bits["inter"] / pixels["inter"], 4)
-                row["inter_psnr"] = round(_psnr(float(np.mean(mse["inter"]))), 3)
+            row: dict[str, Any] = {"level": level + 1, "lambda": config.lmbdas[level]}
+            for key in ("all", "inter") if trainer.inter else ("all",):
+                prefix = "" if key == "all" else "inter_"
+                row[f"{prefix}bpp"] = round(bits[key] / pixels[key], 4)
+                row[f"{prefix}psnr"] = round(_psnr(float(np.mean(mse[key]))), 3)
+                row[f"{prefix}psnr_frame_mean"] = round(
+                    float(np.mean([_psnr(e) for e in mse[key]])), 3)
             rows.append(row)
     size = tuple(crops[0].shape[-2:])
     return {"crops": len(crops), "crop_size": list(size), "frames_per_crop": span,
-            "bits": "8 * bytes of the real entropy-coded frames", "levels": rows}
+            "crop_clips": names, "bits": "8 * bytes of the real entropy-coded frames",
+            "psnr": "RGB, of the mean MSE over frames; psnr_frame_mean: mean of per-frame PSNR",
+            "levels": rows}
 
 
 def _code_gop(
