@@ -157,6 +157,12 @@ def test_x264_coded_pairs_are_aligned_real_codings_and_training_resumes(clips, t
     shifted = torch.roll(good, 1, dims=-1)
     assert psnr(shifted, down) < psnr(good, down) - 3
     assert np.isfinite(psnr(bad, down))
+    # 2/3 of 160x120 is not exact: frames are cropped to 156x120 (-> 104x80), crops align.
+    third = CodedPairPool([clip], seed=1, size=2, scale=Fraction(2, 3), crf_range=(12, 12))
+    big, small = third.at(0).batch(0, 4, 60)
+    assert small.shape == (4, 1, 40, 40)
+    up = torch.nn.functional.interpolate(small, size=(60, 60), mode="bicubic")
+    assert psnr(up, big) > psnr(torch.roll(up, 2, dims=-1), big) + 3
 
     first = train_precoder(
         "vistra-up", str(clips), scale="1/2", steps=4, out_dir=str(tmp_path / "a"), seed=2,

@@ -363,12 +363,11 @@ class CodedPairPool:
         self, clips: Sequence[Clip], seed: int, size: int, scale: Fraction,
         crf_range: tuple[float, float],
     ) -> None:
-        usable = [
-            c for c in clips
-            if _exact_scale(c.width, c.height, scale) and c.frames >= CODED_RUN
-        ]
+        # Frames are cropped to a multiple of 2 x the scale's denominator, where the coded
+        # size is exactly ``scale`` times the source (and even), so every crop aligns.
+        usable = [c for c in clips if c.frames >= CODED_RUN]
         if not usable:
-            raise InputError(f"no training clip has a size that scales exactly by {scale}")
+            raise InputError(f"no training clip has {CODED_RUN} frames")
         self.frames = FramePool(usable, seed, size, CODED_RUN)
         self.scale, self.crf_range = scale, crf_range
         self.pairs: list[list[tuple[np.ndarray, np.ndarray]]] = []
@@ -378,8 +377,12 @@ class CodedPairPool:
         rng = np.random.default_rng([self.frames.seed, 5, slot, generation])
         lo, hi = self.crf_range
         crf = round(float(lo + (hi - lo) * rng.random()), 1)
+        step = 2 * self.scale.denominator
         height, width = frames[0].shape
+        height, width = height - height % step, width - width % step
+        frames = [np.ascontiguousarray(f[:height, :width]) for f in frames]
         size = _scaled(width, height, self.scale)
+        assert _exact_scale(width, height, self.scale)
         return list(zip(frames, x264_lowres_run(frames, size, crf), strict=True))
 
     def at(self, step: int) -> CodedPairPool:
