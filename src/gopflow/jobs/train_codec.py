@@ -290,6 +290,11 @@ class CodecTrainResult(TrainResult):
     evaluation: dict[str, Any]
 
 
+def sample_span(model: str, frames_per_sample: int) -> int:
+    """Consecutive source frames per sample: P models add the reference frame."""
+    return frames_per_sample + (0 if model == "intra" else 1)
+
+
 def _split_parameters(model: Any) -> tuple[list[Any], list[Any]]:
     """(main, auxiliary) parameters: CompressAI's ``quantiles`` train on the aux loss only."""
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
@@ -309,8 +314,8 @@ class _Trainer:
         if self.model.levels != len(config.lmbdas):
             raise UsageError(f"{config.model} has {self.model.levels} levels, "
                              f"--lmbda gives {len(config.lmbdas)}")
-        self.inter = self.model.frames_per_sample > 0 and config.model != "intra"
-        self.span = self.model.frames_per_sample + (1 if self.inter else 0)
+        self.inter = config.model != "intra"
+        self.span = sample_span(config.model, self.model.frames_per_sample)
         main, aux = _split_parameters(self.model)
         self.main_parameters = main
         self.optimiser = torch.optim.Adam(main, lr=config.lr)
@@ -392,16 +397,13 @@ def run_codec_training(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        stages = tuple(model_class(config.model).stages)
+        cls = model_class(config.model)
+        stages = tuple(cls.stages)
         planned = stage_schedule(config, stages) if config.minutes is None else None
-        probe_span = 1 if config.model == "intra" else 2
-        clips, files, skipped = training_clips(config.data_dirs, config.crop, probe_span, say)
+        span = sample_span(config.model, cls.frames_per_sample)
+        clips, files, skipped = training_clips(config.data_dirs, config.crop, span, say)
         digest = data_hash(files)
         trainer = _Trainer(config, clips)
-        if trainer.span != probe_span:  # frames_per_sample > 1: recheck the lengths
-            clips, files, skipped = training_clips(config.data_dirs, config.crop, trainer.span,
-                                                   say)
-            trainer = _Trainer(config, clips)
         checkpoint = out / f"checkpoint-{config.name}.pt"
         start, losses, wall = 0, [], 0.0
         history: list[dict[str, float]] = []
