@@ -73,6 +73,9 @@ SCALES = (Fraction(3, 4), Fraction(2, 3), Fraction(1, 2))
 VISTRA_SCALE = Fraction(1, 2)
 OUT = Path(__file__).resolve().parent / "out" / "precoders"
 THREADS = 2
+TORCH_THREADS = 1
+"""Torch threads for the learned models: with the other core busy, 2 OpenMP threads wait on
+a descheduled peer and run 5-20x slower (see ``precoders.inference.default_threads``)."""
 
 
 def ffmpeg(*args: str) -> None:
@@ -129,7 +132,7 @@ def downscale_raw(
         ffmpeg("-i", str(source.y4m), "-vf", f"{select}scale={width}:{height}:flags=lanczos",
                "-fps_mode", "passthrough", "-pix_fmt", "yuv420p", "-f", "rawvideo", str(path))
     else:
-        precoder = DvpPrecoder(scale, threads=THREADS)
+        precoder = DvpPrecoder(scale, threads=TORCH_THREADS)
         assert precoder.size(source.width, source.height) == (width, height)
         with path.open("wb") as fh:
             for frame in source.decoded():
@@ -205,8 +208,8 @@ def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None,
     source = Source(clip, frames, work, size)
     print(f"\n== {clip.name}: {source.width}x{source.height} @ {source.fps} fps, "
           f"{source.frames} frames", flush=True)
-    learned = LearnedRestorer(threads=THREADS, temporal=False)
-    learned_st = LearnedRestorer(threads=THREADS, temporal=True)
+    learned = LearnedRestorer(threads=TORCH_THREADS, temporal=False)
+    learned_st = LearnedRestorer(threads=TORCH_THREADS, temporal=True)
     points: list[dict] = []
 
     def add(method: str, scale: Fraction, crf: int, stream: Path,
