@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import make_clip
 from gopflow.cli import main
+from gopflow.codecs.learned.engine import load_codec
 from gopflow.jobs.train import data_hash, list_clips
 from gopflow.jobs.train_codec import CodecTrainConfig, install_codec, run_codec_training
 from gopflow.precoders import weights
@@ -92,6 +94,12 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path):
     entry = weights.read_registry(tmp_path / "registry")["codec-intra"]
     assert entry.sha256 == meta["weights_sha256"] and entry.arch["class"] == "IntraCodec"
     assert weights.model_path("codec-intra", tmp_path / "registry").is_file()
+    # Parameters ship as float16 and load into the float32 model the engine codes with.
+    assert state["g_a.0.weight"].dtype == torch.float16
+    codec = load_codec("intra", str(tmp_path / "registry"))
+    frame = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    coded = codec.encode_gop([frame], 2)
+    assert codec.decode_gop(coded.frames, 96, 64, 2)[0].tobytes() == coded.recon[0].tobytes()
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,9 @@ decoded frame runs (:class:`gopflow.jobs.train.FramePool`, one slot re-decoded e
 of it with the real entropy coder (``compress()`` bytes, never likelihoods). Every random
 choice is a function of ``(seed, step)``, so ``--resume`` continues bit-exactly.
 
-Outputs in ``--out``: ``codec-<model>.pt`` (the state dict after ``update()``: the CDF tables
-are shipped in the file, so a decoder never rebuilds them), ``codec-<model>.json``
+Outputs in ``--out``: ``codec-<model>.pt`` (parameters in float16, the model rounded to them
+before evaluation; the CDF tables from ``update()`` are shipped in the file, so a decoder
+never rebuilds them), ``codec-<model>.json``
 (metadata), ``codec-<model>-loss.png`` and ``checkpoint-codec-<model>.pt`` (every
 ``checkpoint_minutes`` and at the end; Ctrl-C saves one too). ``--install`` copies them into
 the weights registry (:func:`gopflow.precoders.weights.install_model`).
@@ -491,9 +492,8 @@ def _finish(
 
     model = trainer.model
     model.eval()
-    model.update(force=True)
+    state = shipped_state(model)
     weights_path = Path(config.out_dir) / f"{config.name}.pt"
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     _save_torch(weights_path, state)
     evaluation = evaluate_codec(config, trainer, clips)
     plot_path = Path(config.out_dir) / f"{config.name}-loss.png"
@@ -518,6 +518,7 @@ def _finish(
                           for k in (history[-1] if history else {})},
         "evaluation_real_bytes": evaluation,
         "entropy_tables": "shipped: the state dict holds the CDF buffers after update()",
+        "parameters_dtype": "float16 (the evaluated model was rounded to them)",
         "seed": config.seed, "crop": config.crop, "batch": config.batch, "lr": config.lr,
         "aux_lr": config.aux_lr, "pool": config.pool, "refresh_every": config.refresh_every,
         "threads": config.threads,
@@ -542,6 +543,21 @@ def _finish(
     return CodecTrainResult(
         config.name, str(weights_path), str(metadata_path), str(plot_path), str(checkpoint),
         metadata["steps"], metadata["final_loss"], elapsed, evaluation)
+
+
+def shipped_state(model: Any) -> dict[str, Any]:
+    """The state dict to ship: parameters rounded to float16 *in the model* (so the
+    evaluation measures exactly what is shipped; loading copies them into float32), then
+    ``update()``'s entropy tables and every buffer as computed (CDFs, scale table)."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.half().float())
+    model.update(force=True)
+    names = {name for name, _ in model.named_parameters()}
+    return {key: value.detach().half() if key in names else value.detach().clone()
+            for key, value in model.state_dict().items()}
 
 
 def evaluate_codec(
