@@ -87,6 +87,14 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path):
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert resumed.evaluation == straight.evaluation
 
+    # Stopping early ships what there is; resuming finishes the schedule as if never stopped.
+    early = run_codec_training(_config(clips, tmp_path / "c"), progress=False, stop_after=2)
+    early_meta = json.loads(Path(early.metadata).read_text())
+    assert early_meta["steps"] == 2 and early_meta["stopped_early"] and early.steps == 2
+    finished = run_codec_training(_config(clips, tmp_path / "c"), resume=True, progress=False)
+    c = _state(finished.weights)
+    assert all(torch.equal(a[key], c[key]) for key in a)
+
     # Other settings refuse the checkpoint; installing registers the weights by hash.
     with pytest.raises(ValueError, match="different run"):
         run_codec_training(_config(clips, tmp_path / "b", batch=3), resume=True, progress=False)

@@ -385,9 +385,12 @@ def run_codec_training(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    stop_after: int | None = None,
 ) -> CodecTrainResult:
     """Train as ``config`` says (see the module docstring); ``on_step(step, loss)`` after
-    every step (an exception there, like Ctrl-C, saves a checkpoint first)."""
+    every step (an exception there, like Ctrl-C, saves a checkpoint first). ``stop_after``:
+    finish (evaluate, write the weights) after that many steps of the schedule, keeping the
+    checkpoint resumable for the rest."""
     import torch
     from tqdm import tqdm
 
@@ -444,12 +447,13 @@ def run_codec_training(
         trainer.model.train()
         began = time.monotonic()
         last_save = began
-        bar = tqdm(total=total, initial=start, desc=config.name, unit="step",
+        end = total if stop_after is None else max(start, min(total, stop_after))
+        bar = tqdm(total=end, initial=start, desc=config.name, unit="step",
                    disable=not progress, dynamic_ncols=True)
         step = start
         with bar:
             try:
-                for step in range(start, total):
+                for step in range(start, end):
                     stage, first, length = _stage_at(schedule, step)
                     lr = warmup_cosine(config.lr, step - first, length)
                     loss, metrics = trainer.step(step, stage, lr)
@@ -472,7 +476,7 @@ def run_codec_training(
                     say(f"checkpoint saved at step {step + 1}; continue with --resume")
                 raise
         elapsed = wall + time.monotonic() - began
-        save_checkpoint(total, elapsed)
+        save_checkpoint(end, elapsed)
         return _finish(config, trainer, clips, skipped, digest, schedule, losses, history,
                        elapsed, checkpoint, say)
     finally:
@@ -498,6 +502,8 @@ def _finish(
     evaluation = evaluate_codec(config, trainer, clips)
     plot_path = Path(config.out_dir) / f"{config.name}-loss.png"
     stages = ", ".join(f"{s} {n}" for s, n in schedule)
+    if len(losses) < sum(n for _, n in schedule):
+        stages += f"; stopped after {len(losses)}"
     plot_losses(losses, plot_path, f"gopflow {config.name} ({stages} steps)",
                 "R + lambda 255^2 MSE (bits per pixel units)")
     tail = losses[-min(50, len(losses)):]
@@ -510,7 +516,8 @@ def _finish(
         "lambdas": list(config.lmbdas),
         "loss": "R + lambda * 255^2 * MSE (RGB in [0, 1]); aux loss with its own Adam",
         "stage_schedule": [{"stage": s, "steps": n} for s, n in schedule],
-        "steps": sum(n for _, n in schedule),
+        "steps": len(losses),
+        "stopped_early": len(losses) < sum(n for _, n in schedule),
         "final_loss": round(float(np.mean(tail)), 6),
         "final_loss_window": len(tail),
         "final_metrics": {k: round(float(np.mean([h[k] for h in history[-len(tail):]
@@ -668,6 +675,9 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-minutes", type=float, default=3.0,
                         help="minutes between checkpoints (3)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--stop-after", type=int, metavar="N",
+                        help="finish after N steps of the schedule (evaluate and write the "
+                        "weights; --resume later continues the schedule)")
     parser.add_argument("--install", action="store_true",
                         help="register the result in the weights registry (see --registry)")
     parser.add_argument("--registry", metavar="DIR",
@@ -690,7 +700,8 @@ def run_codec(args: argparse.Namespace) -> int:
         registry=args.registry, checkpoint_minutes=args.checkpoint_minutes,
     )
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    result = run_codec_training(config, resume=args.resume, progress=progress, log=log)
+    result = run_codec_training(config, resume=args.resume, progress=progress, log=log,
+                                stop_after=args.stop_after)
     if args.install:
         install_codec(result, args.registry)
         log(f"installed {result.name} in the weights registry")
