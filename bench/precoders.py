@@ -201,8 +201,8 @@ def pipeline_encode(source: Source, target: float, out: Path) -> list[str]:
 
 
 def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None,
-             targets: list[float] | None = None) -> dict:
-    work = OUT / (clip.stem + (f"@{size}" if size else ""))
+             targets: list[float] | None = None, pipeline_only: bool = False) -> dict:
+    work = OUT / (clip.stem + (f"@{size}" if size else "") + ("-pipeline" if pipeline_only else ""))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     source = Source(clip, frames, work, size)
@@ -226,7 +226,7 @@ def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None,
         stream = work / f"x264-crf{crf}.mp4"
         encode(source, None, (source.width, source.height), crf, stream)
         add("x264", Fraction(1), crf, stream)
-    for method in ("lanczos", "dvp"):
+    for method in () if pipeline_only else ("lanczos", "dvp"):
         for scale in SCALES:
             raw, width, height = downscale_raw(source, scale, method)
             for crf in crfs:
@@ -236,14 +236,16 @@ def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None,
                 if method == "lanczos":
                     add("vistra", scale, crf, stream, learned)
             raw.unlink()
-    raw, width, height = downscale_raw(source, VISTRA_SCALE, "lanczos", half_rate=True)
-    for crf in crfs:
+    for crf in [] if pipeline_only else crfs:
+        if crf == crfs[0]:
+            raw, width, height = downscale_raw(source, VISTRA_SCALE, "lanczos", half_rate=True)
         tag = f"{VISTRA_SCALE.numerator}_{VISTRA_SCALE.denominator}"
         stream = work / f"lanczos-t-{tag}-crf{crf}.mp4"
         encode(source, raw, (width, height), crf, stream, half_rate=True)
         add("lanczos-t", VISTRA_SCALE, crf, stream)
         add("vistra-t", VISTRA_SCALE, crf, stream, learned_st)
-    raw.unlink()
+        if crf == crfs[-1]:
+            raw.unlink()
     for target in targets or []:
         stream = work / f"dvp-qro-vmaf{target:g}.mkv"
         modes = pipeline_encode(source, target, stream)
@@ -318,6 +320,8 @@ def bd_table(result: dict, bd_method: str, points: list[dict], title: str,
     print(f"{'comparison':<42} {'VMAF NEG':>9} {'PSNR-Y':>8}")
     table = []
     for label, anchor, tests in rows:
+        if not anchor or not any(tests.values()):
+            continue  # a method this run skipped (--pipeline-only)
         values = {m: bd(anchor, tests.get(m, tests.get("")), m, bd_method)
                   for m in ("vmaf_neg", "psnr_y")}
         table.append({"comparison": label, **values})
@@ -370,6 +374,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--crfs", default="23,28,33,38")
     parser.add_argument("--bd-method", choices=("pchip", "cubic"), default="pchip")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="only x264 and the pipeline's dvp-qro points (results-pipeline.json)")
     parser.add_argument("--pipeline-targets", default="",
                         help="VMAF targets for gopflow transcode --precoder dvp (e.g. 80,86,91,95)")
     args = parser.parse_args()
@@ -383,10 +389,12 @@ def main() -> None:
         name, _, size = spec.partition("@")
         clip = Path(name) if Path(name).exists() else MEDIA / name
         targets = [float(t) for t in args.pipeline_targets.split(",") if t]
-        results.append(run_clip(clip, args.frames, crfs, size or None, targets))
+        results.append(run_clip(clip, args.frames, crfs, size or None, targets,
+                                args.pipeline_only))
     for result in results:
         report(result, args.bd_method)
-    png, js = OUT / "rd_vmaf_neg.png", OUT / "results.json"
+    suffix = "-pipeline" if args.pipeline_only else ""
+    png, js = OUT / f"rd_vmaf_neg{suffix}.png", OUT / f"results{suffix}.json"
     plot(results, png)
     js.write_text(json.dumps({"frames": args.frames, "crfs": crfs, "clips": results},
                              indent=1, default=str))
