@@ -13,6 +13,7 @@ import torch
 from conftest import make_clip
 from gopflow.cli import main
 from gopflow.codecs.learned.engine import load_codec
+from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.jobs.train import data_hash, list_clips
 from gopflow.jobs.train_codec import CodecTrainConfig, install_codec, run_codec_training
 from gopflow.precoders import weights
@@ -48,7 +49,7 @@ def _state(path: str | Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path):
+def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path, monkeypatch):
     straight = run_codec_training(_config(clips, tmp_path / "a"), progress=False)
     for path in (straight.weights, straight.metadata, straight.plot, straight.checkpoint):
         assert Path(path).is_file()
@@ -86,6 +87,25 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert resumed.evaluation == straight.evaluation
+
+    # Interrupted in the middle of step 4 (before its update): the 3 steps done are kept.
+    real_loss = IntraCodec.training_loss
+    calls = []
+
+    def interrupted(self, *args, **kwargs):  # the real loss, then Ctrl-C on the 4th call
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_loss(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(IntraCodec, "training_loss", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_codec_training(_config(clips, tmp_path / "d"), progress=False)
+    assert _state(tmp_path / "d" / "checkpoint-codec-intra.pt")["step"] == 3
+    mid = run_codec_training(_config(clips, tmp_path / "d"), resume=True, progress=False)
+    d = _state(mid.weights)
+    assert all(torch.equal(a[key], d[key]) for key in a)
 
     # Stopping early ships what there is; resuming finishes the schedule as if never stopped.
     early = run_codec_training(_config(clips, tmp_path / "c"), progress=False, stop_after=2)

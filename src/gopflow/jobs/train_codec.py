@@ -327,6 +327,7 @@ class _Trainer:
             [_train_part(c, self.span) for c in clips], config.seed, config.pool, self.span,
             reader=read_rgb, refresh_every=config.refresh_every)
         self.lmbdas = torch.tensor(config.lmbdas, dtype=torch.float32)
+        self.updating = False
 
     def step(self, step: int, stage: str, lr: float) -> tuple[float, dict[str, float]]:
         """One optimiser step (and one aux step); every draw depends on (seed, step) only."""
@@ -350,6 +351,7 @@ class _Trainer:
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.main_parameters, 1.0)
+        self.updating = True  # from here until the step is recorded, the state is mixed
         self.optimiser.step()
         aux = self.model.aux_loss()
         self.aux_optimiser.zero_grad(set_to_none=True)
@@ -459,6 +461,7 @@ def run_codec_training(
                     loss, metrics = trainer.step(step, stage, lr)
                     losses.append(loss)
                     history.append({k: round(float(v), 5) for k, v in metrics.items()})
+                    trainer.updating = False
                     bar.update(1)
                     bar.set_postfix(stage=stage, loss=f"{loss:.4f}")
                     if not math.isfinite(loss):
@@ -471,9 +474,12 @@ def run_codec_training(
                     if on_step is not None:
                         on_step(step + 1, loss)
             except (KeyboardInterrupt, Exception):
-                if len(losses) == step + 1 and math.isfinite(losses[-1]):
-                    save_checkpoint(step + 1, wall + time.monotonic() - began)
-                    say(f"checkpoint saved at step {step + 1}; continue with --resume")
+                # Interrupted between steps or before the update of the current one: the
+                # completed steps are consistent and kept.
+                done = len(losses)
+                if not trainer.updating and done > start and math.isfinite(losses[-1]):
+                    save_checkpoint(done, wall + time.monotonic() - began)
+                    say(f"checkpoint saved at step {done}; continue with --resume")
                 raise
         elapsed = wall + time.monotonic() - began
         save_checkpoint(end, elapsed)
