@@ -271,12 +271,30 @@ def bd(anchor: list[dict], test: list[dict], metric: str, method: str) -> float 
 
 
 def report(result: dict, bd_method: str) -> None:
-    crfs = sorted({p["crf"] for p in result["points"]})
+    # dvp-qro points carry their VMAF target, not a CRF: they join every table, and the
+    # BD-rate integrates over the rates both curves cover.
+    fixed = [p for p in result["points"] if p["method"] != "dvp-qro"]
+    crfs = sorted({p["crf"] for p in fixed})
     bd_table(result, bd_method, result["points"], "all points")
     if len(crfs) > 4:
         low = set(crfs[-4:])
-        bd_table(result, bd_method, [p for p in result["points"] if p["crf"] in low],
+        bd_table(result, bd_method,
+                 [p for p in result["points"] if p["method"] == "dvp-qro" or p["crf"] in low],
                  f"low-rate end: CRF {min(low)}-{max(low)}", key="bd_rate_low")
+
+
+def merge(files: list[Path]) -> list[dict]:
+    """Results of earlier runs, points of the same clip merged (same-setting points once)."""
+    clips: dict[str, dict] = {}
+    for path in files:
+        for result in json.loads(path.read_text())["clips"]:
+            into = clips.setdefault(result["clip"], {**result, "points": []})
+            seen = {(p["method"], p["scale"], p["crf"]) for p in into["points"]}
+            into["points"] += [p for p in result["points"]
+                               if (p["method"], p["scale"], p["crf"]) not in seen]
+    for result in clips.values():
+        result.pop("dvp_select", None)
+    return list(clips.values())
 
 
 def bd_table(result: dict, bd_method: str, points: list[dict], title: str,
@@ -378,7 +396,17 @@ def main() -> None:
                         help="only x264 and the pipeline's dvp-qro points (results-pipeline.json)")
     parser.add_argument("--pipeline-targets", default="",
                         help="VMAF targets for gopflow transcode --precoder dvp (e.g. 80,86,91,95)")
+    parser.add_argument("--report", nargs="+", type=Path, metavar="JSON",
+                        help="no encoding: print the tables of earlier results files (merged "
+                        "per clip, e.g. results.json results-pipeline.json) and plot them")
     args = parser.parse_args()
+    if args.report:
+        results = merge(args.report)
+        for result in results:
+            report(result, args.bd_method)
+        plot(results, OUT / "rd_vmaf_neg-merged.png")
+        print(f"\nplot: {OUT / 'rd_vmaf_neg-merged.png'}")
+        return
     crfs = [int(c) for c in args.crfs.split(",")]
     if len(crfs) < 4:
         parser.error("BD-rates need at least 4 rate points (--crfs)")
