@@ -854,7 +854,6 @@ def run_training(
         plot_losses(losses, plot_path, f"gopflow {config.name} ({config.steps} steps)", ylabel)
         tail = losses[-min(50, len(losses)) :]
         from gopflow.precoders.nets import parameter_count
-        from gopflow.precoders.weights import sha256_file
 
         metadata = {
             "name": config.name,
@@ -880,13 +879,7 @@ def run_training(
             "segments": [*segments, {**settings, "to_step": config.steps}],
             "data_dir": os.path.abspath(config.data_dir),
             "data_hash": digest,
-            "clips": [{"name": c.name, "bytes": c.size_bytes, "frames": c.frames} for c in clips],
-            "skipped_clips": skipped,
-            "torch_version": torch.__version__,
-            "gopflow_version": __version__,
-            "wall_seconds": round(elapsed, 1),
-            "weights_sha256": sha256_file(weights_path),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **provenance(clips, skipped, elapsed, weights_path),
         }
         metadata_path = out / f"{config.name}.json"
         atomic_write_json(metadata_path, metadata)
@@ -901,6 +894,25 @@ def run_training(
         )
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def provenance(
+    clips: Sequence[Clip], skipped: Sequence[str], elapsed: float, weights_path: Path
+) -> dict[str, Any]:
+    """The metadata every training job records about its data, software, time and output."""
+    import torch
+
+    from gopflow.precoders.weights import sha256_file
+
+    return {
+        "clips": [{"name": c.name, "bytes": c.size_bytes, "frames": c.frames} for c in clips],
+        "skipped_clips": list(skipped),
+        "torch_version": torch.__version__,
+        "gopflow_version": __version__,
+        "wall_seconds": round(elapsed, 1),
+        "weights_sha256": sha256_file(weights_path),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def install(result: TrainResult, directory: str | None = None) -> None:

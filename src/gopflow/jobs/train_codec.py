@@ -34,7 +34,6 @@ the weights registry (:func:`gopflow.precoders.weights.install_model`).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -47,7 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from gopflow import __version__
 from gopflow.errors import InputError, UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.jobs.train import (
@@ -60,6 +58,7 @@ from gopflow.jobs.train import (
     index_clip,
     list_clips,
     plot_losses,
+    provenance,
     read_rgb,
     warmup_cosine,
 )
@@ -496,9 +495,7 @@ def _finish(
     say: Callable[[str], None],
 ) -> CodecTrainResult:
     """Entropy tables, real-bytes evaluation, weights, plot and metadata."""
-    import torch
 
-    from gopflow.precoders.weights import sha256_file
 
     model = trainer.model
     model.eval()
@@ -539,13 +536,7 @@ def _finish(
         "data_dirs": [os.path.abspath(d) for d in config.data_dirs],
         "data_hash": digest,
         "heldout": f"last {HOLDOUT_FRACTION:.0%} of every clip's frames",
-        "clips": [{"name": c.name, "bytes": c.size_bytes, "frames": c.frames} for c in clips],
-        "skipped_clips": skipped,
-        "torch_version": torch.__version__,
-        "gopflow_version": __version__,
-        "wall_seconds": round(elapsed, 1),
-        "weights_sha256": sha256_file(weights_path),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(clips, skipped, elapsed, weights_path),
     }
     metadata_path = Path(config.out_dir) / f"{config.name}.json"
     atomic_write_json(metadata_path, metadata)
