@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from gopflow.codecs.learned.api import CODEC_NAMES
 from gopflow.codecs.learned.bitstream import (
     BitstreamError,
     StreamHeader,
@@ -50,7 +51,6 @@ from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.probe import probe_with_timestamps
 from gopflow.media.y4m import y4m_frame, y4m_header
 from gopflow.pipeline.learned_stage import (
-    LEARNED_CODECS,
     DecodedGop,
     GopDecodeTask,
     LearnedCodecRef,
@@ -112,7 +112,7 @@ def run_learned_transcode(
     phases: dict[str, float] = {}
     if not config.output.lower().endswith(EXTENSION):
         raise UsageError(f"a learned codec writes a {EXTENSION} file; name the output *.gflv")
-    if learned.codec not in LEARNED_CODECS:
+    if learned.codec not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {learned.codec!r}; choose intra, dvc or fvc")
     ref = learned.ref()
     codec = open_codec(ref)
@@ -282,7 +282,7 @@ def run_decode(config: DecodeConfig) -> DecodeResult:
         raise UsageError("--workers must be at least 1")
     header, extents = read_stream_index(config.input)
     name = header.model_id.split(":", 1)[0]
-    if name not in LEARNED_CODECS:
+    if name not in CODEC_NAMES:
         raise BitstreamError(f"{config.input} names an unknown model {header.model_id!r}")
     registry = os.path.abspath(config.registry) if config.registry else None
     ref = LearnedCodecRef(name, registry)

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from gopflow.codecs.learned.api import CODEC_NAMES
 from gopflow.errors import InputError, UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.jobs.train import (
@@ -63,7 +64,6 @@ from gopflow.jobs.train import (
     warmup_cosine,
 )
 
-MODELS: tuple[str, ...] = ("intra", "dvc", "fvc")
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0018, 0.0035, 0.0067, 0.0130)
 EVAL_CLIPS = frozenset({
     "white_flower_1280x720.264", "red_trees_drive_1920x1080.264",
@@ -117,8 +117,9 @@ class CodecTrainConfig:
 
 def validate(config: CodecTrainConfig) -> None:
     """Raise :class:`UsageError` (one line) for settings that cannot work."""
-    if config.model not in MODELS:
-        raise UsageError(f"unknown codec model {config.model!r}; choose from {', '.join(MODELS)}")
+    if config.model not in CODEC_NAMES:
+        known = ", ".join(CODEC_NAMES)
+        raise UsageError(f"unknown codec model {config.model!r}; choose from {known}")
     if not config.data_dirs:
         raise UsageError("give at least one --data directory")
     if len(config.lmbdas) < 2 or any(not 0 < x < 1 for x in config.lmbdas):
@@ -652,7 +653,7 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
         "Writes codec-MODEL.pt, .json (metadata with real-bytes bpp/PSNR per level), "
         "-loss.png and a checkpoint into --out.",
     )
-    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument("--model", required=True, choices=CODEC_NAMES)
     parser.add_argument("--lmbda", default=",".join(map(str, DEFAULT_LAMBDAS)),
                         metavar="L1,L2,..",
                         help="lambda per quality level, increasing (default CompressAI's MSE "

@@ -25,8 +25,6 @@ from gopflow.errors import FrameCountError
 from gopflow.media.reader import GopReader
 from gopflow.types import EncodedGop, GopSpec, ReadMode
 
-LEARNED_CODECS = ("intra", "dvc", "fvc")
-
 
 @dataclass(frozen=True)
 class LearnedCodecRef:

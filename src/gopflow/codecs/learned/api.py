@@ -25,6 +25,9 @@ import numpy as np
 
 from gopflow.codecs.learned.bitstream import UnitKind
 
+CODEC_NAMES: tuple[str, ...] = ("intra", "dvc", "fvc")
+"""The learned codecs, by the name the CLI, the registry (``codec-<name>``) and streams use."""
+
 
 @dataclass(frozen=True)
 class CodedFrame:

@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gopflow.codecs.learned.api import CodedFrame, CodedGop
+from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import ModelMissingError, load_model, read_registry
 
 CODEC_THREADS = 1
 """Torch threads for all codec inference (part of the format: results depend on it)."""
-CODEC_NAMES = ("intra", "dvc", "fvc")
 
 
 @contextmanager
