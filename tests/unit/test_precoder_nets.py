@@ -79,6 +79,38 @@ def test_untrained_nets_are_the_plain_resamplers(scale):
         assert torch.allclose(up, F.interpolate(small, size=(96, 120), mode="bicubic"), atol=1e-6)
 
 
+@pytest.mark.parametrize(("height", "width"), [(96, 120), (90, 34), (720, 1280)])
+def test_lanczos_decimation_equals_the_resampling_matrices(height, width):
+    x = torch.rand(2, 1, height, width)
+    size = (height // 2, width // 2)
+    fast = nets.lanczos_resize(x, size)  # strided convolution with replicate padding
+    mh = torch.from_numpy(nets.resize_matrix(height, size[0]).copy())
+    mw = torch.from_numpy(nets.resize_matrix(width, size[1]).copy())
+    assert torch.allclose(fast, mh @ x @ mw.T, atol=1e-5)
+
+
+def test_lanczos_base_is_swscale_lanczos_untrained():
+    """An untrained ``base="lanczos"`` downscaler is the Lanczos the benchmark compares
+    against: within rounding of swscale's fixed-point ``lanczos`` on a real-looking picture."""
+    rng = np.random.default_rng(3)
+    smooth = F.interpolate(torch.from_numpy(rng.random((1, 1, 48, 80), np.float32)),
+                           size=(144, 256), mode="bicubic").clamp(0, 1)
+    luma = (smooth[0, 0].numpy() * 219 + 16).round().astype(np.uint8)
+    frame = av.VideoFrame.from_ndarray(np.stack([luma] * 3, axis=-1), format="rgb24")
+    frame = frame.reformat(format="gray")
+    source = frame.to_ndarray()
+    ours = DvpDownscaler(Fraction(1, 2), base="lanczos").eval()
+    with torch.no_grad():
+        small = ours(torch.from_numpy(source.astype(np.float32) / 255)[None, None])
+    mine = (small[0, 0].numpy() * 255).round()
+    swscale = frame.reformat(width=128, height=72, interpolation="LANCZOS").to_ndarray()
+    error = np.abs(mine - swscale.astype(np.float64))
+    bicubic = F.interpolate(torch.from_numpy(source.astype(np.float32))[None, None],
+                            size=(72, 128), mode="bicubic", antialias=True)[0, 0].round().numpy()
+    assert error.mean() < 0.3 and error.max() <= 2
+    assert np.abs(bicubic - swscale).mean() > 2 * error.mean()  # a different filter differs
+
+
 def test_interpolator_shapes_and_untrained_average():
     a, b = torch.rand(1, 1, 70, 90), torch.rand(1, 1, 70, 90)
     net = FrameInterpolator().eval()
@@ -114,11 +146,14 @@ def test_strips_equal_whole_frame(scale):
 
 
 def test_build_roundtrips_arch():
-    for net in (DvpDownscaler(Fraction(2, 3)), Upsampler(Fraction(3, 4)),
-                FrameInterpolator()):
+    for net in (DvpDownscaler(Fraction(2, 3)), DvpDownscaler(Fraction(1, 2), base="lanczos"),
+                Upsampler(Fraction(3, 4)), FrameInterpolator()):
         rebuilt = nets.build(net.arch())
         assert type(rebuilt) is type(net)
         assert nets.parameter_count(rebuilt) == nets.parameter_count(net)
+        assert rebuilt.arch() == net.arch()
+    with pytest.raises(GopflowError, match="base"):
+        DvpDownscaler(Fraction(1, 2), base="nearest")
 
 
 # ----------------------------------------------------------------------------- proxy

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import hashlib
 import io
 import json
@@ -167,6 +166,8 @@ def validate(config: TrainConfig) -> None:
     assert config.qp_min is not None and config.qp_max is not None
     if not 0 <= config.qp_min <= config.qp_max <= 51:
         raise UsageError("the QP range must satisfy 0 <= min <= max <= 51")
+    if "base" in config.arch and config.kind != "dvp":
+        raise UsageError("--base is for --kind dvp only")
     if config.proxy not in ("noise", "round", "x264"):
         raise UsageError(f"--proxy must be noise, round or x264, got {config.proxy!r}")
     if config.proxy == "x264" and config.kind != "vistra-up":
@@ -435,44 +436,6 @@ def usable_clips(files: Sequence[Path], crop: int, span: int) -> list[Clip]:
     return usable
 
 
-# ----------------------------------------------------------------------------- resampling
-def _lanczos(x: np.ndarray, a: int = 3) -> np.ndarray:
-    out = np.sinc(x) * np.sinc(x / a)
-    out[np.abs(x) >= a] = 0.0
-    return out
-
-
-@functools.lru_cache(maxsize=64)
-def resize_matrix(n_in: int, n_out: int, taps: int = 3) -> np.ndarray:
-    """``n_out x n_in`` Lanczos-``taps`` resampling matrix (pixel-centre aligned, kernel
-    widened when downscaling: antialiased, as swscale's ``lanczos`` does)."""
-    ratio = n_out / n_in
-    stretch = min(ratio, 1.0)
-    centres = (np.arange(n_out) + 0.5) / ratio - 0.5
-    src = np.arange(n_in)
-    weights = _lanczos((src[None, :] - centres[:, None]) * stretch, taps)
-    # Border: fold weights outside the picture onto the edge pixel (replicate).
-    radius = math.ceil(taps / stretch)
-    for i, c in enumerate(centres):
-        for k in range(math.floor(c) - radius, math.ceil(c) + radius + 1):
-            if k < 0 or k >= n_in:
-                w = float(_lanczos(np.array([(k - c) * stretch]), taps)[0])
-                weights[i, min(max(k, 0), n_in - 1)] += w
-    weights /= weights.sum(axis=1, keepdims=True)
-    matrix = weights.astype(np.float32)
-    matrix.flags.writeable = False
-    return matrix
-
-
-def lanczos_resize(y: Any, size: tuple[int, int]) -> Any:
-    """Separable Lanczos-3 resize of ``N x C x H x W`` to ``size`` (differentiable)."""
-    import torch
-
-    mh = torch.tensor(resize_matrix(y.shape[-2], size[0])).to(y)
-    mw = torch.tensor(resize_matrix(y.shape[-1], size[1])).to(y)
-    return mh @ y @ mw.T
-
-
 # ----------------------------------------------------------------------------- models/losses
 def build_model(config: TrainConfig) -> Any:
     from gopflow.precoders.dvp import DvpDownscaler
@@ -523,6 +486,8 @@ class Objective:
         """``(reconstruction, coded_picture)``: what the viewer sees, what the codec got.
         ``coded``: really decoded low-res pictures (``--proxy x264``) instead of the proxy."""
         import torch.nn.functional as F
+
+        from gopflow.precoders.nets import lanczos_resize
 
         kind = self.config.kind
         if kind == "dvp":
@@ -1261,6 +1226,9 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
                      "rounding with a dead zone (default for vistra-up); x264: vistra-up "
                      "inputs really Lanczos-downscaled and coded by x264 (CRF range: "
                      "--qp-min/--qp-max, default 18-45)")
+    pre.add_argument("--base", choices=["bicubic", "lanczos"],
+                     help="dvp: the plain downscale the learned residual is added to "
+                     "(default bicubic: antialiased; lanczos: swscale's Lanczos-3)")
     pre.add_argument("--init", metavar="NAME",
                      help="start from the registered model NAME (fine-tune) instead of the "
                      "plain resampler")
@@ -1321,6 +1289,7 @@ def run_train(args: argparse.Namespace) -> int:
         rate_weight=args.rate_weight, msssim_weight=args.msssim_weight,
         threads=args.threads, checkpoint_every=args.checkpoint_every,
         qp_min=args.qp_min, qp_max=args.qp_max, proxy=args.proxy, init=args.init,
+        arch={"base": args.base} if args.base else {},
     )
     result = run_training(config, resume=args.resume, progress=progress, log=log)
     if args.install:

@@ -13,10 +13,14 @@ which keeps the activations in cache: measured 2x faster at 720p on a 2-core CPU
 
 from __future__ import annotations
 
+import functools
+import math
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gopflow.errors import UsageError
@@ -87,6 +91,72 @@ def run_stack(stack: nn.Sequential, x: torch.Tensor, strips: bool) -> torch.Tens
         out = stack(x[:, :, lo:hi])
         parts.append(out[:, :, top - lo : bottom - lo])
     return torch.cat(parts, dim=2)
+
+
+def _lanczos(x: np.ndarray, a: int = 3) -> np.ndarray:
+    out = np.sinc(x) * np.sinc(x / a)
+    out[np.abs(x) >= a] = 0.0
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def resize_matrix(n_in: int, n_out: int, taps: int = 3) -> np.ndarray:
+    """``n_out x n_in`` Lanczos-``taps`` resampling matrix (pixel-centre aligned, kernel
+    widened when downscaling: antialiased, as swscale's ``lanczos`` does).
+
+    Written out because the precoders need it *differentiable* and identical in training and
+    inference; torch's ``interpolate`` has no Lanczos mode."""
+    ratio = n_out / n_in
+    stretch = min(ratio, 1.0)
+    centres = (np.arange(n_out) + 0.5) / ratio - 0.5
+    src = np.arange(n_in)
+    weights = _lanczos((src[None, :] - centres[:, None]) * stretch, taps)
+    # Border: fold weights outside the picture onto the edge pixel (replicate).
+    radius = math.ceil(taps / stretch)
+    for i, c in enumerate(centres):
+        for k in range(math.floor(c) - radius, math.ceil(c) + radius + 1):
+            if k < 0 or k >= n_in:
+                w = float(_lanczos(np.array([(k - c) * stretch]), taps)[0])
+                weights[i, min(max(k, 0), n_in - 1)] += w
+    weights /= weights.sum(axis=1, keepdims=True)
+    matrix = weights.astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
+
+
+@functools.lru_cache(maxsize=8)
+def _decimation_kernel(factor: int) -> tuple[np.ndarray, int]:
+    """The Lanczos-3 taps of a ``1/factor`` downscale and their left reach: the same numbers
+    as an interior row of :func:`resize_matrix` (every row is a shifted copy of it)."""
+    n_out = 16
+    row = resize_matrix(n_out * factor, n_out)[n_out // 2]
+    nonzero = np.flatnonzero(row)
+    first, last = int(nonzero[0]), int(nonzero[-1])
+    return np.ascontiguousarray(row[first : last + 1]), (n_out // 2) * factor - first
+
+
+def lanczos_resize(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Separable Lanczos-3 resize of ``N x C x H x W`` to ``size`` (differentiable).
+
+    Exactly a downscale by an integer factor in both directions (1/2 of an even size) runs
+    as a strided convolution with replicate padding -- the same result as the matrices
+    (the border weights fold onto the edge pixel either way), ~5x faster at 720p."""
+    height, width = y.shape[-2:]
+    factor = height // size[0] if size[0] else 0
+    if factor > 1 and height == size[0] * factor and width == size[1] * factor:
+        taps, left = _decimation_kernel(factor)
+        right = (size[0] - 1) * factor + len(taps) - height - left
+        right_w = (size[1] - 1) * factor + len(taps) - width - left
+        kernel = torch.tensor(taps).to(y)
+        n, c = y.shape[:2]
+        x = y.reshape(n * c, 1, height, width)
+        x = F.pad(x, (left, right_w, left, right), mode="replicate")
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1), stride=(1, factor))
+        x = F.conv2d(x, kernel.view(1, 1, -1, 1), stride=(factor, 1))
+        return x.reshape(n, c, size[0], size[1])
+    mh = torch.from_numpy(resize_matrix(height, size[0]).copy()).to(y)
+    mw = torch.from_numpy(resize_matrix(width, size[1]).copy()).to(y)
+    return mh @ y @ mw.T
 
 
 def fast_path(module: nn.Module) -> bool:

@@ -3,8 +3,9 @@ arXiv 1908.00812): an encoder-side downscaler trained *through* a codec proxy an
 (bicubic) upscaler, i.e. what a standard player does, so the output is a standard picture at
 the smaller size that any decoder shows by upscaling.
 
-Antialiased bicubic downscale + a residual from a 3-layer CNN of 8 channels computed at the
-output resolution. For 1/2 the CNN sees all input pixels (``pixel_unshuffle``); for 3/4 and
+A plain downscale (``base``: antialiased bicubic, or Lanczos-3 as swscale's ``lanczos``, the
+benchmark's reference) + a residual from a 3-layer CNN of 8 channels computed at the output
+resolution. For 1/2 the CNN sees all input pixels (``pixel_unshuffle``); for 3/4 and
 2/3 it sees the antialiased bicubic and a point-sampled (bilinear without antialiasing:
 aliased, detail-carrying) downscale.
 """
@@ -18,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gopflow.precoders.nets import check_scale, conv_stack, fast_path, integer_factor, run_stack
+from gopflow.errors import UsageError
+from gopflow.precoders.nets import (
+    check_scale,
+    conv_stack,
+    fast_path,
+    integer_factor,
+    lanczos_resize,
+    run_stack,
+)
 from gopflow.precoders.resample import scaled_size
 
 
@@ -27,13 +36,20 @@ class DvpDownscaler(nn.Module):
 
     ``forward(y)`` maps ``N x 1 x H x W`` to ``N x 1 x h x w`` with
     ``(w, h) = scaled_size(W, H, scale)`` (even sizes, the same rounding as the Lanczos
-    path). Output = antialiased bicubic downscale + learned residual (zero at init).
+    path). Output = plain downscale (``base``) + learned residual (zero at init, so an
+    untrained model is exactly the plain downscale).
     """
 
-    def __init__(self, scale: Fraction, channels: int = 8, layers: int = 3) -> None:
+    BASES = ("bicubic", "lanczos")
+
+    def __init__(
+        self, scale: Fraction, channels: int = 8, layers: int = 3, base: str = "bicubic"
+    ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
-        self.channels, self.layers = channels, layers
+        if base not in self.BASES:
+            raise UsageError(f"DVP base must be one of {self.BASES}, got {base!r}")
+        self.channels, self.layers, self.base = channels, layers, base
         self.factor = integer_factor(self.scale)
         cin = 1 + (self.factor**2 if self.factor else 1)
         self.body = conv_stack(cin, channels, layers, 1)
@@ -45,6 +61,7 @@ class DvpDownscaler(nn.Module):
             "scale": str(self.scale),
             "channels": self.channels,
             "layers": self.layers,
+            **({"base": self.base} if self.base != "bicubic" else {}),
         }
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -53,9 +70,12 @@ class DvpDownscaler(nn.Module):
         return out_h, out_w
 
     def features(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The plain (antialiased bicubic) downscale and the CNN's input at output size."""
+        """The plain downscale (``base``) and the CNN's input at output size."""
         size = self.output_size(y.shape[-2], y.shape[-1])
-        base = F.interpolate(y, size=size, mode="bicubic", antialias=True, align_corners=False)
+        if self.base == "lanczos":
+            base = lanczos_resize(y, size)
+        else:
+            base = F.interpolate(y, size=size, mode="bicubic", antialias=True, align_corners=False)
         if self.factor:
             full = (size[0] * self.factor, size[1] * self.factor)
             grid = y if tuple(y.shape[-2:]) == full else F.interpolate(
