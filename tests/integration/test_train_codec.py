@@ -129,6 +129,24 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path, 
     coded = codec.encode_gop([frame], 2)
     assert codec.decode_gop(coded.frames, 96, 64, 2)[0].tobytes() == coded.recon[0].tobytes()
 
+    # --init continues from the installed weights: step 0 starts from them, not at random.
+    started: list[dict[str, torch.Tensor]] = []
+
+    def first_state(step: int, loss: float) -> None:
+        if step == 1:
+            raise KeyboardInterrupt  # the checkpoint then holds the model after one step
+
+    for init, out in ((True, "e"), (False, "f")):
+        with pytest.raises(KeyboardInterrupt):
+            run_codec_training(_config(clips, tmp_path / out, registry=str(tmp_path / "registry"),
+                                       init=init, seed=6), progress=False, on_step=first_state)
+        started.append(_state(tmp_path / out / "checkpoint-codec-intra.pt")["model"])
+    installed = {k: v.float() for k, v in _state(resumed.weights).items()}
+    weight = "g_a.0.weight"
+    near = (started[0][weight] - installed[weight]).abs().max()
+    far = (started[1][weight] - installed[weight]).abs().max()
+    assert near < 0.01 < far  # one Adam step (lr 1e-3) away from the installed weights
+
 
 @pytest.mark.parametrize(
     ("arguments", "message", "status"),

@@ -99,6 +99,8 @@ class CodecTrainConfig:
     checkpoint_minutes: float = 3.0
     checkpoint_every: int = 0
     """Also checkpoint every this many steps (0: by time only)."""
+    init: bool = False
+    """Start from the installed ``codec-<model>`` weights (fine-tune) instead of at random."""
     eval_crops: int = 12
     eval_crop: int = 256
     eval_gop: int = 4
@@ -110,7 +112,7 @@ class CodecTrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint."""
         keep = ("model", "lmbdas", "crop", "batch", "lr", "aux_lr", "seed", "pool",
-                "refresh_every")
+                "refresh_every", "init")
         return {key: list(v) if isinstance(v := getattr(self, key), tuple) else v
                 for key in keep}
 
@@ -328,6 +330,20 @@ class _Trainer:
             reader=read_rgb, refresh_every=config.refresh_every)
         self.lmbdas = torch.tensor(config.lmbdas, dtype=torch.float32)
         self.updating = False
+        if config.init:
+            self.load_installed()
+
+    def load_installed(self) -> None:
+        """Copy the installed ``codec-<model>`` weights (hash-checked) into the model, so a
+        run continues an earlier one's training (the optimiser starts fresh)."""
+        from gopflow.codecs.learned.engine import build_codec_model
+        from gopflow.precoders.weights import load_model
+
+        installed = load_model(self.config.name, self.config.registry, builder=build_codec_model)
+        if installed.levels != self.model.levels:
+            raise UsageError(f"the installed {self.config.name} has {installed.levels} levels, "
+                             f"--lmbda gives {self.model.levels}")
+        self.model.load_state_dict(installed.float().state_dict())
 
     def step(self, step: int, stage: str, lr: float) -> tuple[float, dict[str, float]]:
         """One optimiser step (and one aux step); every draw depends on (seed, step) only."""
@@ -673,6 +689,9 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-minutes", type=float, default=3.0,
                         help="minutes between checkpoints (3)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--init", action="store_true",
+                        help="start from the installed codec-MODEL weights (fine-tune) "
+                        "instead of a random initialisation")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="finish after N steps of the schedule (evaluate and write the "
                         "weights; --resume later continues the schedule)")
@@ -695,7 +714,7 @@ def run_codec(args: argparse.Namespace) -> int:
         model=args.model, data_dirs=tuple(args.data), lmbdas=parse_lambdas(args.lmbda),
         steps=tuple(args.steps), minutes=args.minutes, crop=args.crop, batch=args.batch,
         lr=args.lr, threads=args.threads, seed=args.seed, out_dir=args.out,
-        registry=args.registry, checkpoint_minutes=args.checkpoint_minutes,
+        registry=args.registry, checkpoint_minutes=args.checkpoint_minutes, init=args.init,
     )
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     result = run_codec_training(config, resume=args.resume, progress=progress, log=log,
