@@ -132,7 +132,7 @@ def downscale_raw(
         ffmpeg("-i", str(source.y4m), "-vf", f"{select}scale={width}:{height}:flags=lanczos",
                "-fps_mode", "passthrough", "-pix_fmt", "yuv420p", "-f", "rawvideo", str(path))
     else:
-        precoder = DvpPrecoder(scale, threads=TORCH_THREADS)
+        precoder = DvpPrecoder(scale, threads=TORCH_THREADS, registry_dir=REGISTRY)
         assert precoder.size(source.width, source.height) == (width, height)
         with path.open("wb") as fh:
             for frame in source.decoded():
@@ -187,11 +187,18 @@ def pareto(points: list[dict], metric: str) -> list[dict]:
     return front
 
 
+REGISTRY: str | None = None
+"""Weights registry for the fixed-scale ``dvp`` rows (``--registry``; default the package's)."""
+PIPELINE_METRIC = "vmaf-neg"
+"""The pipeline's QRO target metric: the one the BD-rate tables measure (``--pipeline-metric``)."""
+
+
 def pipeline_encode(source: Source, target: float, out: Path) -> list[str]:
-    """``gopflow transcode`` with DVP mode selection at VMAF ``target``; the chosen modes."""
+    """``gopflow transcode`` with DVP mode selection at a ``PIPELINE_METRIC`` target; the
+    chosen modes."""
     report = out.with_suffix(".json")
     command = [str(Path(sys.executable).with_name("gopflow")), "transcode", str(source.y4m),
-               "-o", str(out), "--target-vmaf", f"{target:g}", "--precoder", "dvp",
+               "-o", str(out), f"--target-{PIPELINE_METRIC}", f"{target:g}", "--precoder", "dvp",
                "--no-half-rate", "--no-progress", "--report", str(report)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
@@ -201,8 +208,10 @@ def pipeline_encode(source: Source, target: float, out: Path) -> list[str]:
 
 
 def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None,
-             targets: list[float] | None = None, pipeline_only: bool = False) -> dict:
-    work = OUT / (clip.stem + (f"@{size}" if size else "") + ("-pipeline" if pipeline_only else ""))
+             targets: list[float] | None = None, pipeline_only: bool = False,
+             scales: tuple[Fraction, ...] = SCALES, vistra: bool = True, label: str = "") -> dict:
+    suffix = ("-pipeline" if pipeline_only else "") + (f"-{label}" if label else "")
+    work = OUT / (clip.stem + (f"@{size}" if size else "") + suffix)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     source = Source(clip, frames, work, size)
@@ -227,16 +236,16 @@ def run_clip(clip: Path, frames: int, crfs: list[int], size: str | None = None,
         encode(source, None, (source.width, source.height), crf, stream)
         add("x264", Fraction(1), crf, stream)
     for method in () if pipeline_only else ("lanczos", "dvp"):
-        for scale in SCALES:
+        for scale in scales:
             raw, width, height = downscale_raw(source, scale, method)
             for crf in crfs:
                 stream = work / f"{method}-{scale.numerator}_{scale.denominator}-crf{crf}.mp4"
                 encode(source, raw, (width, height), crf, stream)
                 add(method, scale, crf, stream)
-                if method == "lanczos":
+                if method == "lanczos" and vistra:
                     add("vistra", scale, crf, stream, learned)
             raw.unlink()
-    for crf in [] if pipeline_only else crfs:
+    for crf in crfs if vistra and not pipeline_only else []:
         if crf == crfs[0]:
             raw, width, height = downscale_raw(source, VISTRA_SCALE, "lanczos", half_rate=True)
         tag = f"{VISTRA_SCALE.numerator}_{VISTRA_SCALE.denominator}"
@@ -395,7 +404,20 @@ def main() -> None:
     parser.add_argument("--pipeline-only", action="store_true",
                         help="only x264 and the pipeline's dvp-qro points (results-pipeline.json)")
     parser.add_argument("--pipeline-targets", default="",
-                        help="VMAF targets for gopflow transcode --precoder dvp (e.g. 80,86,91,95)")
+                        help="quality targets for gopflow transcode --precoder dvp "
+                        "(e.g. 70,80,86,91)")
+    parser.add_argument("--pipeline-metric", choices=("vmaf-neg", "vmaf", "psnr"),
+                        default="vmaf-neg", help="the metric the pipeline's QRO targets "
+                        "(default vmaf-neg: the one the BD-rate tables measure)")
+    parser.add_argument("--scales", default="3/4,2/3,1/2",
+                        help="fixed scales for the lanczos/dvp/vistra rows (3/4,2/3,1/2)")
+    parser.add_argument("--no-vistra", action="store_true",
+                        help="skip the ViSTRA rows (learned restoration, half rate)")
+    parser.add_argument("--registry", metavar="DIR",
+                        help="weights registry for the fixed-scale dvp rows (e.g. a candidate "
+                        "installed with gopflow train precoder --install --registry DIR)")
+    parser.add_argument("--tag", default="",
+                        help="suffix for the scratch dir and the results/plot file names")
     parser.add_argument("--report", nargs="+", type=Path, metavar="JSON",
                         help="no encoding: print the tables of earlier results files (merged "
                         "per clip, e.g. results.json results-pipeline.json) and plot them")
@@ -410,6 +432,11 @@ def main() -> None:
     crfs = [int(c) for c in args.crfs.split(",")]
     if len(crfs) < 4:
         parser.error("BD-rates need at least 4 rate points (--crfs)")
+    global PIPELINE_METRIC, REGISTRY
+    PIPELINE_METRIC, REGISTRY = args.pipeline_metric, args.registry
+    scales = tuple(Fraction(s) for s in args.scales.split(","))
+    if not all(s in SCALES for s in scales):
+        parser.error(f"--scales must be among {', '.join(map(str, SCALES))}")
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = []
@@ -418,10 +445,10 @@ def main() -> None:
         clip = Path(name) if Path(name).exists() else MEDIA / name
         targets = [float(t) for t in args.pipeline_targets.split(",") if t]
         results.append(run_clip(clip, args.frames, crfs, size or None, targets,
-                                args.pipeline_only))
+                                args.pipeline_only, scales, not args.no_vistra, args.tag))
     for result in results:
         report(result, args.bd_method)
-    suffix = "-pipeline" if args.pipeline_only else ""
+    suffix = ("-pipeline" if args.pipeline_only else "") + (f"-{args.tag}" if args.tag else "")
     png, js = OUT / f"rd_vmaf_neg{suffix}.png", OUT / f"results{suffix}.json"
     plot(results, png)
     js.write_text(json.dumps({"frames": args.frames, "crfs": crfs, "clips": results},
