@@ -197,6 +197,19 @@ def test_x264_proxy_is_refused_for_downscalers(clips, tmp_path):
                        progress=False, **FAST)
 
 
+def test_lanczos_base_trains_for_dvp_only(clips, tmp_path):
+    with pytest.raises(UsageError, match="dvp only"):
+        train_precoder("vistra-up", str(clips), steps=1, out_dir=str(tmp_path),
+                       arch={"base": "lanczos"}, progress=False, **FAST)
+    result = train_precoder("dvp", str(clips), steps=2, out_dir=str(tmp_path / "dvp"),
+                            arch={"base": "lanczos"}, progress=False, **FAST)
+    meta = json.loads(Path(result.metadata).read_text())
+    assert meta["arch"]["base"] == "lanczos"
+    weights.install_model(result.name, result.weights, meta["arch"], (), tmp_path / "registry")
+    model = weights.load_model(result.name, tmp_path / "registry")
+    assert isinstance(model, DvpDownscaler) and model.base == "lanczos"
+
+
 def test_init_fine_tunes_a_registered_model(clips, tmp_path, monkeypatch):
     registry = tmp_path / "reg"
     net = DvpDownscaler(Fraction(1, 2))
