@@ -127,7 +127,8 @@ def resize_matrix(n_in: int, n_out: int, taps: int = 3) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _decimation_kernel(factor: int) -> tuple[np.ndarray, int]:
     """The Lanczos-3 taps of a ``1/factor`` downscale and their left reach: the same numbers
-    as an interior row of :func:`resize_matrix` (every row is a shifted copy of it)."""
+    as an interior row of :func:`resize_matrix` (every row is a shifted copy of it, and
+    replicate padding folds the border weights onto the edge pixel as the matrix does)."""
     n_out = 16
     row = resize_matrix(n_out * factor, n_out)[n_out // 2]
     nonzero = np.flatnonzero(row)
@@ -136,11 +137,13 @@ def _decimation_kernel(factor: int) -> tuple[np.ndarray, int]:
 
 
 def lanczos_resize(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Separable Lanczos-3 resize of ``N x C x H x W`` to ``size`` (differentiable).
+    """Separable Lanczos-3 resize of ``N x C x H x W`` to ``size`` (differentiable):
+    ``resize_matrix(H, h) @ y @ resize_matrix(W, w).T``.
 
-    Exactly a downscale by an integer factor in both directions (1/2 of an even size) runs
-    as a strided convolution with replicate padding -- the same result as the matrices
-    (the border weights fold onto the edge pixel either way), ~5x faster at 720p."""
+    A downscale by the same integer factor in both directions (1/2 of an even size) runs
+    as a strided convolution with replicate padding: the same numbers, ~7 ms instead of
+    ~15 ms at 720p on one core. Other ratios use the dense matrices (fine for training
+    crops; too slow for 720p inference, which is why only ``dvp-1_2`` has a Lanczos base)."""
     height, width = y.shape[-2:]
     factor = height // size[0] if size[0] else 0
     if factor > 1 and height == size[0] * factor and width == size[1] * factor:
@@ -149,8 +152,8 @@ def lanczos_resize(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         right_w = (size[1] - 1) * factor + len(taps) - width - left
         kernel = torch.tensor(taps).to(y)
         n, c = y.shape[:2]
-        x = y.reshape(n * c, 1, height, width)
-        x = F.pad(x, (left, right_w, left, right), mode="replicate")
+        x = F.pad(y.reshape(n * c, 1, height, width), (left, right_w, left, right),
+                  mode="replicate")
         x = F.conv2d(x, kernel.view(1, 1, 1, -1), stride=(1, factor))
         x = F.conv2d(x, kernel.view(1, 1, -1, 1), stride=(factor, 1))
         return x.reshape(n, c, size[0], size[1])
