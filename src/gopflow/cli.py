@@ -364,6 +364,16 @@ def _qro_settings(args: argparse.Namespace) -> QroSettings | None:
     elif args.max_bitrate is not None:
         target = QroTarget("vmaf", max_bitrate_kbps=float(args.max_bitrate))
     else:
+        target = None
+    if target is not None and args.mode_select == "predict":
+        from gopflow.precoders.mode_predictor import ModePredictor, shipped_sha256
+
+        trained_for = ModePredictor.load(sha256=shipped_sha256()).metric
+        if trained_for != target.metric:
+            option = "--target-" + trained_for.replace("_", "-")
+            raise UsageError(f"the shipped mode predictor was trained on {trained_for} targets: "
+                             f"use {option}, or --mode-select probe")
+    if target is None:
         if args.decisions or args.save_decisions or args.precoder != "none":
             raise UsageError(
                 "--decisions/--save-decisions/--precoder need a QRO target or --max-bitrate"

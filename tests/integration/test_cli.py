@@ -86,3 +86,6 @@ def test_bad_options(tmp_path: Path) -> None:
     output = tmp_path / "out.mp4"
     done = gopflow("transcode", media("asl_again_640x480.mkv"), "-o", str(output), "--crf", "80")
     _assert_clean_failure(done, output, "crf")
+    done = gopflow("transcode", media("asl_again_640x480.mkv"), "-o", str(output),
+                   "--target-vmaf-neg", "80", "--mode-select", "predict")
+    _assert_clean_failure(done, output, "trained on vmaf targets")
