@@ -57,7 +57,7 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path, 
     meta = json.loads(Path(straight.metadata).read_text())
     assert meta["steps"] == 4 and meta["stage_schedule"] == [{"stage": "rd", "steps": 4}]
     assert meta["lambdas"] == [0.0018, 0.0035, 0.0067, 0.013] and meta["levels"] == 4
-    assert meta["data_hash"] == data_hash(list_clips(clips))
+    assert meta["data_hash"] == data_hash(list_clips(clips)) and meta["init"] is None
     assert [c["name"] for c in meta["clips"]] == ["mandel.264", "pattern.mkv"]
     assert meta["torch_version"] == torch.__version__ and meta["wall_seconds"] > 0
     assert meta["weights_sha256"] == weights.sha256_file(straight.weights)

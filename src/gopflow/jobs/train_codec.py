@@ -330,6 +330,7 @@ class _Trainer:
             reader=read_rgb, refresh_every=config.refresh_every)
         self.lmbdas = torch.tensor(config.lmbdas, dtype=torch.float32)
         self.updating = False
+        self.init_from: dict[str, Any] | None = None
         if config.init:
             self.load_installed()
 
@@ -337,9 +338,11 @@ class _Trainer:
         """Copy the installed ``codec-<model>`` weights (hash-checked) into the model, so a
         run continues an earlier one's training (the optimiser starts fresh)."""
         from gopflow.codecs.learned.engine import build_codec_model
-        from gopflow.precoders.weights import load_model
+        from gopflow.precoders.weights import load_model, read_registry
 
         installed = load_model(self.config.name, self.config.registry, builder=build_codec_model)
+        self.init_from = {"model": self.config.name,
+                          "sha256": read_registry(self.config.registry)[self.config.name].sha256}
         if installed.levels != self.model.levels:
             raise UsageError(f"the installed {self.config.name} has {installed.levels} levels, "
                              f"--lmbda gives {self.model.levels}")
@@ -550,6 +553,7 @@ def _finish(
         "aux_lr": config.aux_lr, "pool": config.pool, "refresh_every": config.refresh_every,
         "threads": config.threads,
         "reference": "codec-intra decoded previous frame" if trainer.inter else None,
+        "init": trainer.init_from,
         "data_dirs": [os.path.abspath(d) for d in config.data_dirs],
         "data_hash": digest,
         "heldout": f"last {HOLDOUT_FRACTION:.0%} of every clip's frames",
