@@ -13,7 +13,8 @@ Per clip, the first ``--frames`` frames are decoded once to a y4m file (scratch 
                  best quality any scale gives. It is an oracle choice, made per metric (the
                  VMAF NEG front for VMAF NEG BD-rates, the PSNR-Y front for PSNR);
 * ``dvp-qro``    the real pipeline's DVP mode selection (``--pipeline-targets``):
-                 ``gopflow transcode --precoder dvp --target-vmaf V --no-half-rate`` on the
+                 ``gopflow transcode --precoder dvp --target-vmaf-neg V --no-half-rate`` (the
+                 metric of the tables; ``--pipeline-metric`` picks another) on the
                  same source, where QRO probe encodes choose the scale and CRF per GOP; the
                  output file (sizes changing per GOP) restored bicubically like every
                  other point. Unlike ``dvp-select`` this is no oracle: it is what users get.
@@ -37,6 +38,8 @@ PCHIP by default) are negative when the test method needs fewer bits for the sam
 Usage::
 
     .venv/bin/python bench/precoders.py [--frames 60] [--crfs 23,28,33,38] [CLIP[@WxH] ...]
+    # one scale, no ViSTRA rows, candidate weights from another registry:
+    .venv/bin/python bench/precoders.py --scales 1/2 --no-vistra --registry DIR --tag T ...
 """
 
 from __future__ import annotations
