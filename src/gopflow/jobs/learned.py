@@ -113,7 +113,8 @@ def run_learned_transcode(
     if not config.output.lower().endswith(EXTENSION):
         raise UsageError(f"a learned codec writes a {EXTENSION} file; name the output *.gflv")
     if learned.codec not in CODEC_NAMES:
-        raise UsageError(f"unknown learned codec {learned.codec!r}; choose intra, dvc or fvc")
+        raise UsageError(f"unknown learned codec {learned.codec!r}; "
+                         f"choose from {', '.join(CODEC_NAMES)}")
     ref = learned.ref()
     codec = open_codec(ref)
     level = codec.levels // 2 + 1 if learned.level is None else learned.level

@@ -515,8 +515,6 @@ def _finish(
     say: Callable[[str], None],
 ) -> CodecTrainResult:
     """Entropy tables, real-bytes evaluation, weights, plot and metadata."""
-
-
     model = trainer.model
     model.eval()
     state = shipped_state(model)

@@ -141,9 +141,10 @@ def lanczos_resize(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ``resize_matrix(H, h) @ y @ resize_matrix(W, w).T``.
 
     A downscale by the same integer factor in both directions (1/2 of an even size) runs
-    as a strided convolution with replicate padding: the same numbers, ~7 ms instead of
-    ~15 ms at 720p on one core. Other ratios use the dense matrices (fine for training
-    crops; too slow for 720p inference, which is why only ``dvp-1_2`` has a Lanczos base)."""
+    as a strided convolution with replicate padding: the same numbers, touching only the
+    kernel's taps. Other ratios use the dense matrices (fine for training crops; too slow for
+    720p inference, see ``bench/precoder_speed.py``, which is why only ``dvp-1_2`` has a
+    Lanczos base)."""
     height, width = y.shape[-2:]
     factor = height // size[0] if size[0] else 0
     if factor > 1 and height == size[0] * factor and width == size[1] * factor:

@@ -5,9 +5,9 @@ the smaller size that any decoder shows by upscaling.
 
 A plain downscale (``base``: antialiased bicubic, or Lanczos-3 as swscale's ``lanczos``, the
 benchmark's reference) + a residual from a 3-layer CNN of 8 channels computed at the output
-resolution. For 1/2 the CNN sees all input pixels (``pixel_unshuffle``); for 3/4 and
-2/3 it sees the antialiased bicubic and a point-sampled (bilinear without antialiasing:
-aliased, detail-carrying) downscale.
+resolution. For 1/2 the CNN sees the base and all input pixels (``pixel_unshuffle``); for
+3/4 and 2/3 it sees the base and a point-sampled (bilinear without antialiasing: aliased,
+detail-carrying) downscale.
 """
 
 from __future__ import annotations
