@@ -15,7 +15,12 @@ from gopflow.cli import main
 from gopflow.codecs.learned.engine import load_codec
 from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.jobs.train import data_hash, list_clips
-from gopflow.jobs.train_codec import CodecTrainConfig, install_codec, run_codec_training
+from gopflow.jobs.train_codec import (
+    CodecTrainConfig,
+    install_codec,
+    model_class,
+    run_codec_training,
+)
 from gopflow.precoders import weights
 
 FAST = {"crop": 64, "batch": 2, "threads": 1, "pool": 2, "refresh_every": 2,
@@ -155,6 +160,7 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path, 
         (["--lmbda", "0.01,0.005"], "must increase", 2),
         (["--crop", "100"], "multiple of 64", 2),
         (["--steps", "10,20"], "one value or one per stage", 2),
+        (["--frames", "3"], "--frames applies to dvc and fvc", 2),
     ],
 )
 def test_cli_rejects_bad_arguments_in_one_line(clips, tmp_path, capsys, arguments, message,
@@ -181,17 +187,30 @@ def test_cli_errors_on_empty_data_and_missing_intra(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model", ["dvc", "fvc"])
-def test_p_models_train_staged_on_installed_intra_references(clips, tmp_path, model):
+def test_p_models_train_staged_on_installed_intra_references(clips, tmp_path, model,
+                                                             monkeypatch):
     registry = str(tmp_path / "registry")
     with pytest.raises(OSError, match="codec-intra"):  # no intra installed yet
         run_codec_training(_config(clips, tmp_path / model, registry=registry, model=model,
                                    steps=(1, 1)), progress=False)
     intra = run_codec_training(_config(clips, tmp_path / "intra", steps=(2,)), progress=False)
     install_codec(intra, registry)
+    # DVC unrolls three P frames per sample (--frames), FVC its default two.
+    frames = 3 if model == "dvc" else None
     config = _config(clips, tmp_path / model, registry=registry, batch=1, eval_crops=1,
-                     model=model, steps=(1, 2))
+                     model=model, steps=(1, 2), frames=frames)
+    cls = model_class(model)
+    real_loss, unrolled = cls.training_loss, []
+
+    def recording_loss(self, reference, chain, *args):  # type: ignore[no-untyped-def]
+        unrolled.append(chain.shape[1])
+        return real_loss(self, reference, chain, *args)
+
+    monkeypatch.setattr(cls, "training_loss", recording_loss)
     result = run_codec_training(config, progress=False)
+    assert unrolled == [frames or 2] * 3
     meta = json.loads(Path(result.metadata).read_text())
+    assert meta["frames_per_sample"] == (frames or 2)
     stages = {"dvc": "motion", "fvc": "align"}[model]
     assert meta["stage_schedule"] == [{"stage": stages, "steps": 1}, {"stage": "rd", "steps": 2}]
     assert meta["reference"] == "codec-intra decoded previous frame"

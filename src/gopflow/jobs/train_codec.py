@@ -9,9 +9,11 @@ Models (registry names ``codec-intra``, ``codec-dvc``, ``codec-fvc``):
 Each is one variable-rate model (:class:`~gopflow.codecs.learned.api.TrainableCodec`): every
 training sample draws a quality level ``l`` and is trained with loss
 ``R + lambda_l * 255^2 * MSE`` (``--lmbda`` gives ``lambda_1..lambda_L``). P-frame models code
-``frames_per_sample`` frames against the previous frame *as decoded by the shipped intra
-model* at the same level (``codec-intra`` from the registry, eval mode, rounding), so
-``intra`` is trained and installed first. CompressAI's auxiliary loss (entropy-bottleneck
+``frames_per_sample`` (or ``--frames``) P frames in a chain: the first against the previous
+frame *as decoded by the shipped intra model* at the same level (``codec-intra`` from the
+registry, eval mode, rounding), each later one against the previous reconstruction, with the
+loss back-propagated through the chain (the drift a GOP shows); so ``intra`` is trained and
+installed first. CompressAI's auxiliary loss (entropy-bottleneck
 quantiles) has its own Adam optimiser. Stages run in ``model.stages`` order, each with its
 own warm-up + cosine learning-rate schedule.
 
@@ -101,6 +103,10 @@ class CodecTrainConfig:
     """Also checkpoint every this many steps (0: by time only)."""
     init: bool = False
     """Start from the installed ``codec-<model>`` weights (fine-tune) instead of at random."""
+    frames: int | None = None
+    """P frames unrolled per sample (P models; default the model's ``frames_per_sample``).
+    More frames train on the drift of a GOP: each P frame predicts from the previous
+    *reconstruction*, and the loss back-propagates through the whole chain."""
     eval_crops: int = 12
     eval_crop: int = 256
     eval_gop: int = 4
@@ -112,7 +118,7 @@ class CodecTrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint."""
         keep = ("model", "lmbdas", "crop", "batch", "lr", "aux_lr", "seed", "pool",
-                "refresh_every", "init")
+                "refresh_every", "init", "frames")
         return {key: list(v) if isinstance(v := getattr(self, key), tuple) else v
                 for key in keep}
 
@@ -134,6 +140,8 @@ def validate(config: CodecTrainConfig) -> None:
         raise UsageError("--minutes must be positive")
     if config.crop < 64 or config.crop % 64:
         raise UsageError(f"--crop must be a multiple of 64 (at least 64), got {config.crop}")
+    if config.frames is not None and (config.model == "intra" or config.frames < 1):
+        raise UsageError("--frames applies to dvc and fvc and must be at least 1")
     if config.batch < 1 or config.pool < 1 or config.threads < 1 or config.refresh_every < 1:
         raise UsageError("--batch, --threads, pool size and refresh interval must be positive")
 
@@ -293,9 +301,14 @@ class CodecTrainResult(TrainResult):
     evaluation: dict[str, Any]
 
 
-def sample_span(model: str, frames_per_sample: int) -> int:
+def frames_per_sample(config: CodecTrainConfig) -> int:
+    """Frames coded per training sample: ``--frames`` or the model's default."""
+    return config.frames or model_class(config.model).frames_per_sample
+
+
+def sample_span(config: CodecTrainConfig) -> int:
     """Consecutive source frames per sample: P models add the reference frame."""
-    return frames_per_sample + (0 if model == "intra" else 1)
+    return frames_per_sample(config) + (0 if config.model == "intra" else 1)
 
 
 def _split_parameters(model: Any) -> tuple[list[Any], list[Any]]:
@@ -318,7 +331,7 @@ class _Trainer:
             raise UsageError(f"{config.model} has {self.model.levels} levels, "
                              f"--lmbda gives {len(config.lmbdas)}")
         self.inter = config.model != "intra"
-        self.span = sample_span(config.model, self.model.frames_per_sample)
+        self.span = sample_span(config)
         main, aux = _split_parameters(self.model)
         self.main_parameters = main
         self.optimiser = torch.optim.Adam(main, lr=config.lr)
@@ -425,7 +438,7 @@ def run_codec_training(
         cls = model_class(config.model)
         stages = tuple(cls.stages)
         planned = stage_schedule(config, stages) if config.minutes is None else None
-        span = sample_span(config.model, cls.frames_per_sample)
+        span = sample_span(config)
         clips, files, skipped = training_clips(config.data_dirs, config.crop, span, say)
         digest = data_hash(files)
         trainer = _Trainer(config, clips)
@@ -551,6 +564,7 @@ def _finish(
         "aux_lr": config.aux_lr, "pool": config.pool, "refresh_every": config.refresh_every,
         "threads": config.threads,
         "reference": "codec-intra decoded previous frame" if trainer.inter else None,
+        "frames_per_sample": frames_per_sample(config),
         "init": trainer.init_from,
         "data_dirs": [os.path.abspath(d) for d in config.data_dirs],
         "data_hash": digest,
@@ -694,6 +708,10 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--init", action="store_true",
                         help="start from the installed codec-MODEL weights (fine-tune) "
                         "instead of a random initialisation")
+    parser.add_argument("--frames", type=int, metavar="N",
+                        help="dvc/fvc: P frames unrolled per training sample, each predicted "
+                        "from the previous reconstruction (default 2); more frames train "
+                        "against drift over a GOP")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="finish after N steps of the schedule (evaluate and write the "
                         "weights; --resume later continues the schedule)")
@@ -717,6 +735,7 @@ def run_codec(args: argparse.Namespace) -> int:
         steps=tuple(args.steps), minutes=args.minutes, crop=args.crop, batch=args.batch,
         lr=args.lr, threads=args.threads, seed=args.seed, out_dir=args.out,
         registry=args.registry, checkpoint_minutes=args.checkpoint_minutes, init=args.init,
+        frames=args.frames,
     )
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     result = run_codec_training(config, resume=args.resume, progress=progress, log=log,
