@@ -6,6 +6,8 @@ Lanczos; none of them trained on) a lossless 4:2:0 reference is made with ffmpeg
 - learned ``dvc``/``fvc``/``intra`` (shipped weights, or ``--registry``) at every quality
   level, GOPs of ``--gop`` frames, written as a real .gflv file (``write_stream``); the file
   is decoded again from disk (decode speed; the decode must equal the encoder's recon);
+  ``dvc+ai``/``fvc+ai`` are the same models with the encoder's adaptive intra decision
+  (``gopflow transcode --adaptive-intra``; each point lists its frame types);
 - x264 and x265 at ``veryfast`` and ``medium`` with the same GOP length (``-g``, no scene
   cut) and no B-frames (``-bf 0``), plus each encoder's defaults (medium, default GOP and
   B-frames) for reference, at ``--crfs``; raw elementary streams, decoded with PyAV.
@@ -62,6 +64,8 @@ CLIPS = {
     "flower": ("flower_960x540.mp4", None),
 }
 LEARNED = ("dvc", "fvc", "intra")
+ADAPTIVE = "+ai"
+"""Suffix of a learned codec run with the encoder's adaptive intra decision."""
 ANCHOR = "x264-veryfast"
 
 
@@ -79,6 +83,8 @@ class Point:
     msssim: float
     encode_fps: float
     decode_fps: float
+    frame_types: str = ""
+    """Learned codecs: the coded frame types in order (I intra, P inter)."""
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -149,10 +155,10 @@ def _ffmpeg_point(
 
 
 def _learned_point(
-    clip: str, codec: Any, level: int, ref: list[Any], ref_rgb: list[np.ndarray], gop: int,
-    fps: Any, out: Path,
+    clip: str, label: str, codec: Any, level: int, ref: list[Any], ref_rgb: list[np.ndarray],
+    gop: int, fps: Any, out: Path,
 ) -> Point:
-    path = out / f"{clip}-{codec.name}-q{level}.gflv"
+    path = out / f"{clip}-{label}-q{level}.gflv"
     started = time.perf_counter()
     units: list[Unit] = []
     recon: list[np.ndarray] = []
@@ -176,9 +182,10 @@ def _learned_point(
     if any(not np.array_equal(a, b) for a, b in zip(decoded, recon, strict=True)):
         raise SystemExit(f"{path}: the decode differs from the encoder's reconstruction")
     dist = [av.VideoFrame.from_ndarray(frame, format="rgb24") for frame in decoded]
-    return Point(clip, codec.name, f"q{level}", size, 8 * size / (width * height * len(ref)),
+    return Point(clip, label, f"q{level}", size, 8 * size / (width * height * len(ref)),
                  **_quality(ref, ref_rgb, dist), encode_fps=len(ref) / encode,
-                 decode_fps=len(ref) / decode)
+                 decode_fps=len(ref) / decode,
+                 frame_types="".join(chr(unit.kind) for unit in units))
 
 
 def _bd_table(points: list[Point]) -> list[dict[str, Any]]:
@@ -212,7 +219,7 @@ def _plot(points: list[Point], out: Path) -> list[str]:
         for codec in sorted({p.codec for p in points if p.clip == clip}):
             curve = sorted((p for p in points if p.clip == clip and p.codec == codec),
                            key=lambda p: p.bpp)
-            style = "o-" if codec in LEARNED else ".--"
+            style = "o-" if codec.removesuffix(ADAPTIVE) in LEARNED else ".--"
             for axis, metric in zip(axes, ("psnr_rgb", "msssim"), strict=True):
                 axis.plot([p.bpp for p in curve], [getattr(p, metric) for p in curve], style,
                           label=codec)
@@ -245,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", default=",".join(CLIPS), help="comma-separated clip names")
     parser.add_argument("--frames", type=int, default=10, help="frames per clip (10)")
     parser.add_argument("--gop", type=int, default=10, help="GOP length, all codecs (10)")
-    parser.add_argument("--codecs", default=",".join(LEARNED), help="learned codecs to run")
+    parser.add_argument("--codecs", default=",".join(LEARNED),
+                        help=f"learned codecs to run; NAME{ADAPTIVE} (dvc, fvc) with adaptive "
+                        "intra frames")
     parser.add_argument("--crfs", default="20,24,28,32,36,40", help="x264 CRFs")
     parser.add_argument("--x265-crfs", default="22,26,30,34,38,42", help="x265 CRFs")
     parser.add_argument("--presets", default="veryfast,medium")
@@ -262,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    codecs = [load_codec(name, args.registry) for name in args.codecs.split(",") if name]
+    codecs = {label: load_codec(label.removesuffix(ADAPTIVE), args.registry,
+                                adaptive_intra=label.endswith(ADAPTIVE))
+              for label in args.codecs.split(",") if label}
     points: list[Point] = []
     for clip in args.clips.split(","):
         ref_path = _reference(clip, args.frames, args.out)
@@ -270,10 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         ref_rgb = rgb_frames(ref)
         fps = av.open(str(ref_path)).streams.video[0].average_rate
         print(f"{clip}: {ref[0].width}x{ref[0].height}, {len(ref)} frames", file=sys.stderr)
-        for codec in codecs:
+        for label, codec in codecs.items():
             for level in range(1, codec.levels + 1):
-                points.append(_learned_point(clip, codec, level, ref, ref_rgb, args.gop, fps,
-                                             args.out))
+                points.append(_learned_point(clip, label, codec, level, ref, ref_rgb, args.gop,
+                                             fps, args.out))
                 print(f"  {points[-1]}", file=sys.stderr)
         for name, crfs in (("x264", args.crfs), ("x265", args.x265_crfs)):
             if name == "x265" and args.no_x265:
@@ -289,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     plots = _plot(points, args.out)
     result = {"command": " ".join(["bench/codecs.py", *(argv or sys.argv[1:])]),
               "frames": args.frames, "gop": args.gop, "model_bytes": sizes,
-              "model_ids": {c.name: c.model_id for c in codecs},
+              "model_ids": {label: c.model_id for label, c in codecs.items()},
               "points": [asdict(p) for p in points], "bd_rate_vs_x264_veryfast": bd,
               "plots": plots}
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

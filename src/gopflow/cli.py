@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry", metavar="DIR",
         help="learned codecs: weights registry directory (default: the shipped weights)",
     )
+    enc.add_argument(
+        "--adaptive-intra", action=argparse.BooleanOptionalAction, default=None,
+        help="dvc/fvc: also code every P frame as an intra frame and keep whichever costs "
+        "less in rate + lambda * distortion (an intra frame starts a new GOP; bounds P-frame "
+        "drift, about twice the encode time) (default: off)",
+    )
     rate = enc.add_mutually_exclusive_group()
     rate.add_argument(
         "--crf", type=_positive_float, help="constant rate factor 0-51 (default: 23 x264, 28 x265)"
@@ -264,7 +270,8 @@ def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
     from gopflow.jobs.learned import LearnedSettings
 
     if args.codec not in LEARNED:
-        for flag, value in (("--quality", args.quality), ("--registry", args.registry)):
+        for flag, value in (("--quality", args.quality), ("--registry", args.registry),
+                            ("--adaptive-intra", args.adaptive_intra)):
             if value is not None:
                 raise UsageError(f"{flag} is for the learned codecs (dvc, fvc, intra), not "
                                  f"{args.codec}; use --crf or --bitrate")
@@ -285,7 +292,10 @@ def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
     if given:
         raise UsageError(f"{', '.join(given)} apply to x264/x265, not --codec {args.codec}; "
                          "use --quality Q (learned codecs run one thread per GOP)")
-    return LearnedSettings(args.codec, args.quality, args.registry)
+    if args.adaptive_intra and args.codec == "intra":
+        raise UsageError("--adaptive-intra is for dvc and fvc; --codec intra codes every "
+                         "frame as intra already")
+    return LearnedSettings(args.codec, args.quality, args.registry, bool(args.adaptive_intra))
 
 
 def _transcode(args: argparse.Namespace) -> int:

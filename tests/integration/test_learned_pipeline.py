@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,11 @@ def _install(registry: Path, name: str, seed: int) -> None:
     model.update()
     weights = registry / f"source-{name}.pt"
     torch.save(model.state_dict(), weights)
-    install_model(registry_name(name), weights, SMALL[name], (), registry)
+    metadata = registry / f"{registry_name(name)}.json"
+    # Lambdas so small that rate decides: --adaptive-intra then keeps intra frames wherever
+    # these untrained models code a frame in fewer bytes as intra than as inter.
+    metadata.write_text(json.dumps({"lambdas": [1e-9, 2e-9, 4e-9, 8e-9]}))
+    install_model(registry_name(name), weights, SMALL[name], (metadata,), registry)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +186,11 @@ def test_bad_options_are_one_line_errors(setup: dict[str, Path]) -> None:
     done = _gopflow("transcode", clip, "-o", str(setup["root"] / "x.mp4"), "--codec", "dvc",
                     "--registry", registry)
     _one_line_error(done, 2, ".gflv")
+    done = _gopflow("transcode", clip, "-o", out, "--codec", "intra", "--adaptive-intra",
+                    "--registry", registry)
+    _one_line_error(done, 2, "--adaptive-intra is for dvc and fvc")
+    done = _gopflow("transcode", clip, "-o", str(setup["root"] / "x.mp4"), "--adaptive-intra")
+    _one_line_error(done, 2, "--adaptive-intra is for the learned codecs")
     assert not os.path.exists(out)
 
 
@@ -204,5 +214,36 @@ def test_other_codecs_decode_exactly_in_a_fresh_process(
     with open(decoded_y4m, "rb") as handle:
         decoded = list(read_y4m_rgb(handle)[3])
     for gop in json.loads(report.read_text())["gops"]:
+        part = slice(gop["start_frame"], gop["start_frame"] + gop["frames"])
+        assert frames_digest(decoded[part]) == gop["details"]["recon_sha256"]
+
+
+def test_adaptive_intra_splits_gops_and_decodes_exactly(setup: dict[str, Path]) -> None:
+    root, registry = setup["root"], str(setup["registry"])
+    out, report_path, decoded_y4m = root / "ai.gflv", root / "ai.json", root / "ai.y4m"
+    done = _gopflow(
+        "transcode", str(setup["clip"]), "-o", str(out), "--codec", "dvc", "--quality", "3",
+        "--registry", registry, "--gop-seconds", "0.2", "--min-gop-seconds", "0.04",
+        "--adaptive-intra", "--report", str(report_path),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["settings"]["learned"]["adaptive_intra"] is True
+    gops = report["gops"]
+    kinds = "".join(gop["details"]["kinds"] for gop in gops)
+    assert len(kinds) == FRAMES and all(gop["details"]["kinds"][0] == "I" for gop in gops)
+    # Some P frames became intra frames (fixed seeds; rate-dominated lambdas).
+    assert kinds.count("I") > len(gops), kinds
+    # Every intra frame starts a closed GOP in the file; the header counts them.
+    with open(out, "rb") as handle:
+        header = read_header(handle)
+        extents = scan_gops(handle, header)
+    assert [e.frames for e in extents] == [len(run) for run in re.findall("IP*", kinds)]
+    assert header.gop_count == kinds.count("I")
+    done = _gopflow("decode", str(out), "-o", str(decoded_y4m), "--registry", registry)
+    assert done.returncode == 0, done.stderr
+    with open(decoded_y4m, "rb") as handle:
+        decoded = list(read_y4m_rgb(handle)[3])
+    for gop in gops:
         part = slice(gop["start_frame"], gop["start_frame"] + gop["frames"])
         assert frames_digest(decoded[part]) == gop["details"]["recon_sha256"]

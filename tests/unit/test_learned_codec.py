@@ -29,7 +29,12 @@ from gopflow.codecs.learned.engine import (
 )
 from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.errors import UsageError
-from gopflow.precoders.weights import ModelMissingError, install_model, read_registry
+from gopflow.precoders.weights import (
+    ModelIntegrityError,
+    ModelMissingError,
+    install_model,
+    read_registry,
+)
 
 torch.set_num_threads(1)
 
@@ -53,10 +58,10 @@ def _model(arch: dict[str, Any], seed: int) -> Any:
     return model
 
 
-def _codec(name: str) -> GopCodec:
+def _codec(name: str, mode_lambdas: list[float] | None = None) -> GopCodec:
     intra = _model(SMALL_INTRA, 0)
     inter = _model(INTER_ARCHS[name], 1) if name != "intra" else None
-    return GopCodec(name, intra, inter, f"{name}:test")
+    return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas)
 
 
 def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -222,3 +227,53 @@ def test_load_codec_from_a_registry_checks_presence(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.stack(_codec("dvc").encode_gop(frames, 1).recon),
                                   np.stack(gop.recon))
     assert load_codec("intra", tmp_path).model_id.startswith("intra:")
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+@pytest.mark.parametrize("name", list(INTER_ARCHS))
+def test_adaptive_intra_keeps_the_cheaper_frame_type(name: str) -> None:
+    # Frame 1 is a scene cut (another picture); frames 2-3 continue it.
+    frames = _frames(4, 64, 64)
+    frames[1:] = [np.ascontiguousarray(f[::-1, ::-1]) for f in frames[1:]]
+    fixed = _codec(name).encode_gop(frames, 2)
+    as_intra = _codec("intra").encode_gop(frames[1:2], 2)
+    inter_bytes, intra_bytes = len(fixed.frames[1].payload), len(as_intra.frames[0].payload)
+    inter_mse, intra_mse = _mse(fixed.recon[1], frames[1]), _mse(as_intra.recon[0], frames[1])
+    assert inter_bytes != intra_bytes and inter_mse != intra_mse
+    # At frame 1 both candidates start from the same decoded frame 0, so the choice can be
+    # checked directly: with lambda ~ 0 the smaller payload wins, with a huge lambda the
+    # smaller error wins.
+    for lmbda, want_intra in ((1e-12, intra_bytes < inter_bytes), (1e6, intra_mse < inter_mse)):
+        codec = _codec(name, [lmbda] * 4)
+        gop = codec.encode_gop(frames, 2)
+        assert gop.frames[0].kind == UnitKind.INTRA
+        assert gop.frames[1].kind == (UnitKind.INTRA if want_intra else UnitKind.INTER)
+        chosen = as_intra if want_intra else fixed
+        index = 0 if want_intra else 1
+        assert gop.frames[1].payload == chosen.frames[index].payload
+        np.testing.assert_array_equal(gop.recon[1], chosen.recon[index])
+        # Mixed frame types decode exactly, each intra frame restarting the reference chain.
+        decoded = codec.decode_gop(gop.frames, width=64, height=64, level=2)
+        for got, want in zip(decoded, gop.recon, strict=True):
+            np.testing.assert_array_equal(got, want)
+    # One lambda per level, or the codec refuses to start.
+    with pytest.raises(UsageError, match="one lambda per level"):
+        _codec(name, [0.01, 0.02])
+
+
+def test_adaptive_intra_reads_the_trained_lambdas(tmp_path: Path) -> None:
+    for name, arch, seed in (("intra", SMALL_INTRA, 0), ("dvc", INTER_ARCHS["dvc"], 1)):
+        torch.save(_model(arch, seed).state_dict(), tmp_path / f"{name}-src.pt")
+        install_model(registry_name(name), tmp_path / f"{name}-src.pt", arch, directory=tmp_path)
+    with pytest.raises(ModelIntegrityError, match="no training lambdas"):
+        load_codec("dvc", tmp_path, adaptive_intra=True)
+    assert load_codec("dvc", tmp_path).mode_lambdas is None
+    metadata = tmp_path / "codec-dvc.json"
+    metadata.write_text(json.dumps({"lambdas": [0.001, 0.002, 0.004, 0.008]}))
+    install_model("codec-dvc", tmp_path / "dvc-src.pt", INTER_ARCHS["dvc"], (metadata,),
+                  tmp_path)
+    codec = load_codec("dvc", tmp_path, adaptive_intra=True)
+    assert codec.mode_lambdas == (0.001, 0.002, 0.004, 0.008)

@@ -81,10 +81,12 @@ class LearnedSettings:
     level: int | None = None
     """1 (lowest rate) .. the codec's levels; None: the level above the middle."""
     registry: str | None = None
+    adaptive_intra: bool = False
+    """dvc/fvc: code each P frame as intra too and keep the cheaper (R + lambda D)."""
 
     def ref(self) -> LearnedCodecRef:
         registry = os.path.abspath(self.registry) if self.registry else None
-        return LearnedCodecRef(self.codec, registry)
+        return LearnedCodecRef(self.codec, registry, self.adaptive_intra)
 
 
 def _slots(runner: RayRunner, workers: int | None) -> int:
@@ -128,7 +130,8 @@ def run_learned_transcode(
     if config.copy_audio and info.audio:
         say("note: a .gflv stream carries video only; the audio is not kept")
     settings = {
-        "learned": {"codec": learned.codec, "level": level, "model_id": codec.model_id},
+        "learned": {"codec": learned.codec, "level": level, "model_id": codec.model_id,
+                    "adaptive_intra": learned.adaptive_intra},
         "gop_seconds": config.gop_seconds,
         "min_gop_seconds": config.min_gop_seconds,
         "scene_detect": config.scene_detect,

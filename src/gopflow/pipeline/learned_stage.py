@@ -28,10 +28,12 @@ from gopflow.types import EncodedGop, GopSpec, ReadMode
 
 @dataclass(frozen=True)
 class LearnedCodecRef:
-    """Which learned codec a worker loads: a name and a weights registry (None: shipped)."""
+    """Which learned codec a worker loads: a name, a weights registry (None: shipped) and
+    whether its encoder chooses intra or inter per P frame by rate-distortion cost."""
 
     name: str
     registry: str | None = None
+    adaptive_intra: bool = False
 
 
 def open_codec(ref: LearnedCodecRef) -> LearnedVideoCodec:
@@ -39,7 +41,7 @@ def open_codec(ref: LearnedCodecRef) -> LearnedVideoCodec:
     on a fixed thread count, so recon and decode match bit for bit)."""
     from gopflow.codecs.learned.engine import load_codec
 
-    return load_codec(ref.name, ref.registry)
+    return load_codec(ref.name, ref.registry, ref.adaptive_intra)
 
 
 def rgb_frames(frames: Iterable[Any]) -> list[np.ndarray]:

@@ -82,15 +82,22 @@ def _directory(directory: str | os.PathLike[str] | None) -> Path:
     return Path(directory) if directory is not None else WEIGHTS_DIR
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON document at ``path``; None if there is no file; unreadable: one-line error."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"{what} {path} is unreadable: {exc}") from exc
+
+
 def read_registry(directory: str | os.PathLike[str] | None = None) -> dict[str, ModelEntry]:
     """All entries of the registry in ``directory`` (default: the package's)."""
     path = _directory(directory) / REGISTRY_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    data = _read_json(path, "weights registry")
+    if data is None:
         return {}
-    except (OSError, ValueError) as exc:
-        raise ModelIntegrityError(f"weights registry {path} is unreadable: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != REGISTRY_FORMAT:
         raise ModelIntegrityError(
             f"weights registry {path} has an unknown format (expected format {REGISTRY_FORMAT})"
@@ -137,6 +144,16 @@ def model_path(name: str, directory: str | os.PathLike[str] | None = None) -> Pa
             f"{entry.sha256}: the file is corrupt or was modified; reinstall gopflow"
         )
     return path
+
+
+def model_metadata(name: str, directory: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The training metadata (JSON) installed beside ``name``'s weights; ``{}`` if none."""
+    root = _directory(directory)
+    entry = read_registry(root).get(name)
+    if entry is None or entry.metadata is None:
+        return {}
+    data = _read_json(root / entry.metadata, f"metadata of {name!r}")
+    return data if isinstance(data, dict) else {}
 
 
 def load_model(

@@ -4,6 +4,13 @@ Frame 0 is intra-coded, later frames inter-coded against the *decoded* previous 
 The encoder runs the decoder's path: every payload is decoded right after it is written and
 the reconstruction, rounded to uint8, is the next reference on both sides.
 
+Adaptive intra (``mode_lambdas``): the encoder also codes every P frame as an intra frame and
+keeps whichever costs less in ``J = bpp + lambda * MSE`` (8-bit MSE, ``lambda`` the level's
+training Lagrangian, so the decision uses the loss the models were trained on; bits are the
+real payload sizes). A chosen intra frame starts a new closed GOP in the stream, as a scene
+cut does in x264; the decoder needs nothing new. It bounds the drift of a long P chain, at
+the cost of one more intra encode and decode per P frame.
+
 Determinism: convolution results on this CPU depend on the torch thread count (measured:
 encoder outputs differ by ~1e-7 between 1 and 2 threads), and a tiny difference in a
 predicted scale can change an entropy-coder table index. All codec inference therefore runs
@@ -28,7 +35,13 @@ from torch import Tensor, nn
 from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
 from gopflow.errors import UsageError
-from gopflow.precoders.weights import ModelMissingError, load_model, read_registry
+from gopflow.precoders.weights import (
+    ModelIntegrityError,
+    ModelMissingError,
+    load_model,
+    model_metadata,
+    read_registry,
+)
 
 CODEC_THREADS = 1
 """Torch threads for all codec inference (part of the format: results depend on it)."""
@@ -90,7 +103,8 @@ class GopCodec:
     """A :class:`~gopflow.codecs.learned.api.LearnedVideoCodec`: intra plus optional inter."""
 
     def __init__(
-        self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str
+        self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str,
+        mode_lambdas: Sequence[float] | None = None,
     ) -> None:
         if name not in CODEC_NAMES:
             raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -105,6 +119,10 @@ class GopCodec:
         self.intra = intra
         self.inter = inter
         self.multiple = max(intra.multiple, inter.multiple if inter is not None else 1)
+        if mode_lambdas is not None and len(mode_lambdas) != self.levels:
+            raise UsageError(f"adaptive intra needs one lambda per level ({self.levels}), "
+                             f"got {len(mode_lambdas)}")
+        self.mode_lambdas = tuple(mode_lambdas) if mode_lambdas is not None else None
 
     def _level(self, level: int) -> int:
         if not 1 <= level <= self.levels:
@@ -145,13 +163,24 @@ class GopCodec:
             for position, frame in enumerate(frames):
                 x = pad_to(to_tensor(frame), self.multiple)
                 padded = (x.shape[-2], x.shape[-1])
-                if position == 0 or self.inter is None:
+                intra_only = position == 0 or self.inter is None
+                if intra_only:
                     item = CodedFrame(UnitKind.INTRA, self.intra.compress(x, index))
                 else:
                     item = CodedFrame(UnitKind.INTER, self.inter.compress_inter(x, state, index))
-                recon, state = self._decode(item, state, padded, index)
+                recon, next_state = self._decode(item, state, padded, index)
+                picture = _crop(recon, height, width)
+                if not intra_only and self.mode_lambdas is not None:
+                    lmbda = self.mode_lambdas[index]
+                    alternative = CodedFrame(UnitKind.INTRA, self.intra.compress(x, index))
+                    alt_recon, alt_state = self._decode(alternative, state, padded, index)
+                    alt_picture = _crop(alt_recon, height, width)
+                    if (_rd_cost(alternative, alt_picture, frame, lmbda)
+                            < _rd_cost(item, picture, frame, lmbda)):
+                        item, picture, next_state = alternative, alt_picture, alt_state
+                state = next_state
                 coded.append(item)
-                recons.append(_crop(recon, height, width))
+                recons.append(picture)
         return CodedGop(tuple(coded), tuple(recons))
 
     def decode_gop(
@@ -170,6 +199,13 @@ class GopCodec:
                 recon, state = self._decode(frame, state, padded, index)
                 out.append(_crop(recon, height, width))
         return out
+
+
+def _rd_cost(item: CodedFrame, picture: np.ndarray, source: np.ndarray, lmbda: float) -> float:
+    """``bpp + lambda * MSE`` (8-bit units): the training loss ``R + lambda 255^2 MSE``."""
+    error = picture.astype(np.float64) - source.astype(np.float64)
+    pixels = source.shape[0] * source.shape[1]
+    return 8.0 * len(item.payload) / pixels + lmbda * float(np.mean(error * error))
 
 
 def _crop(recon: Tensor, height: int, width: int) -> np.ndarray:
@@ -224,16 +260,27 @@ def _load(codec: str, directory: str | os.PathLike[str] | None) -> tuple[Any, st
     return model, entry.sha256[:12]
 
 
-def load_codec(name: str, directory: str | os.PathLike[str] | None = None) -> GopCodec:
+def load_codec(
+    name: str, directory: str | os.PathLike[str] | None = None, adaptive_intra: bool = False
+) -> GopCodec:
     """The learned codec ``name`` (``intra``, ``dvc``, ``fvc``) with its shipped weights,
-    each file checked against the registry's SHA-256."""
+    each file checked against the registry's SHA-256. ``adaptive_intra``: the encoder picks
+    intra or inter per P frame by rate-distortion cost, with the lambdas the inter model was
+    trained with (its installed metadata)."""
     if name not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
     intra, intra_sha = _load("intra", directory)
     if name == "intra":
         return GopCodec(name, intra, None, f"intra:{intra_sha}")
     inter, inter_sha = _load(name, directory)
-    return GopCodec(name, intra, inter, f"{name}:{inter_sha}+{intra_sha}")
+    lambdas = None
+    if adaptive_intra:
+        lambdas = model_metadata(registry_name(name), directory).get("lambdas")
+        if not isinstance(lambdas, list) or len(lambdas) != inter.levels:
+            raise ModelIntegrityError(
+                f"{registry_name(name)} has no training lambdas in its metadata; adaptive "
+                "intra needs them (reinstall the weights with their metadata)")
+    return GopCodec(name, intra, inter, f"{name}:{inter_sha}+{intra_sha}", lambdas)
 
 
 def model_digest(model: nn.Module) -> str:
