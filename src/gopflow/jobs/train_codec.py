@@ -351,11 +351,16 @@ class _Trainer:
         """Copy the installed ``codec-<model>`` weights (hash-checked) into the model, so a
         run continues an earlier one's training (the optimiser starts fresh)."""
         from gopflow.codecs.learned.engine import build_codec_model
-        from gopflow.precoders.weights import load_model, read_registry
+        from gopflow.precoders.weights import load_model, model_metadata, read_registry
 
         installed = load_model(self.config.name, self.config.registry, builder=build_codec_model)
+        # Steps behind the installed weights (their own run's and that run's own start).
+        before = model_metadata(self.config.name, self.config.registry)
+        earlier = int(before.get("steps", 0)) + int(
+            (before.get("init") or {}).get("earlier_steps", 0))
         self.init_from = {"model": self.config.name,
-                          "sha256": read_registry(self.config.registry)[self.config.name].sha256}
+                          "sha256": read_registry(self.config.registry)[self.config.name].sha256,
+                          "earlier_steps": earlier}
         if installed.levels != self.model.levels:
             raise UsageError(f"the installed {self.config.name} has {installed.levels} levels, "
                              f"--lmbda gives {self.model.levels}")
