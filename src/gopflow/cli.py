@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--adaptive-intra", action=argparse.BooleanOptionalAction, default=None,
         help="dvc/fvc: also code every P frame as an intra frame and keep whichever costs "
         "less in rate + lambda * distortion (an intra frame starts a new GOP; bounds P-frame "
-        "drift, about twice the encode time) (default: off)",
+        "drift and catches missed cuts, about 30%% slower encoding) (default: on for dvc/fvc)",
     )
     rate = enc.add_mutually_exclusive_group()
     rate.add_argument(
@@ -295,7 +295,8 @@ def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
     if args.adaptive_intra and args.codec == "intra":
         raise UsageError("--adaptive-intra is for dvc and fvc; --codec intra codes every "
                          "frame as intra already")
-    return LearnedSettings(args.codec, args.quality, args.registry, bool(args.adaptive_intra))
+    adaptive = args.adaptive_intra if args.adaptive_intra is not None else args.codec != "intra"
+    return LearnedSettings(args.codec, args.quality, args.registry, adaptive)
 
 
 def _transcode(args: argparse.Namespace) -> int:
