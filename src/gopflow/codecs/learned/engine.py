@@ -279,7 +279,8 @@ def load_codec(
         if not isinstance(lambdas, list) or len(lambdas) != inter.levels:
             raise ModelIntegrityError(
                 f"{registry_name(name)} has no training lambdas in its metadata; adaptive "
-                "intra needs them (reinstall the weights with their metadata)")
+                "intra needs them (reinstall the weights with their metadata, or pass "
+                "--no-adaptive-intra)")
     return GopCodec(name, intra, inter, f"{name}:{inter_sha}+{intra_sha}", lambdas)
 
 
