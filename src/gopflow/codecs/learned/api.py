@@ -77,7 +77,8 @@ class TrainableCodec(Protocol):
     stages: tuple[str, ...]
     """Training stages in order, e.g. ``("rd",)`` for intra, ``("motion", "rd")`` for DVC."""
     frames_per_sample: int
-    """Frames to code per training sample (after the reference): 1 for intra."""
+    """Frames to code per training sample (after the reference): 1 for intra; the default
+    chain length for P models (``gopflow train codec --frames`` overrides it)."""
     levels: int
 
     def training_loss(
