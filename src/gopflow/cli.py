@@ -292,11 +292,7 @@ def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
     if given:
         raise UsageError(f"{', '.join(given)} apply to x264/x265, not --codec {args.codec}; "
                          "use --quality Q (learned codecs run one thread per GOP)")
-    if args.adaptive_intra and args.codec == "intra":
-        raise UsageError("--adaptive-intra is for dvc and fvc; --codec intra codes every "
-                         "frame as intra already")
-    adaptive = args.adaptive_intra if args.adaptive_intra is not None else args.codec != "intra"
-    return LearnedSettings(args.codec, args.quality, args.registry, adaptive)
+    return LearnedSettings(args.codec, args.quality, args.registry, args.adaptive_intra)
 
 
 def _transcode(args: argparse.Namespace) -> int:

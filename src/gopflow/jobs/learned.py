@@ -81,12 +81,18 @@ class LearnedSettings:
     level: int | None = None
     """1 (lowest rate) .. the codec's levels; None: the level above the middle."""
     registry: str | None = None
-    adaptive_intra: bool = False
-    """dvc/fvc: code each P frame as intra too and keep the cheaper (R + lambda D)."""
+    adaptive_intra: bool | None = None
+    """dvc/fvc: code each P frame as intra too and keep the cheaper (R + lambda D); None:
+    the default, on for dvc and fvc (intra has no P frames)."""
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the encoder decides intra or inter per P frame."""
+        return self.codec != "intra" if self.adaptive_intra is None else self.adaptive_intra
 
     def ref(self) -> LearnedCodecRef:
         registry = os.path.abspath(self.registry) if self.registry else None
-        return LearnedCodecRef(self.codec, registry, self.adaptive_intra)
+        return LearnedCodecRef(self.codec, registry, self.adaptive)
 
 
 def _slots(runner: RayRunner, workers: int | None) -> int:
@@ -117,6 +123,9 @@ def run_learned_transcode(
     if learned.codec not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {learned.codec!r}; "
                          f"choose from {', '.join(CODEC_NAMES)}")
+    if learned.adaptive_intra and learned.codec == "intra":
+        raise UsageError("--adaptive-intra is for dvc and fvc; --codec intra codes every "
+                         "frame as intra already")
     ref = learned.ref()
     codec = open_codec(ref)
     level = codec.levels // 2 + 1 if learned.level is None else learned.level
@@ -131,7 +140,7 @@ def run_learned_transcode(
         say("note: a .gflv stream carries video only; the audio is not kept")
     settings = {
         "learned": {"codec": learned.codec, "level": level, "model_id": codec.model_id,
-                    "adaptive_intra": learned.adaptive_intra},
+                    "adaptive_intra": learned.adaptive},
         "gop_seconds": config.gop_seconds,
         "min_gop_seconds": config.min_gop_seconds,
         "scene_detect": config.scene_detect,
