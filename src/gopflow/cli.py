@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument(
         "--quality", type=int, metavar="Q",
-        help="learned codecs: quality level 1 (lowest rate) .. 4 (default: 3)",
+        help="learned codecs: quality level 1 (lowest rate) .. the model's level count "
+        "(7 for the shipped weights; default: the level above the middle, 4 of 7)",
     )
     enc.add_argument(
         "--registry", metavar="DIR",

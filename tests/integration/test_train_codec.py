@@ -13,6 +13,7 @@ import torch
 from conftest import make_clip
 from gopflow.cli import main
 from gopflow.codecs.learned.engine import load_codec
+from gopflow.codecs.learned.hyperprior import resample_gains
 from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.jobs.train import data_hash, list_clips
 from gopflow.jobs.train_codec import (
@@ -23,7 +24,8 @@ from gopflow.jobs.train_codec import (
 )
 from gopflow.precoders import weights
 
-FAST = {"crop": 64, "batch": 2, "threads": 1, "pool": 2, "refresh_every": 2,
+LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013)
+FAST = {"lmbdas": LAMBDAS, "crop": 64, "batch": 2, "threads": 1, "pool": 2, "refresh_every": 2,
         "eval_crops": 2, "eval_crop": 64}
 
 
@@ -61,7 +63,7 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path, 
     assert Path(straight.plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads(Path(straight.metadata).read_text())
     assert meta["steps"] == 4 and meta["stage_schedule"] == [{"stage": "rd", "steps": 4}]
-    assert meta["lambdas"] == [0.0018, 0.0035, 0.0067, 0.013] and meta["levels"] == 4
+    assert meta["lambdas"] == list(LAMBDAS) and meta["levels"] == 4
     assert meta["data_hash"] == data_hash(list_clips(clips)) and meta["init"] is None
     assert [c["name"] for c in meta["clips"]] == ["mandel.264", "pattern.mkv"]
     assert meta["torch_version"] == torch.__version__ and meta["wall_seconds"] > 0
@@ -151,6 +153,21 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path, 
     near = (started[0][weight] - installed[weight]).abs().max()
     far = (started[1][weight] - installed[weight]).abs().max()
     assert near < 0.01 < far  # one Adam step (lr 1e-3) away from the installed weights
+
+    # --init to other rate points: a level below the installed ones is added, its gains
+    # extrapolated in log-lambda; the installed levels start from their own gains.
+    lower = (0.0009, *LAMBDAS)
+    with pytest.raises(KeyboardInterrupt):
+        run_codec_training(_config(clips, tmp_path / "g", registry=str(tmp_path / "registry"),
+                                   init=True, seed=6, lmbdas=lower),
+                           progress=False, on_step=first_state)
+    moved = _state(tmp_path / "g" / "checkpoint-codec-intra.pt")["model"]
+    for name in ("prior.gain", "prior.inv_gain", "prior.hyper_gain"):
+        assert moved[name].shape[0] == 5
+        expected = resample_gains(installed[name], LAMBDAS, lower)
+        assert (moved[name].abs() - expected).abs().max() < 0.01
+        assert (expected[1:] - installed[name].abs()).abs().max() < 1e-5
+    assert (moved[weight] - installed[weight]).abs().max() < 0.01
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from compressai.models.base import get_scale_table
 
 from gopflow.codecs.learned.api import CodedFrame
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
@@ -27,6 +28,7 @@ from gopflow.codecs.learned.engine import (
     model_digest,
     registry_name,
 )
+from gopflow.codecs.learned.hyperprior import GainedHyperprior, resample_gains
 from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import (
@@ -277,3 +279,38 @@ def test_adaptive_intra_reads_the_trained_lambdas(tmp_path: Path) -> None:
                   tmp_path)
     codec = load_codec("dvc", tmp_path, adaptive_intra=True)
     assert codec.mode_lambdas == (0.001, 0.002, 0.004, 0.008)
+
+
+def test_training_pass_rounds_the_decoder_path_and_keeps_gradients() -> None:
+    """Mixed quantisation: in training, h_s and the returned latents see the coder's rounding
+    (straight-through), the rate terms see noise; in eval, the pass equals the real coder's."""
+    torch.manual_seed(0)
+    prior = GainedHyperprior(8, 8, levels=2)
+    y = (torch.randn(2, 8, 8, 8) * 3).requires_grad_()
+    level = torch.tensor([0, 1])
+    prior.train()
+    y_hat, bits = prior(y, level)
+    gain, inv_gain = prior.gain.abs()[level][:, :, None, None], prior.inv_gain.abs()[level]
+    symbols = y_hat * inv_gain[:, :, None, None].reciprocal()
+    assert torch.allclose(symbols, torch.round(y * gain), atol=1e-4)
+    (y_hat.sum() + bits.sum()).backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
+    prior.eval()
+    prior.entropy_bottleneck.update(force=True)
+    prior.gaussian_conditional.update_scale_table(get_scale_table())
+    with torch.no_grad():
+        _, coded = prior.compress(y[:1].detach(), 1)
+        assert torch.equal(prior(y[:1].detach(), torch.tensor([1]))[0], coded)
+
+
+def test_gains_resample_in_log_lambda() -> None:
+    gains = torch.tensor([[1.0, 4.0], [2.0, 2.0], [4.0, 1.0]])
+    lambdas = (0.001, 0.002, 0.004)
+    same = resample_gains(gains, lambdas, lambdas)
+    assert torch.allclose(same, gains)
+    between, below, above = resample_gains(gains, lambdas, (0.001 * 2**0.5, 0.0005, 0.008))
+    assert torch.allclose(between, torch.tensor([2**0.5, 2 * 2**0.5]))
+    assert torch.allclose(below, torch.tensor([0.5, 8.0]))
+    assert torch.allclose(above, torch.tensor([8.0, 0.5]))
+    with pytest.raises(ValueError, match="gain vectors"):
+        resample_gains(gains, lambdas[:2], lambdas)

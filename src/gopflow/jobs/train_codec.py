@@ -66,7 +66,7 @@ from gopflow.jobs.train import (
     warmup_cosine,
 )
 
-DEFAULT_LAMBDAS: tuple[float, ...] = (0.0018, 0.0035, 0.0067, 0.0130)
+DEFAULT_LAMBDAS: tuple[float, ...] = (0.00025, 0.0005, 0.001, 0.0018, 0.0035, 0.0067, 0.013)
 EVAL_CLIPS = frozenset({
     "white_flower_1280x720.264", "red_trees_drive_1920x1080.264",
     "flower_960x540.mp4", "car_traffic_768x432.mp4",
@@ -361,10 +361,18 @@ class _Trainer:
         self.init_from = {"model": self.config.name,
                           "sha256": read_registry(self.config.registry)[self.config.name].sha256,
                           "earlier_steps": earlier}
-        if installed.levels != self.model.levels:
-            raise UsageError(f"the installed {self.config.name} has {installed.levels} levels, "
-                             f"--lmbda gives {self.model.levels}")
-        self.model.load_state_dict(installed.float().state_dict())
+        state = installed.float().state_dict()
+        lambdas = tuple(float(value) for value in before.get("lambdas", ()))
+        if lambdas != tuple(self.config.lmbdas):
+            # Other rate points: start every level from gains resampled in log-lambda.
+            if len(lambdas) != installed.levels or len(lambdas) < 2:
+                raise UsageError(f"the installed {self.config.name} records no lambdas per "
+                                 "level, so --init cannot move it to other --lmbda values")
+            from gopflow.codecs.learned.hyperprior import resample_levels
+
+            state = resample_levels(state, lambdas, self.config.lmbdas)
+            self.init_from["lambdas"] = list(lambdas)
+        self.model.load_state_dict(state)
 
     def step(self, step: int, stage: str, lr: float) -> tuple[float, dict[str, float]]:
         """One optimiser step (and one aux step); every draw depends on (seed, step) only."""
@@ -693,8 +701,9 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, choices=CODEC_NAMES)
     parser.add_argument("--lmbda", default=",".join(map(str, DEFAULT_LAMBDAS)),
                         metavar="L1,L2,..",
-                        help="lambda per quality level, increasing (default CompressAI's MSE "
-                        "0.0018,0.0035,0.0067,0.0130)")
+                        help="lambda per quality level, increasing (default: "
+                        f"{','.join(map(str, DEFAULT_LAMBDAS))}; with --init, levels whose "
+                        "lambda the installed model lacks start from resampled gains)")
     parser.add_argument("--data", required=True, action="append", metavar="DIR",
                         help="directory of video clips (repeatable)")
     budget = parser.add_mutually_exclusive_group()

@@ -7,6 +7,11 @@ Gaussian latent (``GaussianConditional`` with a scale table). Variable rate afte
 2021 ("Asymmetric Gained Deep Image Compression"): per-level, per-channel gain and inverse
 gain vectors on ``y`` (and on ``z``), so one model gives ``levels`` rate points (0 = lowest).
 
+Training uses "mixed" quantisation (Minnen and Singh 2020, "Channel-wise autoregressive
+entropy models"): the rate terms see additive uniform noise, the decoder path sees the
+latents rounded as the coder rounds them (straight-through gradient), so a P-frame chain trains
+on the reconstructions the decoder will really produce.
+
 Coding uses rounding and CompressAI's real rANS coder. ``y`` has zero mean, so the coded
 symbols are the integers ``round(gain * y)`` and the decoder recovers ``y_hat`` exactly; only
 the entropy parameters (scales) must be computed identically on both sides (see
@@ -16,6 +21,7 @@ the entropy parameters (scales) must be computed identically on both sides (see
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +41,48 @@ class LatentCode:
 
     y_string: bytes
     z_string: bytes
+
+
+GAIN_NAMES = ("gain", "inv_gain", "hyper_gain", "hyper_inv_gain")
+"""The per-level parameters of :class:`GainedHyperprior` (``levels x channels`` each)."""
+
+
+def straight_through_round(x: Tensor) -> Tensor:
+    """``round(x)`` forward, identity gradient backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def resample_gains(
+    gains: Tensor, lambdas: Sequence[float], new_lambdas: Sequence[float]
+) -> Tensor:
+    """Gain vectors (``levels x C``) for other rate points: each channel's log-gain is
+    linear in log-lambda between the two nearest trained levels, and extrapolated from the
+    two end levels beyond them. Between levels this is Cui et al.'s exponential gain
+    interpolation; it gives a starting point that ``--init`` training then refines."""
+    if gains.shape[0] != len(lambdas) or len(lambdas) < 2:
+        raise ValueError(f"{gains.shape[0]} gain vectors for {len(lambdas)} lambdas")
+    logs = torch.log(gains.detach().abs().clamp_min(1e-6))
+    known = [math.log(value) for value in lambdas]
+    rows = []
+    for target in (math.log(value) for value in new_lambdas):
+        upper = next((i for i, value in enumerate(known) if value >= target), len(known) - 1)
+        upper = min(max(upper, 1), len(known) - 1)
+        lower = upper - 1
+        weight = (target - known[lower]) / (known[upper] - known[lower])
+        rows.append(logs[lower] + weight * (logs[upper] - logs[lower]))
+    return torch.exp(torch.stack(rows)).to(gains.dtype)
+
+
+def resample_levels(
+    state: dict[str, Tensor], lambdas: Sequence[float], new_lambdas: Sequence[float]
+) -> dict[str, Tensor]:
+    """A model state dict with every hyperprior's gain vectors resampled to ``new_lambdas``
+    (see :func:`resample_gains`); everything else is shared by all levels and kept."""
+    return {
+        key: resample_gains(value, lambdas, new_lambdas)
+        if key.rsplit(".", 1)[-1] in GAIN_NAMES else value
+        for key, value in state.items()
+    }
 
 
 class GainedHyperprior(nn.Module):
@@ -72,12 +120,19 @@ class GainedHyperprior(nn.Module):
         return pick[0], pick[1], pick[2], pick[3]
 
     def forward(self, y: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
-        """Training pass (additive uniform noise): ``(y_hat, bits per sample)``."""
+        """``(y_hat, bits per sample)``. Training: mixed quantisation (noisy latents for the
+        likelihoods, straight-through rounded ones for ``h_s`` and the returned ``y_hat``);
+        eval: rounded everywhere, as :meth:`compress` codes them."""
         gain, inv_gain, hgain, hinv = self._gains(level)
-        z = self.h_a(torch.abs(y))
-        z_tilde, z_likelihoods = self.entropy_bottleneck(z * hgain)
+        z = self.h_a(torch.abs(y)) * hgain
+        z_tilde, z_likelihoods = self.entropy_bottleneck(z)
+        if self.training:
+            medians = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+            z_tilde = straight_through_round(z - medians) + medians
         scales = self.h_s(z_tilde * hinv) * gain
         y_tilde, y_likelihoods = self.gaussian_conditional(y * gain, scales)
+        if self.training:
+            y_tilde = straight_through_round(y * gain)
         bits = -(
             torch.log(y_likelihoods).sum(dim=(1, 2, 3))
             + torch.log(z_likelihoods).sum(dim=(1, 2, 3))
