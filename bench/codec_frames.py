@@ -2,7 +2,9 @@
 
 Codes the first ``--frames`` frames of a clip (source size, RGB24 from PyAV) as one GOP with
 the shipped weights (or ``--registry``) at ``--level`` and prints, per frame, its type, the
-bits per pixel of its real entropy-coded payload and its PSNR-RGB against the source.
+bits per pixel of its real entropy-coded payload and its PSNR-RGB against the source, and
+where the bits go: each latent's ``y`` and side-information ``z`` strings (intra: the image
+latent; DVC: motion, residual; FVC: offsets, residual).
 
     .venv/bin/python bench/codec_frames.py fvc ../shared/media/white_flower_1280x720.264 --level 4
 """
@@ -16,6 +18,7 @@ import av
 import numpy as np
 import torch
 
+from gopflow.codecs.learned.bitstream import unpack_strings
 from gopflow.codecs.learned.engine import load_codec
 from gopflow.pipeline.learned_stage import rgb_frames
 
@@ -48,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         mse = float(np.mean((source.astype(np.float64) - recon) ** 2))
         psnr = 10 * math.log10(255.0**2 / mse) if mse else float("inf")
         bpp = 8 * len(coded.payload) / (width * height)
-        print(f"frame {index} {chr(coded.kind)}: {bpp:.3f} bpp, {psnr:.2f} dB PSNR-RGB")
+        groups, _ = unpack_strings(coded.payload)
+        parts = " + ".join(
+            "/".join(f"{8 * len(string) / (width * height):.4f}" for string in group)
+            for group in groups)
+        print(f"frame {index} {chr(coded.kind)}: {bpp:.3f} bpp, {psnr:.2f} dB PSNR-RGB "
+              f"(latents y/z bpp: {parts})")
     return 0
 
 

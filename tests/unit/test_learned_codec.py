@@ -314,3 +314,23 @@ def test_gains_resample_in_log_lambda() -> None:
     assert torch.allclose(above, torch.tensor([8.0, 0.5]))
     with pytest.raises(ValueError, match="gain vectors"):
         resample_gains(gains, lambdas[:2], lambdas)
+
+
+def test_dvc_motion_warm_up_trains_the_flow_network_even_when_no_motion_is_coded() -> None:
+    """The warm-up's uncoded-flow term: with the motion decoder silenced (it decodes no
+    motion whatever is coded), the flow network still gets a gradient and the loss counts
+    the uncoded warp's error on top of the coded one's rate-distortion cost."""
+    model = build_codec_model(INTER_ARCHS["dvc"])
+    model.train()
+    with torch.no_grad():
+        for parameter in model.m_s.parameters():
+            parameter.zero_()
+    frames = torch.from_numpy(np.stack(_frames(2, 64, 64))).permute(0, 3, 1, 2).float() / 255
+    reference, x = frames[:1], frames[1:]
+    level, lmbda = torch.tensor([3]), torch.tensor([0.013])
+    warped, loss, metrics = model.motion_warm_up_loss(x, reference, level, lmbda)
+    assert torch.allclose(warped, reference, atol=1e-5)  # no decoded motion: the reference
+    assert float(loss) > metrics["loss"]
+    loss.backward()
+    flow_grads = [p.grad for p in model.flow.parameters() if p.grad is not None]
+    assert flow_grads and sum(float(g.abs().sum()) for g in flow_grads) > 0

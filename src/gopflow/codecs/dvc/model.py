@@ -131,16 +131,11 @@ class DvcCodec(CompressionModel):
         """JSON description the weights registry rebuilds this model from."""
         return {"class": type(self).__name__, **self._arch}
 
-    def forward(
-        self, x: Tensor, reference: Tensor, level: Tensor, motion_only: bool = False
-    ) -> tuple[Tensor, Tensor]:
-        """Training pass for one frame: ``(x_hat, bits per sample)``; with ``motion_only``
-        the warped reference and the motion bits (DVC's flow warm-up)."""
+    def forward(self, x: Tensor, reference: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
+        """Training pass for one frame: ``(x_hat, bits per sample)``."""
         m_hat, bits = self.motion_prior(self.m_a(self.flow(x, reference)), level)
         flow_hat = self.m_s(m_hat)
         warped = backward_warp(reference, flow_hat)
-        if motion_only:
-            return warped, bits
         prediction = self.mc(warped, reference, flow_hat)
         r_hat, r_bits = self.residual_prior(self.r_a(x - prediction), level)
         return prediction + self.r_s(r_hat), bits + r_bits
@@ -149,20 +144,37 @@ class DvcCodec(CompressionModel):
         self, reference: Tensor, frames: Tensor, level: Tensor, lmbda: Tensor, stage: str
     ) -> tuple[Tensor, dict[str, float]]:
         """Frames coded in order, each decoded frame the next reference; mean over frames.
-        Stage ``"motion"`` (flow warm-up): motion rate plus distortion of the warped
-        reference, with the source frames as references."""
+        Stage ``"motion"``: see :meth:`motion_warm_up_loss`."""
         if stage not in self.stages:
             raise ValueError(f"DvcCodec has no training stage {stage!r}")
         losses, totals = [], {}
         for t in range(frames.shape[1]):
             x = frames[:, t]
-            x_hat, bits = self(x, reference, level, motion_only=stage == "motion")
-            loss, metrics = rd_loss(x, x_hat, bits, lmbda)
+            if stage == "motion":
+                x_hat, loss, metrics = self.motion_warm_up_loss(x, reference, level, lmbda)
+            else:
+                x_hat, bits = self(x, reference, level)
+                loss, metrics = rd_loss(x, x_hat, bits, lmbda)
             losses.append(loss)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value / frames.shape[1]
             reference = x_hat.clamp(0.0, 1.0) if stage == "rd" else x
         return torch.stack(losses).mean(), totals
+
+    def motion_warm_up_loss(
+        self, x: Tensor, reference: Tensor, level: Tensor, lmbda: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """DVC's flow warm-up for one frame: motion rate plus the distortion of the reference
+        warped with the decoded flow, plus that of the reference warped with the uncoded flow.
+        The last term trains the flow network directly (DVC starts from a pre-trained SpyNet;
+        this one learns from scratch), so the motion path cannot settle on coding no motion
+        at all before the joint stage. Returns ``(coded warp, loss, metrics)``."""
+        flow = self.flow(x, reference)
+        m_hat, bits = self.motion_prior(self.m_a(flow), level)
+        warped = backward_warp(reference, self.m_s(m_hat))
+        loss, metrics = rd_loss(x, warped, bits, lmbda)
+        uncoded = torch.mean((backward_warp(reference, flow) - x) ** 2, dim=(1, 2, 3))
+        return warped, loss + torch.mean(lmbda * 255.0**2 * uncoded), metrics
 
     def _prediction(self, reference: Tensor, m_hat: Tensor) -> Tensor:
         flow_hat = self.m_s(m_hat)
