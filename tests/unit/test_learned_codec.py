@@ -336,14 +336,14 @@ def test_dvc_motion_warm_up_trains_the_flow_network_even_when_no_motion_is_coded
     assert flow_grads and sum(float(g.abs().sum()) for g in flow_grads) > 0
 
 
-def test_teacher_flow_follows_backward_warp_convention() -> None:
+def test_dis_flow_follows_backward_warp_convention() -> None:
     """A frame that moved 3 px right: the teacher's flow points back by 3 px, and warping
     the reference with it rebuilds the frame far better than the unwarped reference."""
-    from gopflow.codecs.dvc.model import backward_warp, teacher_flow
+    from gopflow.codecs.dvc.model import backward_warp, dis_flow
 
     reference = torch.from_numpy(np.stack(_frames(1, 96, 128))).permute(0, 3, 1, 2) / 255.0
     current = torch.roll(reference, shifts=3, dims=-1)
-    flow = teacher_flow(current, reference)
+    flow = dis_flow(current, reference)
     inner = (slice(None), slice(None), slice(16, -16), slice(16, -16))
     assert torch.allclose(flow[:, 0][inner[:1] + inner[2:]].median(), torch.tensor(-3.0),
                           atol=0.25)

@@ -1,7 +1,7 @@
 """DVC inter codec after Lu et al., CVPR 2019 ("DVC: An End-to-end Deep Video Compression
 Framework").
 
-Steps per P frame: a small SpyNet-like pyramid estimates optical flow from the current frame
+Steps per P frame: a small SpyNet-like pyramid corrects OpenCV DIS optical flow from the current frame
 to the decoded reference; the flow is coded by a motion auto-encoder with the gained scale
 hyperprior; the reference is warped backwards with the decoded flow (``grid_sample``); a small
 U-Net motion-compensation network refines the warped frame from (warped, reference, flow);
@@ -47,12 +47,14 @@ def backward_warp(image: Tensor, flow: Tensor) -> Tensor:
                          padding_mode="border", align_corners=True)
 
 
-def teacher_flow(current: Tensor, reference: Tensor) -> Tensor:
-    """Pseudo ground-truth flow for the motion warm-up, in :func:`backward_warp`'s convention
-    (``reference`` sampled at ``p + flow(p)`` matches ``current``): OpenCV's DIS optical flow
-    (Kroeger et al. 2016) on the 8-bit luma of each sample. DVC starts its flow network from
-    a pre-trained SpyNet; here the pyramid network learns from this teacher instead, which
-    converges far faster than a photometric loss alone. Training only: coding never uses it."""
+def dis_flow(current: Tensor, reference: Tensor) -> Tensor:
+    """OpenCV's DIS optical flow (Kroeger et al. 2016) on the 8-bit luma of each sample, in
+    :func:`backward_warp`'s convention (``reference`` sampled at ``p + flow(p)`` matches
+    ``current``). DVC starts its flow network from a SpyNet pre-trained on flow datasets;
+    there is none here, and the small pyramid network trained from scratch on a CPU learned
+    no motion at all, so DIS gives the starting flow that the pyramid network corrects (and
+    the warm-up's teacher). Encoder side only: the decoder reads the coded flow, so this
+    changes nothing a decoder must reproduce (one OpenCV thread keeps encodes repeatable)."""
     import cv2
 
     cv2.setNumThreads(1)
@@ -70,7 +72,8 @@ def teacher_flow(current: Tensor, reference: Tensor) -> Tensor:
 
 class PyramidFlow(nn.Module):
     """Coarse-to-fine flow (after SpyNet, Ranjan and Black 2017): at each pyramid level a
-    small CNN refines the up-sampled flow from (current, warped reference, flow)."""
+    small CNN refines the up-sampled flow from (current, warped reference, flow); with an
+    initial flow (:func:`dis_flow`) it learns a correction to that flow instead."""
 
     def __init__(self, channels: int = 24, levels: int = 4) -> None:
         super().__init__()
@@ -85,21 +88,32 @@ class PyramidFlow(nn.Module):
             for _ in range(levels)
         )
 
-    def forward(self, current: Tensor, reference: Tensor) -> Tensor:
-        """Flow (pixels, full resolution) such that ``warp(reference, flow) ~ current``."""
+    def forward(
+        self, current: Tensor, reference: Tensor, initial: Tensor | None = None
+    ) -> Tensor:
+        """Flow (pixels, full resolution) such that ``warp(reference, flow) ~ current``:
+        ``initial`` (zero if None) plus the up-sampled correction the levels add to it."""
         cur = [F.avg_pool2d(current, 2)]
         ref = [F.avg_pool2d(reference, 2)]
         for _ in range(self.levels - 1):
             cur.append(F.avg_pool2d(cur[-1], 2))
             ref.append(F.avg_pool2d(ref[-1], 2))
-        flow = torch.zeros_like(cur[-1][:, :2])
+        if initial is None:
+            initial = torch.zeros_like(current[:, :2])
+        starts = [F.avg_pool2d(initial, 2) / 2.0]  # in each level's pixels
+        for _ in range(self.levels - 1):
+            starts.append(F.avg_pool2d(starts[-1], 2) / 2.0)
+        correction = torch.zeros_like(starts[-1])
         for level in reversed(range(self.levels)):
             if level != self.levels - 1:
-                flow = 2.0 * F.interpolate(flow, scale_factor=2, mode="bilinear",
-                                           align_corners=False)
+                correction = 2.0 * F.interpolate(correction, scale_factor=2, mode="bilinear",
+                                                 align_corners=False)
+            flow = starts[level] + correction
             warped = backward_warp(ref[level], flow)
-            flow = flow + self.nets[level](torch.cat((cur[level], warped, flow), dim=1))
-        return 2.0 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=False)
+            correction = correction + self.nets[level](
+                torch.cat((cur[level], warped, flow), dim=1))
+        return initial + 2.0 * F.interpolate(correction, scale_factor=2, mode="bilinear",
+                                             align_corners=False)
 
 
 class MotionCompensation(nn.Module):
@@ -131,9 +145,13 @@ class DvcCodec(CompressionModel):
         self, flow_channels: int = 24, flow_levels: int = 4, motion_channels: int = 48,
         motion_latent: int = 64, residual_channels: int = 64, residual_latent: int = 96,
         hyper_channels: int = 48, mc_channels: int = 32, levels: int = 4,
+        flow_init: str = "dis",
     ) -> None:
         super().__init__()
-        self._arch = {
+        if flow_init not in ("dis", "none"):
+            raise ValueError(f"flow_init must be 'dis' or 'none', got {flow_init!r}")
+        self.flow_init = flow_init
+        self._arch = {"flow_init": flow_init,
             "flow_channels": flow_channels, "flow_levels": flow_levels,
             "motion_channels": motion_channels, "motion_latent": motion_latent,
             "residual_channels": residual_channels, "residual_latent": residual_latent,
@@ -155,7 +173,7 @@ class DvcCodec(CompressionModel):
 
     def forward(self, x: Tensor, reference: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
         """Training pass for one frame: ``(x_hat, bits per sample)``."""
-        m_hat, bits = self.motion_prior(self.m_a(self.flow(x, reference)), level)
+        m_hat, bits = self.motion_prior(self.m_a(self.estimate_flow(x, reference)), level)
         flow_hat = self.m_s(m_hat)
         warped = backward_warp(reference, flow_hat)
         prediction = self.mc(warped, reference, flow_hat)
@@ -189,16 +207,23 @@ class DvcCodec(CompressionModel):
         """DVC's flow warm-up for one frame: motion rate plus the distortion of the reference
         warped with the decoded flow, plus that of the reference warped with the uncoded flow.
         The last term trains the flow network directly, and so does the mean end-point
-        error (pixels) to :func:`teacher_flow`: the motion path cannot settle on coding no
+        error (pixels) to :func:`dis_flow`: the motion path cannot settle on coding no
         motion at all before the joint stage. Returns ``(coded warp, loss, metrics)``."""
-        flow = self.flow(x, reference)
+        teacher = dis_flow(x, reference)
+        flow = self.flow(x, reference, teacher if self.flow_init == "dis" else None)
         m_hat, bits = self.motion_prior(self.m_a(flow), level)
         warped = backward_warp(reference, self.m_s(m_hat))
         loss, metrics = rd_loss(x, warped, bits, lmbda)
         uncoded = torch.mean((backward_warp(reference, flow) - x) ** 2, dim=(1, 2, 3))
-        end_point = torch.linalg.vector_norm(flow - teacher_flow(x, reference), dim=1).mean()
+        end_point = torch.linalg.vector_norm(flow - teacher, dim=1).mean()
         metrics["flow_epe"] = float(end_point.detach())
         return warped, loss + torch.mean(lmbda * 255.0**2 * uncoded) + end_point, metrics
+
+    def estimate_flow(self, x: Tensor, reference: Tensor) -> Tensor:
+        """Encoder-side motion estimation: the pyramid network, from :func:`dis_flow`
+        unless the model was built with ``flow_init="none"``."""
+        initial = dis_flow(x, reference) if self.flow_init == "dis" else None
+        return self.flow(x, reference, initial)
 
     def _prediction(self, reference: Tensor, m_hat: Tensor) -> Tensor:
         flow_hat = self.m_s(m_hat)
@@ -210,7 +235,7 @@ class DvcCodec(CompressionModel):
 
     def compress_inter(self, x: Tensor, state: Tensor, level: int) -> bytes:
         """Code padded frame ``x`` against the decoded reference ``state``."""
-        m_code, m_hat = self.motion_prior.compress(self.m_a(self.flow(x, state)), level)
+        m_code, m_hat = self.motion_prior.compress(self.m_a(self.estimate_flow(x, state)), level)
         prediction = self._prediction(state, m_hat)
         r_code, _ = self.residual_prior.compress(self.r_a(x - prediction), level)
         return pack_strings(pack_codes([m_code, r_code]), latent_shape(x.shape[-2], x.shape[-1]))
