@@ -34,7 +34,7 @@ EPILOG = """examples:
   gopflow transcode input.mp4 -o out.mp4 --resume                      # after a crash/Ctrl-C
   gopflow transcode input.mp4 -o out.mkv --target-vmaf 93 --report r.json --plot r.png
   gopflow restore out.mkv -o viewer.mkv                                 # full size and rate
-  gopflow transcode input.mp4 -o out.gflv --codec dvc --quality 3      # learned codec
+  gopflow transcode input.mp4 -o out.gflv --codec dvc --quality 4      # learned codec
   gopflow decode out.gflv -o decoded.y4m                                # exact frames
   gopflow train precoder --kind dvp --scale 3/4 --data ../shared/media/train --steps 900
   gopflow train evaluate --model dvp-3_4 --clips ../shared/media/white_flower_1280x720.264

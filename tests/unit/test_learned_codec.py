@@ -350,3 +350,20 @@ def test_dis_flow_follows_backward_warp_convention() -> None:
     assert flow[:, 1][inner[:1] + inner[2:]].abs().median() < 0.25
     warped_error = ((backward_warp(reference, flow) - current)[inner] ** 2).mean()
     assert warped_error < 0.1 * ((reference - current)[inner] ** 2).mean()
+
+
+def test_pyramid_flow_corrects_its_initial_flow() -> None:
+    """With an initial flow the pyramid returns it plus its correction: zero correction
+    (silenced last layers) gives back the initial flow exactly, none gives zero motion."""
+    from gopflow.codecs.dvc.model import PyramidFlow
+
+    torch.manual_seed(3)
+    net = PyramidFlow(8, 3)
+    with torch.no_grad():
+        for level in net.nets:
+            level[-1].weight.zero_()
+            level[-1].bias.zero_()
+    frames = torch.rand(2, 3, 64, 64)
+    initial = torch.randn(2, 2, 64, 64)
+    assert torch.equal(net(frames, frames.flip(0), initial), initial)
+    assert torch.count_nonzero(net(frames, frames.flip(0))) == 0
