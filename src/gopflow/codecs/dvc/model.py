@@ -1,12 +1,13 @@
 """DVC inter codec after Lu et al., CVPR 2019 ("DVC: An End-to-end Deep Video Compression
 Framework").
 
-Steps per P frame: a small SpyNet-like pyramid corrects OpenCV DIS optical flow from the current frame
-to the decoded reference; the flow is coded by a motion auto-encoder with the gained scale
-hyperprior; the reference is warped backwards with the decoded flow (``grid_sample``); a small
-U-Net motion-compensation network refines the warped frame from (warped, reference, flow);
-the residual is coded by a second hyperprior auto-encoder. Loss ``R + lmbda * 255^2 * D``.
-Sized for the CPU: flow is estimated at half resolution, all channel counts are small.
+Steps per P frame: a small SpyNet-like pyramid network corrects OpenCV's DIS optical flow
+from the current frame to the decoded reference; the flow is coded by a motion auto-encoder
+with the gained scale hyperprior; the reference is warped backwards with the decoded flow
+(``grid_sample``); a small U-Net motion-compensation network refines the warped frame from
+(warped, reference, flow); the residual is coded by a second hyperprior auto-encoder. Loss
+``R + lmbda * 255^2 * D``. Sized for the CPU: the pyramid works from half resolution, all
+channel counts are small.
 """
 
 from __future__ import annotations
