@@ -127,6 +127,8 @@ class GainedHyperprior(nn.Module):
         z = self.h_a(torch.abs(y)) * hgain
         z_tilde, z_likelihoods = self.entropy_bottleneck(z)
         if self.training:
+            # EntropyBottleneck.compress rounds z around its learned medians (CompressAI has
+            # no public accessor for them), so the straight-through values do the same.
             medians = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
             z_tilde = straight_through_round(z - medians) + medians
         scales = self.h_s(z_tilde * hinv) * gain
