@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("codec", choices=("dvc", "fvc", "intra"))
     parser.add_argument("clip")
-    parser.add_argument("--level", type=int, default=2, help="quality level 1..4 (2)")
+    parser.add_argument("--level", type=int, default=2, help="quality level 1..levels (2)")
     parser.add_argument("--frames", type=int, default=8, help="GOP length (8)")
     parser.add_argument("--adaptive-intra", action="store_true",
                         help="let the encoder choose intra or inter per P frame")
