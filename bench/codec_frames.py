@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=8, help="GOP length (8)")
     parser.add_argument("--adaptive-intra", action="store_true",
                         help="let the encoder choose intra or inter per P frame")
+    parser.add_argument("--rdo", action="store_true",
+                        help="let the encoder choose each P frame's residual dead zone")
+    parser.add_argument("--intra-offset", type=int, default=0,
+                        help="code intra frames this many levels above --level (0)")
     parser.add_argument("--registry", help="weights registry (default: shipped weights)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -42,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             if len(frames) == args.frames:
                 break
     sources = rgb_frames(frames)
-    codec = load_codec(args.codec, args.registry, adaptive_intra=args.adaptive_intra)
-    gop = codec.encode_gop(sources, args.level)
+    codec = load_codec(args.codec, args.registry, adaptive_intra=args.adaptive_intra,
+                       rdo=args.rdo)
+    gop = codec.encode_gop(sources, args.level, args.intra_offset)
     height, width = sources[0].shape[:2]
     print(f"{args.codec} level {args.level}, {width}x{height}, {len(sources)} frames")
     for index, (source, recon, coded) in enumerate(

@@ -6,8 +6,10 @@ Lanczos; none of them trained on) a lossless 4:2:0 reference is made with ffmpeg
 - learned ``dvc``/``fvc``/``intra`` (shipped weights, or ``--registry``) at every quality
   level, GOPs of ``--gop`` frames, written as a real .gflv file (``write_stream``); the file
   is decoded again from disk (decode speed; the decode must equal the encoder's recon);
-  ``dvc+ai``/``fvc+ai`` are the same models with the encoder's adaptive intra decision
-  (``gopflow transcode --adaptive-intra``; each point lists its frame types);
+  encoder options as ``+`` suffixes: ``+ai`` the adaptive intra decision
+  (``gopflow transcode --adaptive-intra``; each point lists its frame types), ``+rdo`` the
+  residual dead-zone choice (``--rdo``), ``+kN`` intra frames N levels up (``--intra-offset``);
+  e.g. ``dvc+ai+k2``;
 - x264 and x265 at ``veryfast`` and ``medium`` with the same GOP length (``-g``, no scene
   cut) and no B-frames (``-bf 0``), plus each encoder's defaults (medium, default GOP and
   B-frames) for reference, at ``--crfs``; raw elementary streams, decoded with PyAV.
@@ -64,7 +66,6 @@ CLIPS = {
     "flower": ("flower_960x540.mp4", None),
 }
 LEARNED = ("dvc", "fvc", "intra")
-ADAPTIVE = "+ai"
 """Suffix of a learned codec run with the encoder's adaptive intra decision."""
 ANCHOR = "x264-veryfast"
 
@@ -154,21 +155,34 @@ def _ffmpeg_point(
                  decode_fps=len(ref) / decode)
 
 
+def parse_label(label: str) -> tuple[str, bool, bool, int]:
+    """``"dvc+ai+rdo+k2"`` -> ``("dvc", True, True, 2)``: codec, adaptive intra, dead-zone
+    choice, intra offset."""
+    name, *options = label.split("+")
+    offsets = [int(o[1:]) for o in options if o[:1] == "k" and o[1:].isdigit()]
+    unknown = [o for o in options if o not in ("ai", "rdo") and not o[1:].isdigit()]
+    if unknown or len(offsets) > 1:
+        raise SystemExit(f"bad codec label {label!r}: options are +ai, +rdo, +kN")
+    return name, "ai" in options, "rdo" in options, offsets[0] if offsets else 0
+
+
 def _learned_point(
     clip: str, label: str, codec: Any, level: int, ref: list[Any], ref_rgb: list[np.ndarray],
     gop: int, fps: Any, out: Path,
 ) -> Point:
+    offset = parse_label(label)[3]
     path = out / f"{clip}-{label}-q{level}.gflv"
     started = time.perf_counter()
     units: list[Unit] = []
     recon: list[np.ndarray] = []
     for first in range(0, len(ref_rgb), gop):
-        coded = codec.encode_gop(ref_rgb[first : first + gop], level)
+        coded = codec.encode_gop(ref_rgb[first : first + gop], level, offset)
         units += [Unit(f.kind, first + i, f.payload) for i, f in enumerate(coded.frames)]
         recon += coded.recon
     height, width = ref_rgb[0].shape[:2]
     gops, longest = gop_structure(unit.kind for unit in units)
-    header = StreamHeader(codec.model_id, width, height, fps, longest, len(ref_rgb), gops, level)
+    header = StreamHeader(codec.model_id, width, height, fps, longest, len(ref_rgb), gops, level,
+                          offset)
     size = write_stream(str(path), header, units)
     encode = time.perf_counter() - started
     started = time.perf_counter()
@@ -177,7 +191,7 @@ def _learned_point(
         header = read_header(handle, str(path))
         for extent in scan_gops(handle, header, str(path)):
             frames = [CodedFrame(u.kind, u.payload) for u in read_gop(handle, extent)]
-            decoded += codec.decode_gop(frames, width, height, level)
+            decoded += codec.decode_gop(frames, width, height, level, header.intra_offset)
     decode = time.perf_counter() - started
     if any(not np.array_equal(a, b) for a, b in zip(decoded, recon, strict=True)):
         raise SystemExit(f"{path}: the decode differs from the encoder's reconstruction")
@@ -219,7 +233,7 @@ def _plot(points: list[Point], out: Path) -> list[str]:
         for codec in sorted({p.codec for p in points if p.clip == clip}):
             curve = sorted((p for p in points if p.clip == clip and p.codec == codec),
                            key=lambda p: p.bpp)
-            style = "o-" if codec.removesuffix(ADAPTIVE) in LEARNED else ".--"
+            style = "o-" if codec.split("+")[0] in LEARNED else ".--"
             for axis, metric in zip(axes, ("psnr_rgb", "msssim"), strict=True):
                 axis.plot([p.bpp for p in curve], [getattr(p, metric) for p in curve], style,
                           label=codec)
@@ -253,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=10, help="frames per clip (10)")
     parser.add_argument("--gop", type=int, default=10, help="GOP length, all codecs (10)")
     parser.add_argument("--codecs", default=",".join(LEARNED),
-                        help=f"learned codecs to run; NAME{ADAPTIVE} (dvc, fvc) with adaptive "
-                        "intra frames")
+                        help="learned codecs to run: NAME[+ai][+rdo][+kN] (dvc, fvc with "
+                        "adaptive intra, dead-zone choice, intra frames N levels up)")
     parser.add_argument("--crfs", default="20,24,28,32,36,40", help="x264 CRFs")
     parser.add_argument("--x265-crfs", default="22,26,30,34,38,42", help="x265 CRFs")
     parser.add_argument("--presets", default="veryfast,medium")
@@ -271,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    codecs = {label: load_codec(label.removesuffix(ADAPTIVE), args.registry,
-                                adaptive_intra=label.endswith(ADAPTIVE))
-              for label in args.codecs.split(",") if label}
+    codecs = {}
+    for label in (item for item in args.codecs.split(",") if item):
+        name, adaptive, rdo, _ = parse_label(label)
+        codecs[label] = load_codec(name, args.registry, adaptive_intra=adaptive, rdo=rdo)
     points: list[Point] = []
     for clip in args.clips.split(","):
         ref_path = _reference(clip, args.frames, args.out)

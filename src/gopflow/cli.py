@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gopflow import __version__
+from gopflow.codecs.learned.api import DEFAULT_INTRA_OFFSETS
 from gopflow.errors import GopflowError, UsageError
 from gopflow.jobs.compare import add_compare_parser, run_compare
 from gopflow.jobs.train import add_train_parser, run_train
@@ -131,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="dvc/fvc: also code every P frame as an intra frame and keep whichever costs "
         "less in rate + lambda * distortion (an intra frame starts a new GOP; bounds P-frame "
         "drift and catches missed cuts, about 30%% slower encoding) (default: on for dvc/fvc)",
+    )
+    enc.add_argument(
+        "--rdo", action=argparse.BooleanOptionalAction, default=None,
+        help="dvc/fvc: code each P frame's residual with several quantiser dead zones and keep "
+        "the one with the least rate + lambda * distortion (the decoder is unchanged; slower "
+        "encoding) (default: on for dvc/fvc)",
+    )
+    enc.add_argument(
+        "--intra-offset", type=int, metavar="N",
+        help="dvc/fvc: code intra frames N quality levels above --quality (capped at the top "
+        "level), as x264 gives I frames a finer quantiser; the P frames predict from them "
+        f"(default: {DEFAULT_INTRA_OFFSETS['dvc']} for dvc, {DEFAULT_INTRA_OFFSETS['fvc']} for "
+        "fvc)",
     )
     rate = enc.add_mutually_exclusive_group()
     rate.add_argument(
@@ -272,7 +286,8 @@ def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
 
     if args.codec not in LEARNED:
         for flag, value in (("--quality", args.quality), ("--registry", args.registry),
-                            ("--adaptive-intra", args.adaptive_intra)):
+                            ("--adaptive-intra", args.adaptive_intra), ("--rdo", args.rdo),
+                            ("--intra-offset", args.intra_offset)):
             if value is not None:
                 raise UsageError(f"{flag} is for the learned codecs (dvc, fvc, intra), not "
                                  f"{args.codec}; use --crf or --bitrate")
@@ -293,7 +308,8 @@ def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
     if given:
         raise UsageError(f"{', '.join(given)} apply to x264/x265, not --codec {args.codec}; "
                          "use --quality Q (learned codecs run one thread per GOP)")
-    return LearnedSettings(args.codec, args.quality, args.registry, args.adaptive_intra)
+    return LearnedSettings(args.codec, args.quality, args.registry, args.adaptive_intra,
+                           args.rdo, args.intra_offset)
 
 
 def _transcode(args: argparse.Namespace) -> int:

@@ -189,9 +189,16 @@ def test_bad_options_are_one_line_errors(setup: dict[str, Path]) -> None:
     _one_line_error(done, 2, ".gflv")
     done = _gopflow("transcode", clip, "-o", out, "--codec", "intra", "--adaptive-intra",
                     "--registry", registry)
-    _one_line_error(done, 2, "--adaptive-intra is for dvc and fvc")
-    done = _gopflow("transcode", clip, "-o", str(setup["root"] / "x.mp4"), "--adaptive-intra")
-    _one_line_error(done, 2, "--adaptive-intra is for the learned codecs")
+    _one_line_error(done, 2, "--adaptive-intra, --rdo and --intra-offset are for dvc and fvc")
+    done = _gopflow("transcode", clip, "-o", out, "--codec", "intra", "--intra-offset", "1",
+                    "--registry", registry)
+    _one_line_error(done, 2, "--adaptive-intra, --rdo and --intra-offset are for dvc and fvc")
+    done = _gopflow("transcode", clip, "-o", out, "--codec", "dvc", "--intra-offset", "300",
+                    "--registry", registry)
+    _one_line_error(done, 2, "--intra-offset must be 0 to 255")
+    for flag in ("--adaptive-intra", "--rdo", "--intra-offset=1"):
+        done = _gopflow("transcode", clip, "-o", str(setup["root"] / "x.mp4"), flag)
+        _one_line_error(done, 2, f"{flag.split('=')[0]} is for the learned codecs")
     assert not os.path.exists(out)
 
 
@@ -226,10 +233,11 @@ def test_adaptive_intra_splits_gops_and_decodes_exactly(setup: dict[str, Path]) 
         "transcode", str(setup["clip"]), "-o", str(out), "--codec", "dvc", "--quality", "3",
         "--registry", registry, "--gop-seconds", "0.2", "--min-gop-seconds", "0.04",
         "--report", str(report_path),
-    )  # adaptive intra is the default for dvc and fvc
+    )  # adaptive intra, the dead-zone choice and intra offset 2 are the dvc/fvc defaults
     assert done.returncode == 0, done.stderr
     report = json.loads(report_path.read_text())
-    assert report["settings"]["learned"]["adaptive_intra"] is True
+    learned = report["settings"]["learned"]
+    assert (learned["adaptive_intra"], learned["rdo"], learned["intra_offset"]) == (True, True, 2)
     gops = report["gops"]
     kinds = "".join(gop["details"]["kinds"] for gop in gops)
     assert len(kinds) == FRAMES and all(gop["details"]["kinds"][0] == "I" for gop in gops)
@@ -240,7 +248,7 @@ def test_adaptive_intra_splits_gops_and_decodes_exactly(setup: dict[str, Path]) 
         header = read_header(handle)
         extents = scan_gops(handle, header)
     assert [e.frames for e in extents] == [len(run) for run in re.findall("IP*", kinds)]
-    assert header.gop_count == kinds.count("I")
+    assert header.gop_count == kinds.count("I") and header.intra_offset == 2
     done = _gopflow("decode", str(out), "-o", str(decoded_y4m), "--registry", registry)
     assert done.returncode == 0, done.stderr
     with open(decoded_y4m, "rb") as handle:

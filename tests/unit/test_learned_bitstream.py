@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import random
+import zlib
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -78,6 +80,18 @@ def test_bit_flips_are_caught(tmp_path: Path) -> None:
         broken[position] ^= 1 << rng.randrange(8)
         with pytest.raises(BitstreamError):
             _read_all(bytes(broken))
+
+
+def test_intra_offset_in_the_header_and_version_2_streams_still_read() -> None:
+    raised = replace(HEADER, intra_offset=2)
+    assert read_header(io.BytesIO(raised.to_bytes())) == raised
+    # A version 2 header: no offset byte, CRC over what is there; it reads as offset 0.
+    body = bytearray(HEADER.to_bytes()[:-5])
+    body[4] = 2
+    old = bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "big")
+    assert read_header(io.BytesIO(old)) == HEADER
+    with pytest.raises(UsageError, match="intra offset"):
+        replace(HEADER, intra_offset=256)
 
 
 def test_not_a_stream_and_wrong_version() -> None:

@@ -21,6 +21,8 @@ from compressai.models.base import get_scale_table
 from gopflow.codecs.learned.api import CodedFrame
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
 from gopflow.codecs.learned.engine import (
+    PROPAGATION,
+    RDO_DEADZONES,
     GopCodec,
     build_codec_model,
     codec_threads,
@@ -60,10 +62,14 @@ def _model(arch: dict[str, Any], seed: int) -> Any:
     return model
 
 
-def _codec(name: str, mode_lambdas: list[float] | None = None) -> GopCodec:
+def _codec(
+    name: str, mode_lambdas: list[float] | None = None, deadzones: tuple[float, ...] = (0.5,),
+    adaptive_intra: bool | None = None,
+) -> GopCodec:
     intra = _model(SMALL_INTRA, 0)
     inter = _model(INTER_ARCHS[name], 1) if name != "intra" else None
-    return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas)
+    return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas, adaptive_intra,
+                    deadzones)
 
 
 def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -139,17 +145,21 @@ intra = load(spec["intra"], spec["intra_path"])
 inter = load(spec["inter"], spec["inter_path"]) if spec["inter"] else None
 codec = GopCodec(spec["name"], intra, inter, "x")
 frames = [CodedFrame(UnitKind(k), open(p, "rb").read()) for k, p in spec["frames"]]
-out = codec.decode_gop(frames, spec["width"], spec["height"], spec["level"])
+out = codec.decode_gop(frames, spec["width"], spec["height"], spec["level"], spec["offset"])
 np.save(spec["out"], np.stack(out))
 """
 
 
 @pytest.mark.parametrize("name", _names())
 def test_another_process_with_other_threads_decodes_the_same(name: str, tmp_path: Path) -> None:
-    codec = _codec(name)
+    # P models with every encoder decision on: they must change nothing a decoder computes.
+    inter = name != "intra"
+    codec = (_codec(name, [0.001] * 4, RDO_DEADZONES, adaptive_intra=True) if inter
+             else _codec(name))
     frames = _frames(3, 64, 96)
+    offset = 1 if inter else 0
     with codec_threads(2):  # the caller's thread count must not matter
-        gop = codec.encode_gop(frames, level=3)
+        gop = codec.encode_gop(frames, level=3, intra_offset=offset)
     torch.save(codec.intra.state_dict(), tmp_path / "intra.pt")
     if codec.inter is not None:
         torch.save(codec.inter.state_dict(), tmp_path / "inter.pt")
@@ -161,7 +171,7 @@ def test_another_process_with_other_threads_decodes_the_same(name: str, tmp_path
     spec = {
         "name": name, "intra": SMALL_INTRA, "intra_path": str(tmp_path / "intra.pt"),
         "inter": INTER_ARCHS.get(name), "inter_path": str(tmp_path / "inter.pt"),
-        "frames": paths, "width": 96, "height": 64, "level": 3,
+        "frames": paths, "width": 96, "height": 64, "level": 3, "offset": offset,
         "out": str(tmp_path / "out.npy"),
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
@@ -367,3 +377,85 @@ def test_pyramid_flow_corrects_its_initial_flow() -> None:
     initial = torch.randn(2, 2, 64, 64)
     assert torch.equal(net(frames, frames.flip(0), initial), initial)
     assert torch.count_nonzero(net(frames, frames.flip(0))) == 0
+
+
+def _prior() -> GainedHyperprior:
+    torch.manual_seed(0)
+    prior = GainedHyperprior(8, 8, levels=2)
+    prior.eval()
+    prior.entropy_bottleneck.update(force=True)
+    prior.gaussian_conditional.update_scale_table(get_scale_table())
+    return prior
+
+
+def test_dead_zone_zeroes_small_symbols_and_the_decoder_reads_them() -> None:
+    prior = _prior()
+    y = torch.randn(1, 8, 16, 16) * 2
+    gain = prior.gain.abs()[1][None, :, None, None]
+    with torch.no_grad():
+        plain, plain_hat = prior.compress(y, 1)
+        same, same_hat = prior.compress(y, 1, deadzone=0.5)
+        assert same == plain and torch.equal(same_hat, plain_hat)
+        sizes = []
+        for deadzone in (1.0, 2.0, 1e9):
+            code, y_hat = prior.compress(y, 1, deadzone)
+            symbols = torch.round(y_hat / prior.inv_gain.abs()[1][None, :, None, None])
+            small = (y * gain).abs() < deadzone
+            assert torch.all(symbols[small] == 0)
+            assert torch.equal(symbols[~small], torch.round(y * gain)[~small])
+            assert torch.equal(prior.decompress(code, (16, 16), 1), y_hat)
+            sizes.append(len(code.y_string) + len(code.z_string))
+        assert len(plain.y_string) + len(plain.z_string) > sizes[0] > sizes[1] > sizes[2]
+
+
+@pytest.mark.parametrize("name", list(INTER_ARCHS))
+def test_rdo_keeps_the_cheapest_dead_zone(name: str) -> None:
+    frames = _frames(3, 64, 64)
+    candidates = (0.5, 2.0, 1e9)
+
+    def codec_with(lmbda: float, deadzones: tuple[float, ...]) -> GopCodec:
+        codec = _codec(name, [lmbda] * 4, deadzones, adaptive_intra=False)
+        assert codec.inter is not None
+        with torch.no_grad():  # untrained residual latents are near 0: give them symbols
+            codec.inter.residual_prior.gain.mul_(50.0)
+        return codec
+
+    single = {zone: codec_with(0.01, (zone,)).encode_gop(frames[:2], 2) for zone in candidates}
+    payloads = {zone: gop.frames[1].payload for zone, gop in single.items()}
+    assert len(set(payloads.values())) == 3
+    chosen = []
+    for lmbda in (1e-9, 1e4):
+        gop = codec_with(lmbda, candidates).encode_gop(frames, 2)
+        weight = lmbda * (1 + PROPAGATION)  # frame 1 of 3: one later frame predicts from it
+        costs = {zone: 8 * len(payloads[zone]) / 64**2
+                 + weight * _mse(single[zone].recon[1], frames[1]) for zone in candidates}
+        best = min(costs, key=costs.__getitem__)
+        chosen.append(best)
+        assert gop.frames[1].payload == payloads[best]
+        np.testing.assert_array_equal(gop.recon[1], single[best].recon[1])
+        assert [f.kind for f in gop.frames] == [UnitKind.INTRA, UnitKind.INTER, UnitKind.INTER]
+    assert chosen == [1e9, 0.5]  # rate only: code no residual; distortion only: plain rounding
+    # Rate-distortion choices need the lambdas, and dead zones below rounding make no sense.
+    with pytest.raises(UsageError, match="lambdas"):
+        _codec(name, None, candidates)
+    with pytest.raises(UsageError, match="dead zones"):
+        _codec(name, [0.01] * 4, (0.25,))
+
+
+def test_intra_offset_codes_intra_frames_at_a_higher_level() -> None:
+    frames = _frames(3, 64, 64)
+    intra = _codec("intra")
+    codec = _codec("dvc")
+    plain = codec.encode_gop(frames, 2)
+    raised = codec.encode_gop(frames, 2, intra_offset=1)
+    # The intra frame is the intra codec's frame at level 3; capped at the top level.
+    assert raised.frames[0].payload == intra.encode_gop(frames[:1], 3).frames[0].payload
+    assert raised.frames[0].payload != plain.frames[0].payload
+    capped = codec.encode_gop(frames[:1], 3, intra_offset=7)
+    assert capped.frames[0].payload == intra.encode_gop(frames[:1], 4).frames[0].payload
+    decoded = codec.decode_gop(raised.frames, 64, 64, 2, intra_offset=1)
+    np.testing.assert_array_equal(np.stack(decoded), np.stack(raised.recon))
+    with pytest.raises(UsageError, match="intra offset is for dvc and fvc"):
+        intra.encode_gop(frames[:1], 2, intra_offset=1)
+    with pytest.raises(UsageError, match=r"0\.\.255"):
+        codec.encode_gop(frames, 2, intra_offset=-1)

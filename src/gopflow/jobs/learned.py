@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from gopflow.codecs.learned.api import CODEC_NAMES
+from gopflow.codecs.learned.api import CODEC_NAMES, DEFAULT_INTRA_OFFSETS
 from gopflow.codecs.learned.bitstream import (
     BitstreamError,
     StreamHeader,
@@ -84,15 +84,33 @@ class LearnedSettings:
     adaptive_intra: bool | None = None
     """dvc/fvc: code each P frame as intra too and keep the cheaper (R + lambda D); None:
     the default, on for dvc and fvc (intra has no P frames)."""
+    rdo: bool | None = None
+    """dvc/fvc: choose each P frame's residual dead zone by R + lambda D; None: on for
+    dvc and fvc."""
+    intra_offset: int | None = None
+    """dvc/fvc: intra frames this many levels above ``level``; None:
+    the codec's :data:`~gopflow.codecs.learned.api.DEFAULT_INTRA_OFFSETS` entry."""
 
     @property
     def adaptive(self) -> bool:
         """Whether the encoder decides intra or inter per P frame."""
         return self.codec != "intra" if self.adaptive_intra is None else self.adaptive_intra
 
+    @property
+    def rdo_on(self) -> bool:
+        """Whether the encoder chooses each P frame's residual dead zone."""
+        return self.codec != "intra" if self.rdo is None else self.rdo
+
+    @property
+    def offset(self) -> int:
+        """Levels between the intra frames and the P frames."""
+        if self.intra_offset is not None:
+            return self.intra_offset
+        return DEFAULT_INTRA_OFFSETS.get(self.codec, 0)
+
     def ref(self) -> LearnedCodecRef:
         registry = os.path.abspath(self.registry) if self.registry else None
-        return LearnedCodecRef(self.codec, registry, self.adaptive)
+        return LearnedCodecRef(self.codec, registry, self.adaptive, self.rdo_on)
 
 
 def _slots(runner: RayRunner, workers: int | None) -> int:
@@ -123,9 +141,12 @@ def run_learned_transcode(
     if learned.codec not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {learned.codec!r}; "
                          f"choose from {', '.join(CODEC_NAMES)}")
-    if learned.adaptive_intra and learned.codec == "intra":
-        raise UsageError("--adaptive-intra is for dvc and fvc; --codec intra codes every "
-                         "frame as intra already")
+    if learned.codec == "intra" and (learned.adaptive_intra or learned.rdo
+                                     or learned.intra_offset):
+        raise UsageError("--adaptive-intra, --rdo and --intra-offset are for dvc and fvc; "
+                         "--codec intra codes every frame as intra already")
+    if learned.intra_offset is not None and not 0 <= learned.intra_offset < 256:
+        raise UsageError(f"--intra-offset must be 0 to 255, got {learned.intra_offset}")
     ref = learned.ref()
     codec = open_codec(ref)
     level = codec.levels // 2 + 1 if learned.level is None else learned.level
@@ -140,7 +161,8 @@ def run_learned_transcode(
         say("note: a .gflv stream carries video only; the audio is not kept")
     settings = {
         "learned": {"codec": learned.codec, "level": level, "model_id": codec.model_id,
-                    "adaptive_intra": learned.adaptive},
+                    "adaptive_intra": learned.adaptive, "rdo": learned.rdo_on,
+                    "intra_offset": learned.offset},
         "gop_seconds": config.gop_seconds,
         "min_gop_seconds": config.min_gop_seconds,
         "scene_detect": config.scene_detect,
@@ -158,7 +180,8 @@ def run_learned_transcode(
     phases["planned"] = round(time.perf_counter() - started, 3)
     records = {index: replace(record, resumed=True) for index, record in finished.items()}
     tasks = [
-        LearnedGopTask(info.path, info.stream_index, info.read_mode, gop, level)
+        LearnedGopTask(info.path, info.stream_index, info.read_mode, gop, level,
+                       learned.offset)
         for gop in gops
         if gop.index not in finished
     ]
@@ -212,6 +235,7 @@ def run_learned_transcode(
         frame_count=info.frame_count,
         gop_count=gop_count,
         level=level,
+        intra_offset=learned.offset,
     )
 
     def units() -> Iterator[Unit]:
@@ -312,7 +336,7 @@ def run_decode(config: DecodeConfig) -> DecodeResult:
         raise UsageError("the output must not overwrite the input")
     tasks = [
         GopDecodeTask(os.path.abspath(config.input), extent, header.width, header.height,
-                      header.level)
+                      header.level, header.intra_offset)
         for extent in extents
     ]
     with RayRunner(config.ray_address, config.workers) as runner, tqdm(

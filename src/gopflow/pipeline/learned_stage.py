@@ -29,11 +29,13 @@ from gopflow.types import EncodedGop, GopSpec, ReadMode
 @dataclass(frozen=True)
 class LearnedCodecRef:
     """Which learned codec a worker loads: a name, a weights registry (None: shipped) and
-    whether its encoder chooses intra or inter per P frame by rate-distortion cost."""
+    the encoder's rate-distortion decisions: intra or inter per P frame, and the residual
+    dead zone per P frame (``rdo``)."""
 
     name: str
     registry: str | None = None
     adaptive_intra: bool = False
+    rdo: bool = False
 
 
 def open_codec(ref: LearnedCodecRef) -> LearnedVideoCodec:
@@ -41,7 +43,7 @@ def open_codec(ref: LearnedCodecRef) -> LearnedVideoCodec:
     on a fixed thread count, so recon and decode match bit for bit)."""
     from gopflow.codecs.learned.engine import load_codec
 
-    return load_codec(ref.name, ref.registry, ref.adaptive_intra)
+    return load_codec(ref.name, ref.registry, ref.adaptive_intra, ref.rdo)
 
 
 def rgb_frames(frames: Iterable[Any]) -> list[np.ndarray]:
@@ -69,13 +71,14 @@ def psnr_rgb(sources: Sequence[np.ndarray], recon: Sequence[np.ndarray]) -> floa
 
 @dataclass(frozen=True)
 class LearnedGopTask:
-    """One GOP to code: where its frames are and the quality level."""
+    """One GOP to code: where its frames are, the quality level and the intra offset."""
 
     input_path: str
     stream_index: int
     read_mode: ReadMode
     gop: GopSpec
     level: int
+    intra_offset: int = 0
 
 
 class LearnedEncodeStage:
@@ -98,7 +101,7 @@ class LearnedEncodeStage:
         started = time.perf_counter()
         gop = task.gop
         sources = rgb_frames(self._reader_for(task).read(gop))
-        coded = self.codec.encode_gop(sources, task.level)
+        coded = self.codec.encode_gop(sources, task.level, task.intra_offset)
         if len(coded.frames) != gop.frame_count or len(coded.recon) != gop.frame_count:
             raise FrameCountError(
                 f"the codec returned {len(coded.frames)} frames for a GOP of {gop.frame_count}"
@@ -115,6 +118,7 @@ class LearnedEncodeStage:
             details={
                 "model_id": self.codec.model_id,
                 "level": task.level,
+                "intra_offset": task.intra_offset,
                 "payload_bytes": coded.payload_bytes,
                 "psnr_rgb": psnr_rgb(sources, coded.recon),
                 "recon_sha256": frames_digest(coded.recon),
@@ -137,6 +141,7 @@ class GopDecodeTask:
     width: int
     height: int
     level: int
+    intra_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ class LearnedDecodeStage:
             units = read_gop(handle, task.extent, task.path)
         frames = self.codec.decode_gop(
             [CodedFrame(unit.kind, unit.payload) for unit in units],
-            task.width, task.height, task.level,
+            task.width, task.height, task.level, task.intra_offset,
         )
         if len(frames) != task.extent.frames:
             raise FrameCountError(

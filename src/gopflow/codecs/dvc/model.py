@@ -12,6 +12,7 @@ channel counts are small.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from gopflow.codecs.learned.api import InterCandidate
 from gopflow.codecs.learned.bitstream import pack_strings
-from gopflow.codecs.learned.hyperprior import GainedHyperprior, pack_codes
+from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, pack_codes
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
     MULTIPLE,
@@ -234,12 +236,23 @@ class DvcCodec(CompressionModel):
         """The decoder state is the last decoded frame."""
         return recon
 
-    def compress_inter(self, x: Tensor, state: Tensor, level: int) -> bytes:
-        """Code padded frame ``x`` against the decoded reference ``state``."""
+    def compress_inter(
+        self, x: Tensor, state: Tensor, level: int, deadzones: Sequence[float] = (ROUNDING,)
+    ) -> list[InterCandidate]:
+        """Code padded frame ``x`` against the decoded reference ``state``: one candidate per
+        residual dead zone (motion coded once; see :meth:`GainedHyperprior.compress`), each
+        with its reconstruction when there are several."""
         m_code, m_hat = self.motion_prior.compress(self.m_a(self.estimate_flow(x, state)), level)
         prediction = self._prediction(state, m_hat)
-        r_code, _ = self.residual_prior.compress(self.r_a(x - prediction), level)
-        return pack_strings(pack_codes([m_code, r_code]), latent_shape(x.shape[-2], x.shape[-1]))
+        residual = self.r_a(x - prediction)
+        shape = latent_shape(x.shape[-2], x.shape[-1])
+        candidates = []
+        for deadzone in deadzones:
+            r_code, r_hat = self.residual_prior.compress(residual, level, deadzone)
+            recon = (prediction + self.r_s(r_hat)).clamp(0.0, 1.0) if len(deadzones) > 1 else None
+            candidates.append(InterCandidate(pack_strings(pack_codes([m_code, r_code]), shape),
+                                             recon))
+        return candidates
 
     def decompress_inter(self, payload: bytes, state: Tensor, level: int) -> Tensor:
         """Decode a :meth:`compress_inter` payload against the same reference."""

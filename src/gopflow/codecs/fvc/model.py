@@ -12,6 +12,7 @@ deformable convolutions (no bits) and fuses them; transposed convolutions rebuil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,8 +22,9 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
+from gopflow.codecs.learned.api import InterCandidate
 from gopflow.codecs.learned.bitstream import pack_strings
-from gopflow.codecs.learned.hyperprior import GainedHyperprior, pack_codes
+from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, pack_codes
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
     MULTIPLE,
@@ -154,13 +156,26 @@ class FvcCodec(CompressionModel):
         """The reference buffer: features of the last ``buffer`` decoded frames, newest first."""
         return (self.extract(recon), *(state or ()))[: self.buffer]
 
-    def compress_inter(self, x: Tensor, state: tuple[Tensor, ...], level: int) -> bytes:
-        """Code padded frame ``x`` against the reference buffer ``state``."""
+    def compress_inter(
+        self, x: Tensor, state: tuple[Tensor, ...], level: int,
+        deadzones: Sequence[float] = (ROUNDING,),
+    ) -> list[InterCandidate]:
+        """Code padded frame ``x`` against the reference buffer ``state``: one candidate per
+        feature-residual dead zone (offsets coded once), each with its reconstruction when
+        there are several."""
         current = self.extract(x)
         o_code, o_hat = self.offset_prior.compress(self.o_a(self._predict(current, state)), level)
         prediction = self.compensate(state[0], self.o_s(o_hat))
-        r_code, _ = self.residual_prior.compress(self.r_a(current - prediction), level)
-        return pack_strings(pack_codes([o_code, r_code]), latent_shape(x.shape[-2], x.shape[-1]))
+        residual = self.r_a(current - prediction)
+        shape = latent_shape(x.shape[-2], x.shape[-1])
+        candidates = []
+        for deadzone in deadzones:
+            r_code, r_hat = self.residual_prior.compress(residual, level, deadzone)
+            recon = (self._fused_frame(prediction + self.r_s(r_hat), state).clamp(0.0, 1.0)
+                     if len(deadzones) > 1 else None)
+            candidates.append(InterCandidate(pack_strings(pack_codes([o_code, r_code]), shape),
+                                             recon))
+        return candidates
 
     def decompress_inter(self, payload: bytes, state: tuple[Tensor, ...], level: int) -> Tensor:
         """Decode a :meth:`compress_inter` payload against the same reference buffer."""

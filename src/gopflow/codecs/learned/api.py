@@ -3,7 +3,7 @@
 Data flow (issue 5)::
 
     GOP frames (H x W x 3 uint8 RGB, any size)
-      -> LearnedVideoCodec.encode_gop(frames, level)      [codecs/learned/engine.py]
+      -> LearnedVideoCodec.encode_gop(frames, level, intra_offset)   [codecs/learned/engine.py]
          (pad to the model's multiple; frame 0 intra-coded by the hyperprior image codec,
           frames 1.. inter-coded by DVC or FVC against the *decoded* previous frame(s))
       -> CodedGop: one CodedFrame (kind, entropy-coded payload) per frame, and the exact
@@ -25,6 +25,11 @@ import numpy as np
 
 from gopflow.codecs.learned.bitstream import UnitKind
 
+DEFAULT_INTRA_OFFSETS: dict[str, int] = {"intra": 0, "dvc": 2, "fvc": 0}
+"""Quality levels between intra and P frames by default, as x264's ``ipratio`` gives I frames
+a finer quantiser; measured with ``bench/codecs.py`` (README): it pays for DVC, whose P frames
+carry the intra frame's quality along the GOP, and costs FVC (its alignment barely uses the
+reference), so FVC keeps 0."""
 CODEC_NAMES: tuple[str, ...] = ("intra", "dvc", "fvc")
 """The learned codecs, by the name the CLI, the registry (``codec-<name>``) and streams use."""
 
@@ -35,6 +40,16 @@ class CodedFrame:
 
     kind: UnitKind
     payload: bytes
+
+
+@dataclass(frozen=True)
+class InterCandidate:
+    """One way an inter codec can code a P frame: the payload, and (when the encoder asked
+    for several, to choose by rate-distortion cost) the decoder's reconstruction of it
+    (padded ``1 x 3 x H x W`` tensor in [0, 1]); ``None`` for a single candidate."""
+
+    payload: bytes
+    recon: Any = None
 
 
 @dataclass(frozen=True)
@@ -60,12 +75,16 @@ class LearnedVideoCodec(Protocol):
     levels: int
     """Quality levels ``1..levels`` (1 = lowest rate)."""
 
-    def encode_gop(self, frames: Sequence[np.ndarray], level: int) -> CodedGop:
-        """Code one closed GOP (first frame intra) at quality ``level``."""
+    def encode_gop(
+        self, frames: Sequence[np.ndarray], level: int, intra_offset: int = 0
+    ) -> CodedGop:
+        """Code one closed GOP (first frame intra) at quality ``level``, intra frames
+        ``intra_offset`` levels higher (capped at the top level)."""
         ...
 
     def decode_gop(
-        self, frames: Sequence[CodedFrame], width: int, height: int, level: int
+        self, frames: Sequence[CodedFrame], width: int, height: int, level: int,
+        intra_offset: int = 0,
     ) -> list[np.ndarray]:
         """Decode a GOP coded by :meth:`encode_gop` to its exact reconstruction."""
         ...

@@ -5,12 +5,16 @@ Layout (all integers big-endian)::
     header  b"GFLV" | version u8 | model-id length u8 | model id (UTF-8: name + ":" +
             weights sha256 prefix, never a list position) | width u32 | height u32 |
             fps numerator u32 | fps denominator u32 | GOP size u32 (the longest GOP) |
-            frame count u32 | GOP count u32 | quality level u8 | CRC32 of everything before u32
+            frame count u32 | GOP count u32 | quality level u8 | intra offset u8 (version 3) |
+            CRC32 of everything before u32
     unit    kind u8 (I intra, P inter, E end) | frame index u32 | payload length u32 |
             payload | CRC32 of kind..payload u32
     end     one E unit with an empty payload and frame index = frame count
 
-GOP structure (version 2): every INTRA unit starts a closed GOP and only INTRA units do, so
+Version 3 adds the intra offset: intra frames are coded that many levels above the quality
+level (capped at the codec's top level). Version 2 streams (no offset) still decode.
+
+GOP structure (since version 2): every INTRA unit starts a closed GOP and only INTRA units do, so
 scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader checks
 that the first unit is INTRA, that no GOP is longer than the GOP size and that the file has
 the header's GOP count. :func:`scan_gops` lists each GOP's byte extent, so GOPs can be
@@ -38,8 +42,10 @@ from gopflow.errors import CorruptInputError, UsageError
 from gopflow.fileio import atomic_write
 
 MAGIC = b"GFLV"
-VERSION = 2
+VERSION = 3
+READABLE_VERSIONS = (2, 3)
 _HEAD = struct.Struct(">IIIIIIIB")
+_OFFSET = struct.Struct(">B")
 _UNIT = struct.Struct(">BII")
 _CRC = struct.Struct(">I")
 MAX_PAYLOAD = 1 << 30
@@ -71,6 +77,8 @@ class StreamHeader:
     gop_count: int
     level: int
     """The quality level every GOP was coded at (1 = lowest rate)."""
+    intra_offset: int = 0
+    """Intra frames are coded this many levels above ``level`` (capped at the top level)."""
 
     def __post_init__(self) -> None:
         encoded = self.model_id.encode()
@@ -82,6 +90,8 @@ class StreamHeader:
                 raise UsageError(f"stream {name} out of range: {value}")
         if not 0 < self.level < 256:
             raise UsageError(f"stream quality level out of range: {self.level}")
+        if not 0 <= self.intra_offset < 256:
+            raise UsageError(f"stream intra offset out of range: {self.intra_offset}")
         if self.gop_count > self.frame_count or self.gop_size > self.frame_count:
             raise UsageError(
                 f"{self.gop_count} GOPs of up to {self.gop_size} frames do not fit "
@@ -101,6 +111,7 @@ class StreamHeader:
             MAGIC + bytes([VERSION, len(model)]) + model
             + _HEAD.pack(self.width, self.height, self.fps.numerator, self.fps.denominator,
                          self.gop_size, self.frame_count, self.gop_count, self.level)
+            + _OFFSET.pack(self.intra_offset)
         )
         return body + _CRC.pack(zlib.crc32(body))
 
@@ -203,17 +214,21 @@ def read_header(handle: BinaryIO, name: str = "stream") -> StreamHeader:
     start = _read_exact(handle, 6, "the header", name)
     if start[:4] != MAGIC:
         raise BitstreamError(f"{name} is not a gopflow learned bitstream (bad magic)")
-    if start[4] != VERSION:
-        raise BitstreamError(f"{name} has format version {start[4]}; this gopflow reads {VERSION}")
+    if start[4] not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise BitstreamError(
+            f"{name} has format version {start[4]}; this gopflow reads versions {readable}")
     model = _read_exact(handle, start[5], "the model id", name)
-    numbers = _read_exact(handle, _HEAD.size, "the header", name)
+    size = _HEAD.size + (_OFFSET.size if start[4] >= 3 else 0)
+    numbers = _read_exact(handle, size, "the header", name)
     (crc,) = _CRC.unpack(_read_exact(handle, _CRC.size, "the header checksum", name))
     if zlib.crc32(start + model + numbers) != crc:
         raise BitstreamError(f"{name} has a corrupt header (checksum mismatch)")
-    width, height, num, den, gop, frames, gops, level = _HEAD.unpack(numbers)
+    width, height, num, den, gop, frames, gops, level = _HEAD.unpack(numbers[: _HEAD.size])
+    (offset,) = _OFFSET.unpack(numbers[_HEAD.size :]) if start[4] >= 3 else (0,)
     try:
         return StreamHeader(
-            model.decode(), width, height, Fraction(num, den), gop, frames, gops, level
+            model.decode(), width, height, Fraction(num, den), gop, frames, gops, level, offset
         )
     except (UsageError, UnicodeDecodeError, ZeroDivisionError) as exc:
         raise BitstreamError(f"{name} has an invalid header: {exc}") from None

@@ -4,12 +4,22 @@ Frame 0 is intra-coded, later frames inter-coded against the *decoded* previous 
 The encoder runs the decoder's path: every payload is decoded right after it is written and
 the reconstruction, rounded to uint8, is the next reference on both sides.
 
-Adaptive intra (``mode_lambdas``): the encoder also codes every P frame as an intra frame and
-keeps whichever costs less in ``J = bpp + lambda * MSE`` (8-bit MSE, ``lambda`` the level's
-training Lagrangian, so the decision uses the loss the models were trained on; bits are the
-real payload sizes). A chosen intra frame starts a new closed GOP in the stream, as a scene
-cut does in x264; the decoder needs nothing new. It bounds the drift of a long P chain, at
-the cost of one more intra encode and decode per P frame.
+Encoder decisions (none changes the decoder), each by ``J = bpp + lambda * MSE`` (8-bit MSE,
+``lambda`` the level's training Lagrangian from ``mode_lambdas``, so decisions use the loss the
+models were trained on; bits are real payload sizes):
+
+- Adaptive intra: the encoder also codes every P frame as an intra frame and keeps the
+  cheaper. A chosen intra frame starts a new closed GOP in the stream, as a scene cut does in
+  x264. It bounds the drift of a long P chain, at one more intra encode and decode per P frame.
+- Residual dead zone (``deadzones``): each P frame's residual latent is coded with every
+  dead zone (plain rounding, and zeroing small symbols; rate-distortion optimised
+  quantisation in the spirit of x264's dead zone and trellis) and the cheapest is kept. The
+  models are trained with a fixed quantiser, so per frame the encoder often does better by
+  spending fewer residual bits than the trained analysis transform asks for.
+
+Intra offset (``intra_offset``, written in the stream header): intra frames are coded that many
+quality levels above the P frames (capped at the top level), as x264 codes I frames with a
+finer quantiser (``ipratio``): every P frame of the GOP predicts from the intra frame.
 
 Determinism: convolution results on this CPU depend on the torch thread count (measured:
 encoder outputs differ by ~1e-7 between 1 and 2 threads), and a tiny difference in a
@@ -32,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop
+from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop, InterCandidate
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
+from gopflow.codecs.learned.hyperprior import ROUNDING
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import (
     ModelIntegrityError,
@@ -43,6 +54,8 @@ from gopflow.precoders.weights import (
     read_registry,
 )
 
+PROPAGATION = 1.0
+"""Share of a P frame's error assumed to reach each later frame of its GOP (dead-zone choice)."""
 CODEC_THREADS = 1
 """Torch threads for all codec inference (part of the format: results depend on it)."""
 
@@ -78,7 +91,9 @@ class InterModel(Protocol):
 
     def next_state(self, state: Any, recon: Tensor) -> Any: ...
 
-    def compress_inter(self, x: Tensor, state: Any, level: int) -> bytes: ...
+    def compress_inter(
+        self, x: Tensor, state: Any, level: int, deadzones: Sequence[float] = ...,
+    ) -> list[InterCandidate]: ...
 
     def decompress_inter(self, payload: bytes, state: Any, level: int) -> Tensor: ...
 
@@ -100,11 +115,16 @@ def pad_to(x: Tensor, multiple: int) -> Tensor:
 
 
 class GopCodec:
-    """A :class:`~gopflow.codecs.learned.api.LearnedVideoCodec`: intra plus optional inter."""
+    """A :class:`~gopflow.codecs.learned.api.LearnedVideoCodec`: intra plus optional inter.
+
+    ``mode_lambdas``: each level's training lambda, for the encoder's decisions;
+    ``adaptive_intra`` (default: whether lambdas are given) and ``deadzones`` (candidate
+    residual dead zones, plain rounding only by default) choose which decisions it makes."""
 
     def __init__(
         self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str,
-        mode_lambdas: Sequence[float] | None = None,
+        mode_lambdas: Sequence[float] | None = None, adaptive_intra: bool | None = None,
+        deadzones: Sequence[float] = (ROUNDING,),
     ) -> None:
         if name not in CODEC_NAMES:
             raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -120,21 +140,39 @@ class GopCodec:
         self.inter = inter
         self.multiple = max(intra.multiple, inter.multiple if inter is not None else 1)
         if mode_lambdas is not None and len(mode_lambdas) != self.levels:
-            raise UsageError(f"adaptive intra needs one lambda per level ({self.levels}), "
+            raise UsageError(f"encoder decisions need one lambda per level ({self.levels}), "
                              f"got {len(mode_lambdas)}")
         self.mode_lambdas = tuple(mode_lambdas) if mode_lambdas is not None else None
+        self.adaptive_intra = (self.mode_lambdas is not None if adaptive_intra is None
+                               else adaptive_intra)
+        self.deadzones = tuple(deadzones)
+        if not self.deadzones or min(self.deadzones) < ROUNDING:
+            raise UsageError(f"residual dead zones must be at least {ROUNDING}")
+        if (self.adaptive_intra or len(self.deadzones) > 1) and self.mode_lambdas is None:
+            raise UsageError("adaptive intra and dead-zone choice need the training lambdas")
 
     def _level(self, level: int) -> int:
         if not 1 <= level <= self.levels:
             raise UsageError(f"quality level must be 1..{self.levels}, got {level}")
         return level - 1
 
+    def _intra_level(self, index: int, intra_offset: int) -> int:
+        """0-based level of intra frames: ``intra_offset`` above ``index``, capped."""
+        if not 0 <= intra_offset < 256:
+            raise UsageError(f"the intra offset must be 0..255, got {intra_offset}")
+        if intra_offset and self.inter is None:
+            raise UsageError("an intra offset is for dvc and fvc: every frame of the intra "
+                             "codec is an intra frame (choose its quality instead)")
+        return min(index + intra_offset, self.levels - 1)
+
     def _decode(
-        self, frame: CodedFrame, state: Any, padded: tuple[int, int], level: int
+        self, frame: CodedFrame, state: Any, padded: tuple[int, int], level: int,
+        intra_level: int,
     ) -> tuple[Tensor, Any]:
         """One frame's uint8-grid reconstruction (padded) and the next decoder state."""
         if frame.kind == UnitKind.INTRA:
-            recon = to_uint8(self.intra.decompress(frame.payload, padded[0], padded[1], level))
+            recon = to_uint8(
+                self.intra.decompress(frame.payload, padded[0], padded[1], intra_level))
             state = None  # an intra frame starts a new reference chain
         elif frame.kind == UnitKind.INTER and self.inter is not None and state is not None:
             recon = to_uint8(self.inter.decompress_inter(frame.payload, state, level))
@@ -144,9 +182,31 @@ class GopCodec:
             state = self.inter.next_state(state, recon / 255.0)
         return recon, state
 
-    def encode_gop(self, frames: Sequence[np.ndarray], level: int) -> CodedGop:
-        """Code a closed GOP (first frame intra) at quality ``level`` (1..levels)."""
+    def _inter_payload(
+        self, x: Tensor, source: np.ndarray, state: Any, level: int, later: int
+    ) -> bytes:
+        """A P frame's payload: the cheapest of the residual dead-zone candidates. Its error
+        carries into the ``later`` frames of the GOP that predict from it, so the distortion
+        weighs ``1 + PROPAGATION * later`` times (after x264's macroblock tree, which lowers
+        the quantiser of what later frames reference)."""
+        assert self.inter is not None
+        candidates = self.inter.compress_inter(x, state, level, self.deadzones)
+        if len(candidates) == 1:
+            return candidates[0].payload
+        assert self.mode_lambdas is not None
+        height, width = source.shape[:2]
+        lmbda = self.mode_lambdas[level] * (1.0 + PROPAGATION * later)
+        costs = [_rd_cost(c.payload, _crop(to_uint8(c.recon), height, width), source, lmbda)
+                 for c in candidates]
+        return candidates[costs.index(min(costs))].payload
+
+    def encode_gop(
+        self, frames: Sequence[np.ndarray], level: int, intra_offset: int = 0
+    ) -> CodedGop:
+        """Code a closed GOP (first frame intra) at quality ``level`` (1..levels), intra
+        frames ``intra_offset`` levels higher."""
         index = self._level(level)
+        key = self._intra_level(index, intra_offset)
         if not frames:
             raise UsageError("a GOP needs at least one frame")
         shape = frames[0].shape
@@ -165,18 +225,21 @@ class GopCodec:
                 padded = (x.shape[-2], x.shape[-1])
                 intra_only = position == 0 or self.inter is None
                 if intra_only:
-                    item = CodedFrame(UnitKind.INTRA, self.intra.compress(x, index))
+                    item = CodedFrame(UnitKind.INTRA, self.intra.compress(x, key))
                 else:
-                    item = CodedFrame(UnitKind.INTER, self.inter.compress_inter(x, state, index))
-                recon, next_state = self._decode(item, state, padded, index)
+                    later = len(frames) - 1 - position
+                    item = CodedFrame(UnitKind.INTER,
+                                      self._inter_payload(x, frame, state, index, later))
+                recon, next_state = self._decode(item, state, padded, index, key)
                 picture = _crop(recon, height, width)
-                if not intra_only and self.mode_lambdas is not None:
+                if not intra_only and self.adaptive_intra:
+                    assert self.mode_lambdas is not None
                     lmbda = self.mode_lambdas[index]
-                    alternative = CodedFrame(UnitKind.INTRA, self.intra.compress(x, index))
-                    alt_recon, alt_state = self._decode(alternative, state, padded, index)
+                    alternative = CodedFrame(UnitKind.INTRA, self.intra.compress(x, key))
+                    alt_recon, alt_state = self._decode(alternative, state, padded, index, key)
                     alt_picture = _crop(alt_recon, height, width)
-                    if (_rd_cost(alternative, alt_picture, frame, lmbda)
-                            < _rd_cost(item, picture, frame, lmbda)):
+                    if (_rd_cost(alternative.payload, alt_picture, frame, lmbda)
+                            < _rd_cost(item.payload, picture, frame, lmbda)):
                         item, picture, next_state = alternative, alt_picture, alt_state
                 state = next_state
                 coded.append(item)
@@ -184,10 +247,12 @@ class GopCodec:
         return CodedGop(tuple(coded), tuple(recons))
 
     def decode_gop(
-        self, frames: Sequence[CodedFrame], width: int, height: int, level: int
+        self, frames: Sequence[CodedFrame], width: int, height: int, level: int,
+        intra_offset: int = 0,
     ) -> list[np.ndarray]:
         """Decode a GOP coded by :meth:`encode_gop` to its exact reconstruction."""
         index = self._level(level)
+        key = self._intra_level(index, intra_offset)
         if width <= 0 or height <= 0:
             raise UsageError(f"frame size must be positive, got {width}x{height}")
         step = self.multiple
@@ -196,16 +261,16 @@ class GopCodec:
         state: Any = None
         with codec_threads(), torch.no_grad():
             for frame in frames:
-                recon, state = self._decode(frame, state, padded, index)
+                recon, state = self._decode(frame, state, padded, index, key)
                 out.append(_crop(recon, height, width))
         return out
 
 
-def _rd_cost(item: CodedFrame, picture: np.ndarray, source: np.ndarray, lmbda: float) -> float:
+def _rd_cost(payload: bytes, picture: np.ndarray, source: np.ndarray, lmbda: float) -> float:
     """``bpp + lambda * MSE`` (8-bit units): the training loss ``R + lambda 255^2 MSE``."""
     error = picture.astype(np.float64) - source.astype(np.float64)
     pixels = source.shape[0] * source.shape[1]
-    return 8.0 * len(item.payload) / pixels + lmbda * float(np.mean(error * error))
+    return 8.0 * len(payload) / pixels + lmbda * float(np.mean(error * error))
 
 
 def _crop(recon: Tensor, height: int, width: int) -> np.ndarray:
@@ -260,13 +325,19 @@ def _load(codec: str, directory: str | os.PathLike[str] | None) -> tuple[Any, st
     return model, entry.sha256[:12]
 
 
+RDO_DEADZONES: tuple[float, ...] = (ROUNDING, 1.0, 1.5, 2.0)
+"""The residual dead zones the encoder tries per P frame with ``rdo`` (plain rounding first)."""
+
+
 def load_codec(
-    name: str, directory: str | os.PathLike[str] | None = None, adaptive_intra: bool = False
+    name: str, directory: str | os.PathLike[str] | None = None, adaptive_intra: bool = False,
+    rdo: bool = False,
 ) -> GopCodec:
     """The learned codec ``name`` (``intra``, ``dvc``, ``fvc``) with its shipped weights,
-    each file checked against the registry's SHA-256. ``adaptive_intra``: the encoder picks
-    intra or inter per P frame by rate-distortion cost, with the lambdas the inter model was
-    trained with (its installed metadata)."""
+    each file checked against the registry's SHA-256. Encoder decisions by rate-distortion
+    cost, with the lambdas the inter model was trained with (its installed metadata):
+    ``adaptive_intra`` picks intra or inter per P frame, ``rdo`` the residual dead zone
+    (:data:`RDO_DEADZONES`)."""
     if name not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
     intra, intra_sha = _load("intra", directory)
@@ -274,14 +345,16 @@ def load_codec(
         return GopCodec(name, intra, None, f"intra:{intra_sha}")
     inter, inter_sha = _load(name, directory)
     lambdas = None
-    if adaptive_intra:
+    if adaptive_intra or rdo:
         lambdas = model_metadata(registry_name(name), directory).get("lambdas")
         if not isinstance(lambdas, list):  # GopCodec checks there is one per level
             raise ModelIntegrityError(
                 f"{registry_name(name)} has no training lambdas in its metadata; adaptive "
-                "intra needs them (reinstall the weights with their metadata, or pass "
-                "--no-adaptive-intra)")
-    return GopCodec(name, intra, inter, f"{name}:{inter_sha}+{intra_sha}", lambdas)
+                "intra and --rdo need them (reinstall the weights with their metadata, or "
+                "pass --no-adaptive-intra --no-rdo)")
+    return GopCodec(name, intra, inter, f"{name}:{inter_sha}+{intra_sha}", lambdas,
+                    adaptive_intra=adaptive_intra,
+                    deadzones=RDO_DEADZONES if rdo else (ROUNDING,))
 
 
 def model_digest(model: nn.Module) -> str:

@@ -33,6 +33,8 @@ from gopflow.codecs.learned.bitstream import BitstreamError
 
 HYPER_STRIDE = 4
 """Spatial down-sampling of ``z`` relative to ``y``."""
+ROUNDING = 0.5
+"""The dead zone of plain rounding: ``|gain * y| < 0.5`` codes as 0 anyway."""
 
 
 @dataclass(frozen=True)
@@ -144,18 +146,30 @@ class GainedHyperprior(nn.Module):
     def _scales_indexes(self, z_hat: Tensor, gain: Tensor) -> Tensor:
         return self.gaussian_conditional.build_indexes(self.h_s(z_hat) * gain)
 
-    def compress(self, y: Tensor, level: int) -> tuple[LatentCode, Tensor]:
+    def compress(
+        self, y: Tensor, level: int, deadzone: float = ROUNDING
+    ) -> tuple[LatentCode, Tensor]:
         """Code ``y`` (batch 1) with real rANS: ``(strings, y_hat)``; ``y_hat`` is exactly what
-        :meth:`decompress` returns (both come from the same decoded ``z``)."""
+        :meth:`decompress` returns (both come from the same decoded ``z``).
+
+        ``deadzone`` above :data:`ROUNDING` quantises with a dead zone: scaled latents with
+        ``|gain * y| < deadzone`` become 0, and ``z`` describes the latent as coded. The
+        decoder is unchanged (it decodes whatever integers were written); the encoder trades
+        distortion for rate, as x264's dead-zone quantiser does (see
+        :meth:`gopflow.codecs.learned.engine.GopCodec`'s rate-distortion choice)."""
         if y.shape[0] != 1:
             raise ValueError("the latent coder codes one frame at a time")
         gain, inv_gain, hgain, hinv = self._gains(torch.tensor([level]))
+        scaled = y * gain
+        if deadzone > ROUNDING:
+            scaled = torch.where(scaled.abs() < deadzone, torch.zeros_like(scaled), scaled)
+            y = scaled / gain
         z = self.h_a(torch.abs(y)) * hgain
         z_string = self.entropy_bottleneck.compress(z)
         z_q = self.entropy_bottleneck.decompress(z_string, z.shape[-2:])
         indexes = self._scales_indexes(z_q * hinv, gain)
-        y_string = self.gaussian_conditional.compress(y * gain, indexes)
-        y_q = torch.round(y * gain)
+        y_string = self.gaussian_conditional.compress(scaled, indexes)
+        y_q = torch.round(scaled)
         return LatentCode(y_string[0], z_string[0]), y_q * inv_gain
 
     def decompress(self, code: LatentCode, y_size: tuple[int, int], level: int) -> Tensor:
