@@ -178,6 +178,7 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path, 
         (["--crop", "100"], "multiple of 64", 2),
         (["--steps", "10,20"], "one value or one per stage", 2),
         (["--frames", "3"], "--frames applies to dvc and fvc", 2),
+        (["--stride", "2"], "--stride applies to dvc and fvc", 2),
     ],
 )
 def test_cli_rejects_bad_arguments_in_one_line(clips, tmp_path, capsys, arguments, message,

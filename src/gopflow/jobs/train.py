@@ -283,19 +283,27 @@ class FramePool:
     def __init__(
         self, clips: Sequence[Clip], seed: int, size: int, span: int,
         reader: Callable[[Clip, int, int], list[np.ndarray]] = read_luma,
-        refresh_every: int = 1,
+        refresh_every: int = 1, stride: int = 1,
     ) -> None:
         self.clips = list(clips)
         self.seed, self.size, self.span = seed, size, span
         self.reader, self.refresh_every = reader, max(1, refresh_every)
+        self.stride = max(1, stride)
         self.slots: list[list[np.ndarray]] = []
         self.generations: list[int] = []
 
     def _draw(self, slot: int, generation: int) -> list[np.ndarray]:
+        """A slot's frames: ``span`` frames ``s`` apart, ``s`` drawn from ``1..stride`` (as
+        far as the clip is long enough; with ``stride`` 1 no extra draw is made)."""
         rng = np.random.default_rng([self.seed, 1, slot, generation])
         clip = self.clips[int(rng.integers(len(self.clips)))]
-        index = int(rng.integers(clip.frames - self.span + 1))
-        return self.reader(clip, index, self.span)
+        step = 1
+        if self.stride > 1 and self.span > 1:
+            step = min(int(rng.integers(1, self.stride + 1)),
+                       max(1, (clip.frames - 1) // (self.span - 1)))
+        need = (self.span - 1) * step + 1
+        index = int(rng.integers(clip.frames - need + 1))
+        return self.reader(clip, index, need)[::step]
 
     def generation(self, slot: int, step: int) -> int:
         events = step // self.refresh_every  # one refresh event every refresh_every steps

@@ -103,6 +103,9 @@ class CodecTrainConfig:
     """Also checkpoint every this many steps (0: by time only)."""
     init: bool = False
     """Start from the installed ``codec-<model>`` weights (fine-tune) instead of at random."""
+    stride: int = 1
+    """P models: the frames of a sample are ``s`` source frames apart, ``s`` drawn from
+    ``1..stride`` per pool slot, so training sees the larger motion of faster content."""
     frames: int | None = None
     """P frames unrolled per sample (P models; default the model's ``frames_per_sample``).
     More frames train on the drift of a GOP: each P frame predicts from the previous
@@ -118,7 +121,7 @@ class CodecTrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint."""
         keep = ("model", "lmbdas", "crop", "batch", "lr", "aux_lr", "seed", "pool",
-                "refresh_every", "init", "frames")
+                "refresh_every", "init", "frames", "stride")
         return {key: list(v) if isinstance(v := getattr(self, key), tuple) else v
                 for key in keep}
 
@@ -142,6 +145,8 @@ def validate(config: CodecTrainConfig) -> None:
         raise UsageError(f"--crop must be a multiple of 64 (at least 64), got {config.crop}")
     if config.frames is not None and (config.model == "intra" or config.frames < 1):
         raise UsageError("--frames applies to dvc and fvc and must be at least 1")
+    if config.stride < 1 or (config.model == "intra" and config.stride != 1):
+        raise UsageError("--stride applies to dvc and fvc and must be at least 1")
     if config.batch < 1 or config.pool < 1 or config.threads < 1 or config.refresh_every < 1:
         raise UsageError("--batch, --threads, pool size and refresh interval must be positive")
 
@@ -340,7 +345,7 @@ class _Trainer:
             load_intra_reference(config.registry, len(config.lmbdas)) if self.inter else None)
         self.pool = FramePool(
             [_train_part(c, self.span) for c in clips], config.seed, config.pool, self.span,
-            reader=read_rgb, refresh_every=config.refresh_every)
+            reader=read_rgb, refresh_every=config.refresh_every, stride=config.stride)
         self.lmbdas = torch.tensor(config.lmbdas, dtype=torch.float32)
         self.updating = False
         self.init_from: dict[str, Any] | None = None
@@ -578,6 +583,7 @@ def _finish(
         "threads": config.threads,
         "reference": "codec-intra decoded previous frame" if trainer.inter else None,
         "frames_per_sample": frames_per_sample(config),
+        "stride": config.stride,
         "init": trainer.init_from,
         "data_dirs": [os.path.abspath(d) for d in config.data_dirs],
         "data_hash": digest,
@@ -726,6 +732,9 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="dvc/fvc: P frames unrolled per training sample, each predicted "
                         "from the previous reconstruction (default 2); more frames train "
                         "against drift over a GOP")
+    parser.add_argument("--stride", type=int, default=1, metavar="N",
+                        help="dvc/fvc: the frames of a training sample are s source frames "
+                        "apart, s drawn from 1..N per sample (larger motion; default 1)")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="finish after N steps of the schedule (evaluate and write the "
                         "weights; --resume later continues the schedule)")
@@ -749,7 +758,7 @@ def run_codec(args: argparse.Namespace) -> int:
         steps=tuple(args.steps), minutes=args.minutes, crop=args.crop, batch=args.batch,
         lr=args.lr, threads=args.threads, seed=args.seed, out_dir=args.out,
         registry=args.registry, checkpoint_minutes=args.checkpoint_minutes, init=args.init,
-        frames=args.frames,
+        frames=args.frames, stride=args.stride,
     )
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     result = run_codec_training(config, resume=args.resume, progress=progress, log=log,
