@@ -209,6 +209,9 @@ def _bd_table(points: list[Point]) -> list[dict[str, Any]]:
         for codec in sorted({p.codec for p in points if p.clip == clip}):
             test = [p for p in points if p.clip == clip and p.codec == codec]
             row: dict[str, Any] = {"clip": clip, "codec": codec}
+            # Levels whose files are identical (an intra offset capped at the top level) are
+            # one point on the curve.
+            test = list({(p.bytes, p.psnr_rgb, p.msssim): p for p in test}.values())
             for metric in ("psnr_rgb", "msssim"):
                 try:
                     row[metric] = round(bd_rate(

@@ -94,6 +94,22 @@ def test_intra_offset_in_the_header_and_version_2_streams_still_read() -> None:
         replace(HEADER, intra_offset=256)
 
 
+def test_refresh_units_start_gops(tmp_path: Path) -> None:
+    units = [Unit(UnitKind.REFRESH if u.kind == UnitKind.INTRA and u.frame else u.kind, u.frame,
+                  u.payload) for u in _units(6, GOP_STARTS)]
+    assert [chr(u.kind) for u in units] == list("IPPRRP")
+    assert gop_structure(u.kind for u in units) == (3, 3)
+    path = tmp_path / "refresh.gflv"
+    write_stream(str(path), SCENES, units)
+    with open(path, "rb") as handle:
+        header = read_header(handle)
+        extents = scan_gops(handle, header)
+        assert [e.frames for e in extents] == [3, 1, 2]
+        assert [u.kind for u in read_gop(handle, extents[2])] == [UnitKind.REFRESH, UnitKind.INTER]
+    with pytest.raises(UsageError, match="first frame is not an intra frame"):
+        write_stream(str(path), SCENES, [Unit(UnitKind.INTER, 0, b"x"), *units[1:]])
+
+
 def test_not_a_stream_and_wrong_version() -> None:
     with pytest.raises(BitstreamError, match="magic"):
         _read_all(b"RIFF" + bytes(40))

@@ -262,7 +262,7 @@ def test_adaptive_intra_keeps_the_cheaper_frame_type(name: str) -> None:
         codec = _codec(name, [lmbda] * 4)
         gop = codec.encode_gop(frames, 2)
         assert gop.frames[0].kind == UnitKind.INTRA
-        assert gop.frames[1].kind == (UnitKind.INTRA if want_intra else UnitKind.INTER)
+        assert gop.frames[1].kind == (UnitKind.REFRESH if want_intra else UnitKind.INTER)
         chosen = as_intra if want_intra else fixed
         index = 0 if want_intra else 1
         assert gop.frames[1].payload == chosen.frames[index].payload
@@ -455,6 +455,13 @@ def test_intra_offset_codes_intra_frames_at_a_higher_level() -> None:
     assert capped.frames[0].payload == intra.encode_gop(frames[:1], 4).frames[0].payload
     decoded = codec.decode_gop(raised.frames, 64, 64, 2, intra_offset=1)
     np.testing.assert_array_equal(np.stack(decoded), np.stack(raised.recon))
+    # A refresh frame (adaptive intra, rate-dominated lambda) stays at the P frames' level.
+    adaptive = _codec("dvc", [1e-12] * 4).encode_gop(frames, 2, intra_offset=1)
+    assert [f.kind for f in adaptive.frames][:2] == [UnitKind.INTRA, UnitKind.REFRESH]
+    assert adaptive.frames[0].payload == raised.frames[0].payload
+    assert adaptive.frames[1].payload == intra.encode_gop(frames[1:2], 2).frames[0].payload
+    decoded = _codec("dvc").decode_gop(adaptive.frames, 64, 64, 2, intra_offset=1)
+    np.testing.assert_array_equal(np.stack(decoded), np.stack(adaptive.recon))
     with pytest.raises(UsageError, match="intra offset is for dvc and fvc"):
         intra.encode_gop(frames[:1], 2, intra_offset=1)
     with pytest.raises(UsageError, match=r"0\.\.255"):

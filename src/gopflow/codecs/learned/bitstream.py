@@ -7,16 +7,18 @@ Layout (all integers big-endian)::
             fps numerator u32 | fps denominator u32 | GOP size u32 (the longest GOP) |
             frame count u32 | GOP count u32 | quality level u8 | intra offset u8 (version 3) |
             CRC32 of everything before u32
-    unit    kind u8 (I intra, P inter, E end) | frame index u32 | payload length u32 |
-            payload | CRC32 of kind..payload u32
+    unit    kind u8 (I intra, P inter, R refresh intra, E end) | frame index u32 |
+            payload length u32 | payload | CRC32 of kind..payload u32
     end     one E unit with an empty payload and frame index = frame count
 
-Version 3 adds the intra offset: intra frames are coded that many levels above the quality
-level (capped at the codec's top level). Version 2 streams (no offset) still decode.
+Version 3 adds the intra offset (key intra frames are coded that many levels above the
+quality level, capped at the codec's top level) and refresh units (R: an intra frame the
+encoder chose in place of an inter frame, coded at the quality level; it starts a closed GOP
+as an I unit does). Version 2 streams (no offset, no R units) still decode.
 
-GOP structure (since version 2): every INTRA unit starts a closed GOP and only INTRA units do, so
-scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader checks
-that the first unit is INTRA, that no GOP is longer than the GOP size and that the file has
+GOP structure (since version 2): every intra (I or R) unit starts a closed GOP and only they
+do, so scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader
+checks that the first unit is intra, that no GOP is longer than the GOP size and that the file has
 the header's GOP count. :func:`scan_gops` lists each GOP's byte extent, so GOPs can be
 decoded in parallel (:func:`read_gop`) without holding the file in memory.
 
@@ -56,11 +58,19 @@ class BitstreamError(CorruptInputError):
 
 
 class UnitKind(enum.IntEnum):
-    """What a unit carries."""
+    """What a unit carries: a key intra frame (at the header's level plus its intra offset),
+    an inter frame, a refresh intra frame (version 3: chosen by the encoder in place of an
+    inter frame, coded at the inter frames' level) or the end marker."""
 
     INTRA = ord("I")
     INTER = ord("P")
+    REFRESH = ord("R")
     END = ord("E")
+
+    @property
+    def starts_gop(self) -> bool:
+        """Intra frames (key or refresh) start a closed GOP."""
+        return self in (UnitKind.INTRA, UnitKind.REFRESH)
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,7 @@ class _GopChecker:
 
     def add(self, unit: Unit) -> bool:
         """Account for ``unit``; return True if it starts a GOP."""
-        starts = unit.kind == UnitKind.INTRA
+        starts = unit.kind.starts_gop
         if unit.frame == 0 and not starts:
             raise self.fail("the first frame is not an intra frame")
         if starts:
@@ -163,11 +173,11 @@ class _GopChecker:
 
 
 def gop_structure(kinds: Iterable[UnitKind]) -> tuple[int, int]:
-    """``(GOP count, longest GOP)`` of frames of these kinds in order (INTRA starts a GOP, so
-    an all-intra stream has one-frame GOPs)."""
+    """``(GOP count, longest GOP)`` of frames of these kinds in order (an intra frame starts a
+    GOP, so an all-intra stream has one-frame GOPs)."""
     count = longest = length = 0
     for kind in kinds:
-        if kind == UnitKind.INTRA:
+        if kind.starts_gop:
             count, length = count + 1, 0
         length += 1
         longest = max(longest, length)
@@ -318,7 +328,7 @@ def read_gop(handle: BinaryIO, extent: GopExtent, name: str = "stream") -> list[
     units = [_read_unit(handle, extent.first_frame + i, name) for i in range(extent.frames)]
     if handle.tell() != extent.offset + extent.size:
         raise BitstreamError(f"{name}: GOP {extent.index} does not end where it was listed")
-    if units[0].kind != UnitKind.INTRA or any(u.kind != UnitKind.INTER for u in units[1:]):
+    if not units[0].kind.starts_gop or any(u.kind != UnitKind.INTER for u in units[1:]):
         raise BitstreamError(f"{name}: GOP {extent.index} is not one intra frame then inter")
     return units
 

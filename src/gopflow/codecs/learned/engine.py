@@ -6,20 +6,25 @@ the reconstruction, rounded to uint8, is the next reference on both sides.
 
 Encoder decisions (none changes the decoder), each by ``J = bpp + lambda * MSE`` (8-bit MSE,
 ``lambda`` the level's training Lagrangian from ``mode_lambdas``, so decisions use the loss the
-models were trained on; bits are real payload sizes):
+models were trained on; bits are real payload sizes). A frame's error carries into the later
+frames of its GOP that predict from it, so ``lambda`` is weighted by ``1 + PROPAGATION * n``
+for the ``n`` frames after it (after x264's macroblock tree, which gives what later frames
+reference a finer quantiser):
 
-- Adaptive intra: the encoder also codes every P frame as an intra frame and keeps the
-  cheaper. A chosen intra frame starts a new closed GOP in the stream, as a scene cut does in
-  x264. It bounds the drift of a long P chain, at one more intra encode and decode per P frame.
+- Adaptive intra: the encoder also codes every P frame as an intra frame (at the P frames'
+  level: a refresh unit, ``R``) and keeps the cheaper. A chosen intra frame starts a new
+  closed GOP in the stream, as a scene cut does in x264. It bounds the drift of a long P
+  chain, at one more intra encode and decode per P frame.
 - Residual dead zone (``deadzones``): each P frame's residual latent is coded with every
   dead zone (plain rounding, and zeroing small symbols; rate-distortion optimised
   quantisation in the spirit of x264's dead zone and trellis) and the cheapest is kept. The
   models are trained with a fixed quantiser, so per frame the encoder often does better by
   spending fewer residual bits than the trained analysis transform asks for.
 
-Intra offset (``intra_offset``, written in the stream header): intra frames are coded that many
-quality levels above the P frames (capped at the top level), as x264 codes I frames with a
-finer quantiser (``ipratio``): every P frame of the GOP predicts from the intra frame.
+Intra offset (``intra_offset``, written in the stream header): the key intra frame that opens
+each GOP is coded that many quality levels above the P frames (capped at the top level), as
+x264 codes I frames with a finer quantiser (``ipratio``): every P frame of the GOP predicts
+from it. Refresh frames stay at the P frames' level, so quality 1 keeps the lowest rates.
 
 Determinism: convolution results on this CPU depend on the torch thread count (measured:
 encoder outputs differ by ~1e-7 between 1 and 2 threads), and a tiny difference in a
@@ -55,7 +60,7 @@ from gopflow.precoders.weights import (
 )
 
 PROPAGATION = 1.0
-"""Share of a P frame's error assumed to reach each later frame of its GOP (dead-zone choice)."""
+"""Share of a frame's error assumed to reach each later frame of its GOP (encoder decisions)."""
 CODEC_THREADS = 1
 """Torch threads for all codec inference (part of the format: results depend on it)."""
 
@@ -170,9 +175,9 @@ class GopCodec:
         intra_level: int,
     ) -> tuple[Tensor, Any]:
         """One frame's uint8-grid reconstruction (padded) and the next decoder state."""
-        if frame.kind == UnitKind.INTRA:
-            recon = to_uint8(
-                self.intra.decompress(frame.payload, padded[0], padded[1], intra_level))
+        if frame.kind.starts_gop:
+            at = intra_level if frame.kind == UnitKind.INTRA else level
+            recon = to_uint8(self.intra.decompress(frame.payload, padded[0], padded[1], at))
             state = None  # an intra frame starts a new reference chain
         elif frame.kind == UnitKind.INTER and self.inter is not None and state is not None:
             recon = to_uint8(self.inter.decompress_inter(frame.payload, state, level))
@@ -185,20 +190,23 @@ class GopCodec:
     def _inter_payload(
         self, x: Tensor, source: np.ndarray, state: Any, level: int, later: int
     ) -> bytes:
-        """A P frame's payload: the cheapest of the residual dead-zone candidates. Its error
-        carries into the ``later`` frames of the GOP that predict from it, so the distortion
-        weighs ``1 + PROPAGATION * later`` times (after x264's macroblock tree, which lowers
-        the quantiser of what later frames reference)."""
+        """A P frame's payload: the cheapest of the residual dead-zone candidates, by the
+        propagated cost (:meth:`_propagated_lambda`)."""
         assert self.inter is not None
         candidates = self.inter.compress_inter(x, state, level, self.deadzones)
         if len(candidates) == 1:
             return candidates[0].payload
-        assert self.mode_lambdas is not None
         height, width = source.shape[:2]
-        lmbda = self.mode_lambdas[level] * (1.0 + PROPAGATION * later)
+        lmbda = self._propagated_lambda(level, later)
         costs = [_rd_cost(c.payload, _crop(to_uint8(c.recon), height, width), source, lmbda)
                  for c in candidates]
         return candidates[costs.index(min(costs))].payload
+
+    def _propagated_lambda(self, level: int, later: int) -> float:
+        """The level's training lambda, weighted by ``1 + PROPAGATION * later``: a frame's
+        error carries into the ``later`` frames of the GOP that predict from it."""
+        assert self.mode_lambdas is not None
+        return self.mode_lambdas[level] * (1.0 + PROPAGATION * later)
 
     def encode_gop(
         self, frames: Sequence[np.ndarray], level: int, intra_offset: int = 0
@@ -224,18 +232,17 @@ class GopCodec:
                 x = pad_to(to_tensor(frame), self.multiple)
                 padded = (x.shape[-2], x.shape[-1])
                 intra_only = position == 0 or self.inter is None
+                later = len(frames) - 1 - position
                 if intra_only:
                     item = CodedFrame(UnitKind.INTRA, self.intra.compress(x, key))
                 else:
-                    later = len(frames) - 1 - position
                     item = CodedFrame(UnitKind.INTER,
                                       self._inter_payload(x, frame, state, index, later))
                 recon, next_state = self._decode(item, state, padded, index, key)
                 picture = _crop(recon, height, width)
                 if not intra_only and self.adaptive_intra:
-                    assert self.mode_lambdas is not None
-                    lmbda = self.mode_lambdas[index]
-                    alternative = CodedFrame(UnitKind.INTRA, self.intra.compress(x, key))
+                    lmbda = self._propagated_lambda(index, later)
+                    alternative = CodedFrame(UnitKind.REFRESH, self.intra.compress(x, index))
                     alt_recon, alt_state = self._decode(alternative, state, padded, index, key)
                     alt_picture = _crop(alt_recon, height, width)
                     if (_rd_cost(alternative.payload, alt_picture, frame, lmbda)
