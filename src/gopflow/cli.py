@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument(
         "--intra-offset", type=int, metavar="N",
-        help="dvc/fvc: code intra frames N quality levels above --quality (capped at the top "
-        "level), as x264 gives I frames a finer quantiser; the P frames predict from them "
+        help="dvc/fvc: code the key frame that opens each GOP N quality levels above "
+        "--quality (capped at the top level), as x264 gives I frames a finer quantiser; the "
+        "P frames predict from it (intra frames chosen by --adaptive-intra stay at --quality) "
         f"(default: {DEFAULT_INTRA_OFFSETS['dvc']} for dvc, {DEFAULT_INTRA_OFFSETS['fvc']} for "
         "fvc)",
     )
