@@ -66,7 +66,6 @@ CLIPS = {
     "flower": ("flower_960x540.mp4", None),
 }
 LEARNED = ("dvc", "fvc", "intra")
-"""Suffix of a learned codec run with the encoder's adaptive intra decision."""
 ANCHOR = "x264-veryfast"
 
 
@@ -160,8 +159,7 @@ def parse_label(label: str) -> tuple[str, bool, bool, int]:
     choice, intra offset."""
     name, *options = label.split("+")
     offsets = [int(o[1:]) for o in options if o[:1] == "k" and o[1:].isdigit()]
-    unknown = [o for o in options if o not in ("ai", "rdo") and not o[1:].isdigit()]
-    if unknown or len(offsets) > 1:
+    if len(options) != len({"ai", "rdo"} & set(options)) + len(offsets) or len(offsets) > 1:
         raise SystemExit(f"bad codec label {label!r}: options are +ai, +rdo, +kN")
     return name, "ai" in options, "rdo" in options, offsets[0] if offsets else 0
 

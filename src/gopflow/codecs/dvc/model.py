@@ -23,14 +23,14 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from gopflow.codecs.learned.api import InterCandidate
-from gopflow.codecs.learned.bitstream import pack_strings
-from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, pack_codes
+from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
     MULTIPLE,
     analysis,
     latent_shape,
     rd_loss,
+    residual_candidates,
     synthesis,
     unpack_payload,
 )
@@ -244,15 +244,10 @@ class DvcCodec(CompressionModel):
         with its reconstruction when there are several."""
         m_code, m_hat = self.motion_prior.compress(self.m_a(self.estimate_flow(x, state)), level)
         prediction = self._prediction(state, m_hat)
-        residual = self.r_a(x - prediction)
-        shape = latent_shape(x.shape[-2], x.shape[-1])
-        candidates = []
-        for deadzone in deadzones:
-            r_code, r_hat = self.residual_prior.compress(residual, level, deadzone)
-            recon = (prediction + self.r_s(r_hat)).clamp(0.0, 1.0) if len(deadzones) > 1 else None
-            candidates.append(InterCandidate(pack_strings(pack_codes([m_code, r_code]), shape),
-                                             recon))
-        return candidates
+        return residual_candidates(
+            self.residual_prior, self.r_a(x - prediction), level, deadzones, m_code,
+            latent_shape(x.shape[-2], x.shape[-1]),
+            lambda r_hat: (prediction + self.r_s(r_hat)).clamp(0.0, 1.0))
 
     def decompress_inter(self, payload: bytes, state: Tensor, level: int) -> Tensor:
         """Decode a :meth:`compress_inter` payload against the same reference."""

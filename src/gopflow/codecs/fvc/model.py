@@ -23,13 +23,13 @@ from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
 from gopflow.codecs.learned.api import InterCandidate
-from gopflow.codecs.learned.bitstream import pack_strings
-from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, pack_codes
+from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
     MULTIPLE,
     latent_shape,
     rd_loss,
+    residual_candidates,
     unpack_payload,
 )
 
@@ -166,16 +166,10 @@ class FvcCodec(CompressionModel):
         current = self.extract(x)
         o_code, o_hat = self.offset_prior.compress(self.o_a(self._predict(current, state)), level)
         prediction = self.compensate(state[0], self.o_s(o_hat))
-        residual = self.r_a(current - prediction)
-        shape = latent_shape(x.shape[-2], x.shape[-1])
-        candidates = []
-        for deadzone in deadzones:
-            r_code, r_hat = self.residual_prior.compress(residual, level, deadzone)
-            recon = (self._fused_frame(prediction + self.r_s(r_hat), state).clamp(0.0, 1.0)
-                     if len(deadzones) > 1 else None)
-            candidates.append(InterCandidate(pack_strings(pack_codes([o_code, r_code]), shape),
-                                             recon))
-        return candidates
+        return residual_candidates(
+            self.residual_prior, self.r_a(current - prediction), level, deadzones, o_code,
+            latent_shape(x.shape[-2], x.shape[-1]),
+            lambda r_hat: self._fused_frame(prediction + self.r_s(r_hat), state).clamp(0.0, 1.0))
 
     def decompress_inter(self, payload: bytes, state: tuple[Tensor, ...], level: int) -> Tensor:
         """Decode a :meth:`compress_inter` payload against the same reference buffer."""

@@ -88,7 +88,8 @@ class StreamHeader:
     level: int
     """The quality level every GOP was coded at (1 = lowest rate)."""
     intra_offset: int = 0
-    """Intra frames are coded this many levels above ``level`` (capped at the top level)."""
+    """Key intra frames (I units) are coded this many levels above ``level`` (capped at the
+    top level); refresh units (R) stay at ``level``."""
 
     def __post_init__(self) -> None:
         encoded = self.model_id.encode()
@@ -229,13 +230,13 @@ def read_header(handle: BinaryIO, name: str = "stream") -> StreamHeader:
         raise BitstreamError(
             f"{name} has format version {start[4]}; this gopflow reads versions {readable}")
     model = _read_exact(handle, start[5], "the model id", name)
-    size = _HEAD.size + (_OFFSET.size if start[4] >= 3 else 0)
-    numbers = _read_exact(handle, size, "the header", name)
+    has_offset = start[4] >= 3
+    numbers = _read_exact(handle, _HEAD.size + has_offset * _OFFSET.size, "the header", name)
     (crc,) = _CRC.unpack(_read_exact(handle, _CRC.size, "the header checksum", name))
     if zlib.crc32(start + model + numbers) != crc:
         raise BitstreamError(f"{name} has a corrupt header (checksum mismatch)")
     width, height, num, den, gop, frames, gops, level = _HEAD.unpack(numbers[: _HEAD.size])
-    (offset,) = _OFFSET.unpack(numbers[_HEAD.size :]) if start[4] >= 3 else (0,)
+    (offset,) = _OFFSET.unpack(numbers[_HEAD.size :]) if has_offset else (0,)
     try:
         return StreamHeader(
             model.decode(), width, height, Fraction(num, den), gop, frames, gops, level, offset

@@ -8,6 +8,7 @@ and the mirrored synthesis transform with inverse GDN.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -16,10 +17,12 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from gopflow.codecs.learned.api import InterCandidate
 from gopflow.codecs.learned.bitstream import BitstreamError, pack_strings, unpack_strings
 from gopflow.codecs.learned.hyperprior import (
     HYPER_STRIDE,
     GainedHyperprior,
+    LatentCode,
     pack_codes,
     unpack_codes,
 )
@@ -84,6 +87,21 @@ def unpack_payload(
         raise BitstreamError(
             f"a frame payload is for latents of {shape}, the stream's frame size needs {expected}")
     return unpack_codes(groups, latents)
+
+
+def residual_candidates(
+    prior: GainedHyperprior, residual: Tensor, level: int, deadzones: Sequence[float],
+    lead: LatentCode, shape: list[int], rebuild: Callable[[Tensor], Tensor],
+) -> list[InterCandidate]:
+    """A P frame's payloads, one per residual dead zone: the ``lead`` latent (motion or
+    offsets, coded once) then ``residual`` coded with that dead zone; with several dead
+    zones each carries ``rebuild(residual_hat)``, the decoder's frame, for the choice."""
+    candidates = []
+    for deadzone in deadzones:
+        code, residual_hat = prior.compress(residual, level, deadzone)
+        recon = rebuild(residual_hat) if len(deadzones) > 1 else None
+        candidates.append(InterCandidate(pack_strings(pack_codes([lead, code]), shape), recon))
+    return candidates
 
 
 class IntraCodec(CompressionModel):
