@@ -28,6 +28,7 @@ from gopflow.codecs.learned.engine import (
     codec_threads,
     load_codec,
     model_digest,
+    propagation_weight,
     registry_name,
 )
 from gopflow.codecs.learned.hyperprior import GainedHyperprior, resample_gains
@@ -426,7 +427,7 @@ def test_rdo_keeps_the_cheapest_dead_zone(name: str) -> None:
     chosen = []
     for lmbda in (1e-9, 1e4):
         gop = codec_with(lmbda, candidates).encode_gop(frames, 2)
-        weight = lmbda * (1 + PROPAGATION)  # frame 1 of 3: one later frame predicts from it
+        weight = lmbda * propagation_weight(1)  # frame 1 of 3: one later frame predicts from it
         costs = {zone: 8 * len(payloads[zone]) / 64**2
                  + weight * _mse(single[zone].recon[1], frames[1]) for zone in candidates}
         best = min(costs, key=costs.__getitem__)
@@ -440,6 +441,16 @@ def test_rdo_keeps_the_cheapest_dead_zone(name: str) -> None:
         _codec(name, None, candidates)
     with pytest.raises(UsageError, match="dead zones"):
         _codec(name, [0.01] * 4, (0.25,))
+
+
+def test_propagation_weight_counts_each_later_frame_by_its_inherited_share() -> None:
+    assert 0.0 < PROPAGATION < 1.0
+    assert propagation_weight(0) == 1.0  # the last frame of a GOP: only its own error
+    weights = [propagation_weight(n) for n in range(12)]
+    assert weights == sorted(weights)  # more later frames, more weight on the error
+    for n, weight in enumerate(weights):
+        assert weight == pytest.approx((1 - PROPAGATION ** (n + 1)) / (1 - PROPAGATION))
+    assert weights[-1] < 1 / (1 - PROPAGATION)  # a geometric series: bounded, unlike 1 + n
 
 
 def test_intra_offset_codes_intra_frames_at_a_higher_level() -> None:
