@@ -233,11 +233,11 @@ def test_adaptive_intra_splits_gops_and_decodes_exactly(setup: dict[str, Path]) 
         "transcode", str(setup["clip"]), "-o", str(out), "--codec", "dvc", "--quality", "3",
         "--registry", registry, "--gop-seconds", "0.2", "--min-gop-seconds", "0.04",
         "--report", str(report_path),
-    )  # adaptive intra, the dead-zone choice and intra offset 2 are the dvc/fvc defaults
+    )  # adaptive intra, the dead-zone choice and intra offset 1 are the dvc defaults
     assert done.returncode == 0, done.stderr
     report = json.loads(report_path.read_text())
     learned = report["settings"]["learned"]
-    assert (learned["adaptive_intra"], learned["rdo"], learned["intra_offset"]) == (True, True, 2)
+    assert (learned["adaptive_intra"], learned["rdo"], learned["intra_offset"]) == (True, True, 1)
     gops = report["gops"]
     kinds = "".join(gop["details"]["kinds"] for gop in gops)
     assert len(kinds) == FRAMES and all(gop["details"]["kinds"][0] == "I" for gop in gops)
@@ -248,7 +248,7 @@ def test_adaptive_intra_splits_gops_and_decodes_exactly(setup: dict[str, Path]) 
         header = read_header(handle)
         extents = scan_gops(handle, header)
     assert [e.frames for e in extents] == [len(run) for run in re.findall("[IR]P*", kinds)]
-    assert header.gop_count == len(extents) and header.intra_offset == 2
+    assert header.gop_count == len(extents) and header.intra_offset == 1
     done = _gopflow("decode", str(out), "-o", str(decoded_y4m), "--registry", registry)
     assert done.returncode == 0, done.stderr
     with open(decoded_y4m, "rb") as handle:
