@@ -28,9 +28,9 @@ from gopflow.codecs.learned.bitstream import UnitKind
 DEFAULT_INTRA_OFFSETS: dict[str, int] = {"intra": 0, "dvc": 1, "fvc": 0}
 """Quality levels between intra and P frames by default, as x264's ``ipratio`` gives I frames
 a finer quantiser; measured with ``bench/codecs.py`` (README): it pays for DVC, whose P frames
-carry the intra frame's quality along the GOP (1 beat 2 and 3 on both benchmark clips once the
-intra codec was retrained), and costs FVC (its alignment barely uses the reference), so FVC
-keeps 0."""
+carry the intra frame's quality along the GOP (once the intra codec was retrained, 1 was at
+least as good as 2 on both benchmark clips, and better than 3 on white_flower), and costs
+FVC (its alignment barely uses the reference), so FVC keeps 0."""
 CODEC_NAMES: tuple[str, ...] = ("intra", "dvc", "fvc")
 """The learned codecs, by the name the CLI, the registry (``codec-<name>``) and streams use."""
 

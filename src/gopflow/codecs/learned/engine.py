@@ -62,8 +62,9 @@ from gopflow.precoders.weights import (
 
 PROPAGATION = 0.5
 """Share of a frame's error that the next frame of its GOP inherits (encoder decisions).
-Measured on white_flower (``bench/codecs.py``): 0.5 in the geometric weight gives a lower
-BD-rate than a full share (``1 + n``, the weight before) or a quarter share."""
+Measured on white_flower with ``bench/codecs.py``'s RD points: 0.5 in this geometric weight
+gives a lower BD-rate than the linear weights ``1 + n`` (the weight before), ``1 + n/2`` and
+``1 + n/4``."""
 CODEC_THREADS = 1
 """Torch threads for all codec inference (part of the format: results depend on it)."""
 
