@@ -31,7 +31,7 @@ from gopflow.codecs.learned.engine import (
     propagation_weight,
     registry_name,
 )
-from gopflow.codecs.learned.hyperprior import GainedHyperprior, resample_gains
+from gopflow.codecs.learned.hyperprior import GainedHyperprior, resample_gains, set_side_search
 from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import (
@@ -65,12 +65,12 @@ def _model(arch: dict[str, Any], seed: int) -> Any:
 
 def _codec(
     name: str, mode_lambdas: list[float] | None = None, deadzones: tuple[float, ...] = (0.5,),
-    adaptive_intra: bool | None = None,
+    adaptive_intra: bool | None = None, side_search: int = 0,
 ) -> GopCodec:
     intra = _model(SMALL_INTRA, 0)
     inter = _model(INTER_ARCHS[name], 1) if name != "intra" else None
     return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas, adaptive_intra,
-                    deadzones)
+                    deadzones, side_search)
 
 
 def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -407,6 +407,46 @@ def test_dead_zone_zeroes_small_symbols_and_the_decoder_reads_them() -> None:
             assert torch.equal(prior.decompress(code, (16, 16), 1), y_hat)
             sizes.append(len(code.y_string) + len(code.z_string))
         assert len(plain.y_string) + len(plain.z_string) > sizes[0] > sizes[1] > sizes[2]
+
+
+def test_side_search_shortens_the_strings_of_the_same_symbols() -> None:
+    prior = _prior()
+    y = torch.randn(1, 8, 16, 16)
+    y[..., :8] *= 8.0  # large symbols on the left, almost none on the right
+    y[..., 8:] *= 0.1
+    with torch.no_grad():
+        prior.h_a[-1].weight.zero_()  # an uninformative guess: the same z everywhere
+        prior.h_s[-2].bias.fill_(0.5)
+        for deadzone in (0.5, 2.0):
+            plain, plain_hat = prior.compress(y, 1, deadzone)
+            prior.side_search = 30
+            searched, searched_hat = prior.compress(y, 1, deadzone)
+            again, _ = prior.compress(y, 1, deadzone)
+            prior.side_search = 0
+            assert torch.equal(searched_hat, plain_hat)  # same integers, same reconstruction
+            assert again == searched  # the search is repeatable
+            assert torch.equal(prior.decompress(searched, (16, 16), 1), plain_hat)
+            # A constant z is a poor guess: the search must find shorter strings.
+            assert len(searched.y_string) + len(searched.z_string) < (
+                len(plain.y_string) + len(plain.z_string))
+    with pytest.raises(ValueError, match=">= 0"):
+        set_side_search(prior, -1)
+
+
+@pytest.mark.parametrize("name", list(INTER_ARCHS))
+def test_side_search_reaches_every_latent_and_decodes_exactly(name: str) -> None:
+    frames = _frames(3, 64, 64)
+    plain = _codec(name).encode_gop(frames, 2)
+    codec = _codec(name, side_search=10)
+    priors = [m for model in (codec.intra, codec.inter) for m in model.modules()
+              if isinstance(m, GainedHyperprior)]
+    assert len(priors) == 3 and all(prior.side_search == 10 for prior in priors)
+    gop = codec.encode_gop(frames, 2)
+    assert gop.payload_bytes <= plain.payload_bytes  # tiny untrained models: often equal
+    for got, want, before in zip(codec.decode_gop(gop.frames, 64, 64, 2), gop.recon,
+                                 plain.recon, strict=True):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, before)  # only the rate changes
 
 
 @pytest.mark.parametrize("name", list(INTER_ARCHS))

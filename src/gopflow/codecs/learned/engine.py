@@ -21,6 +21,9 @@ finer quantiser, propagating a fraction of each block's cost along the chain):
   quantisation in the spirit of x264's dead zone and trellis) and the cheapest is kept. The
   models are trained with a fixed quantiser, so per frame the encoder often does better by
   spending fewer residual bits than the trained analysis transform asks for.
+- Side-information search (``side_search``; on with ``rdo``): every latent coder searches a
+  ``z`` that codes the same integers in fewer bytes (:meth:`.GainedHyperprior.compress`).
+  Not a trade: the reconstruction is unchanged, only the rate can fall.
 
 Intra offset (``intra_offset``, written in the stream header): the key intra frame that opens
 each GOP is coded that many quality levels above the P frames (capped at the top level), as
@@ -50,7 +53,7 @@ from torch import Tensor, nn
 
 from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop, InterCandidate
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
-from gopflow.codecs.learned.hyperprior import ROUNDING
+from gopflow.codecs.learned.hyperprior import ROUNDING, SIDE_SEARCH_STEPS, set_side_search
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import (
     ModelIntegrityError,
@@ -128,12 +131,14 @@ class GopCodec:
 
     ``mode_lambdas``: each level's training lambda, for the encoder's decisions;
     ``adaptive_intra`` (default: whether lambdas are given) and ``deadzones`` (candidate
-    residual dead zones, plain rounding only by default) choose which decisions it makes."""
+    residual dead zones, plain rounding only by default) choose which decisions it makes;
+    ``side_search`` turns on the search for cheaper side information in every latent coder
+    of both models (steps; 0 off; see :meth:`.GainedHyperprior.compress`)."""
 
     def __init__(
         self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str,
         mode_lambdas: Sequence[float] | None = None, adaptive_intra: bool | None = None,
-        deadzones: Sequence[float] = (ROUNDING,),
+        deadzones: Sequence[float] = (ROUNDING,), side_search: int = 0,
     ) -> None:
         if name not in CODEC_NAMES:
             raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -159,6 +164,9 @@ class GopCodec:
             raise UsageError(f"residual dead zones must be at least {ROUNDING}")
         if (self.adaptive_intra or len(self.deadzones) > 1) and self.mode_lambdas is None:
             raise UsageError("adaptive intra and dead-zone choice need the training lambdas")
+        for model in (intra, inter):
+            if isinstance(model, nn.Module):
+                set_side_search(model, side_search)
 
     def _level(self, level: int) -> int:
         if not 1 <= level <= self.levels:
@@ -355,7 +363,8 @@ def load_codec(
     each file checked against the registry's SHA-256. Encoder decisions by rate-distortion
     cost, with the lambdas the inter model was trained with (its installed metadata):
     ``adaptive_intra`` picks intra or inter per P frame, ``rdo`` the residual dead zone
-    (:data:`RDO_DEADZONES`)."""
+    (:data:`RDO_DEADZONES`) and searches every latent's side information for shorter
+    strings (:data:`~.hyperprior.SIDE_SEARCH_STEPS`; same reconstruction, fewer bytes)."""
     if name not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
     intra, intra_sha = _load("intra", directory)
@@ -372,7 +381,8 @@ def load_codec(
                 "pass --no-adaptive-intra --no-rdo)")
     return GopCodec(name, intra, inter, f"{name}:{inter_sha}+{intra_sha}", lambdas,
                     adaptive_intra=adaptive_intra,
-                    deadzones=RDO_DEADZONES if rdo else (ROUNDING,))
+                    deadzones=RDO_DEADZONES if rdo else (ROUNDING,),
+                    side_search=SIDE_SEARCH_STEPS if rdo else 0)
 
 
 def model_digest(model: nn.Module) -> str:
