@@ -18,7 +18,7 @@ import av
 import numpy as np
 import torch
 
-from gopflow.codecs.learned.bitstream import unpack_strings
+from gopflow.codecs.learned.bitstream import UnitKind, unpack_strings
 from gopflow.codecs.learned.engine import load_codec
 from gopflow.pipeline.learned_stage import rgb_frames
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adaptive-intra", action="store_true",
                         help="let the encoder choose intra or inter per P frame")
     parser.add_argument("--rdo", action="store_true",
-                        help="let the encoder choose each P frame's residual dead zone")
+                        help="let the encoder choose each P frame's levels and residual dead zone")
     parser.add_argument("--intra-offset", type=int, default=0,
                         help="code intra frames this many levels above --level (0)")
     parser.add_argument("--registry", help="weights registry (default: shipped weights)")
@@ -56,12 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         mse = float(np.mean((source.astype(np.float64) - recon) ** 2))
         psnr = 10 * math.log10(255.0**2 / mse) if mse else float("inf")
         bpp = 8 * len(coded.payload) / (width * height)
-        groups, _ = unpack_strings(coded.payload)
+        strings, levels = coded.payload, ""
+        if coded.kind == UnitKind.LEVELED_INTER:  # two level bytes, then the latent strings
+            strings = coded.payload[2:]
+            levels = f", levels {coded.payload[0] + 1}/{coded.payload[1] + 1}"
+        groups, _ = unpack_strings(strings)
         parts = " + ".join(
             "/".join(f"{8 * len(string) / (width * height):.4f}" for string in group)
             for group in groups)
         print(f"frame {index} {chr(coded.kind)}: {bpp:.3f} bpp, {psnr:.2f} dB PSNR-RGB "
-              f"(latents y/z bpp: {parts})")
+              f"(latents y/z bpp: {parts}{levels})")
     return 0
 
 

@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gop", type=int, default=10, help="GOP length, all codecs (10)")
     parser.add_argument("--codecs", default=",".join(LEARNED),
                         help="learned codecs to run: NAME[+ai][+rdo][+kN] (dvc, fvc with "
-                        "adaptive intra, dead-zone choice, intra frames N levels up)")
+                        "adaptive intra, rate-distortion choices of levels and dead zones, "
+                        "intra frames N levels up)")
     parser.add_argument("--crfs", default="20,24,28,32,36,40", help="x264 CRFs")
     parser.add_argument("--x265-crfs", default="22,26,30,34,38,42", help="x265 CRFs")
     parser.add_argument("--presets", default="veryfast,medium")

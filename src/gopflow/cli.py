@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument(
         "--rdo", action=argparse.BooleanOptionalAction, default=None,
-        help="dvc/fvc: code each P frame's residual with several quantiser dead zones and keep "
-        "the one with the least rate + lambda * distortion (the decoder is unchanged; slower "
-        "encoding) (default: on for dvc/fvc)",
+        help="dvc/fvc: code each P frame's motion and residual at several quality levels "
+        "around --quality and the residual with several quantiser dead zones, keep the "
+        "combination with the least rate + lambda * distortion, and search each latent's side "
+        "information for fewer bytes (slower encoding) (default: on for dvc/fvc)",
     )
     enc.add_argument(
         "--intra-offset", type=int, metavar="N",

@@ -23,6 +23,8 @@ from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
 from gopflow.codecs.learned.engine import (
     PROPAGATION,
     RDO_DEADZONES,
+    RDO_LEAD_OFFSETS,
+    RDO_RESIDUAL_OFFSETS,
     GopCodec,
     build_codec_model,
     codec_threads,
@@ -30,6 +32,7 @@ from gopflow.codecs.learned.engine import (
     model_digest,
     propagation_weight,
     registry_name,
+    to_tensor,
 )
 from gopflow.codecs.learned.hyperprior import GainedHyperprior, resample_gains, set_side_search
 from gopflow.codecs.learned.intra import IntraCodec
@@ -66,11 +69,12 @@ def _model(arch: dict[str, Any], seed: int) -> Any:
 def _codec(
     name: str, mode_lambdas: list[float] | None = None, deadzones: tuple[float, ...] = (0.5,),
     adaptive_intra: bool | None = None, side_search: int = 0,
+    lead_offsets: tuple[int, ...] = (0,), residual_offsets: tuple[int, ...] = (0,),
 ) -> GopCodec:
     intra = _model(SMALL_INTRA, 0)
     inter = _model(INTER_ARCHS[name], 1) if name != "intra" else None
     return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas, adaptive_intra,
-                    deadzones, side_search)
+                    deadzones, side_search, lead_offsets, residual_offsets)
 
 
 def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -155,8 +159,9 @@ np.save(spec["out"], np.stack(out))
 def test_another_process_with_other_threads_decodes_the_same(name: str, tmp_path: Path) -> None:
     # P models with every encoder decision on: they must change nothing a decoder computes.
     inter = name != "intra"
-    codec = (_codec(name, [0.001] * 4, RDO_DEADZONES, adaptive_intra=True) if inter
-             else _codec(name))
+    codec = (_codec(name, [0.001] * 4, RDO_DEADZONES, adaptive_intra=True, side_search=3,
+                    lead_offsets=RDO_LEAD_OFFSETS, residual_offsets=RDO_RESIDUAL_OFFSETS)
+             if inter else _codec(name))
     frames = _frames(3, 64, 96)
     offset = 1 if inter else 0
     with codec_threads(2):  # the caller's thread count must not matter
@@ -481,6 +486,61 @@ def test_rdo_keeps_the_cheapest_dead_zone(name: str) -> None:
         _codec(name, None, candidates)
     with pytest.raises(UsageError, match="dead zones"):
         _codec(name, [0.01] * 4, (0.25,))
+
+
+@pytest.mark.parametrize("name", list(INTER_ARCHS))
+def test_rdo_keeps_the_cheapest_levels_and_names_them_in_q_units(name: str) -> None:
+    frames = _frames(2, 64, 64)
+
+    def codec_with(lmbda: float, side_search: int = 0) -> GopCodec:
+        codec = _codec(name, [lmbda] * 4, (0.5,), adaptive_intra=False, side_search=side_search,
+                       lead_offsets=(0, 1, 2), residual_offsets=(-1, 0, 1))
+        assert codec.inter is not None
+        with torch.no_grad():  # untrained residual latents are near 0: give them symbols
+            codec.inter.residual_prior.gain.mul_(50.0)
+        return codec
+
+    chosen = []
+    for lmbda in (1e-9, 1e4):
+        codec = codec_with(lmbda)
+        assert codec.inter is not None
+        gop = codec.encode_gop(frames, 2)  # 0-based level 1: motion 1..3, residual 0..2
+        state = codec.inter.next_state(None, to_tensor(gop.recon[0]))
+        costs: dict[tuple[int, int], tuple[float, bytes]] = {}
+        with torch.no_grad():
+            for lead in (1, 2, 3):
+                for residual in (0, 1, 2):
+                    (one,) = codec.inter.compress_inter(
+                        to_tensor(frames[1]), state, (lead,), (residual,), (0.5,))
+                    recon = codec.inter.decompress_inter(one.payload, state, lead, residual)
+                    picture = torch.round(recon * 255.0)[0].permute(1, 2, 0).numpy()
+                    costs[lead, residual] = (
+                        8 * len(one.payload) / 64**2 + lmbda * _mse(picture, frames[1]),
+                        one.payload)
+        assert len({payload for _, payload in costs.values()}) == 9
+        best = min(costs, key=lambda levels: costs[levels][0])
+        chosen.append(best)
+        frame = gop.frames[1]
+        if best == (1, 1):
+            assert (frame.kind, frame.payload) == (UnitKind.INTER, costs[best][1])
+        else:
+            assert frame.kind == UnitKind.LEVELED_INTER
+            assert frame.payload == bytes(best) + costs[best][1]
+        decoded = codec.decode_gop(gop.frames, 64, 64, 2)
+        np.testing.assert_array_equal(np.stack(decoded), np.stack(gop.recon))
+        # The side-information search codes the chosen candidate again: same frames.
+        searched = codec_with(lmbda, side_search=10).encode_gop(frames, 2)
+        assert searched.payload_bytes <= gop.payload_bytes
+        assert searched.frames[1].payload[:2] == frame.payload[:2] or best == (1, 1)
+        np.testing.assert_array_equal(np.stack(searched.recon), np.stack(gop.recon))
+    assert any(best != (1, 1) for best in chosen)  # some frame was written as a Q unit
+    # A Q unit naming a level the codec lacks, or too short for its levels, is refused.
+    for payload in (bytes((9, 1)) + gop.frames[1].payload[2:], b"\x01"):
+        forged = (gop.frames[0], CodedFrame(UnitKind.LEVELED_INTER, payload))
+        with pytest.raises(BitstreamError, match="Q unit"):
+            codec.decode_gop(forged, 64, 64, 2)
+    with pytest.raises(UsageError, match="include 0"):
+        _codec(name, [0.01] * 4, lead_offsets=(1, 2))
 
 
 def test_propagation_weight_counts_each_later_frame_by_its_inherited_share() -> None:

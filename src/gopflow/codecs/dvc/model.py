@@ -12,7 +12,7 @@ channel counts are small.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
     MULTIPLE,
     analysis,
+    fast_copy,
     latent_shape,
     rd_loss,
     residual_candidates,
@@ -237,23 +238,34 @@ class DvcCodec(CompressionModel):
         return recon
 
     def compress_inter(
-        self, x: Tensor, state: Tensor, level: int, deadzones: Sequence[float] = (ROUNDING,)
-    ) -> list[InterCandidate]:
+        self, x: Tensor, state: Tensor, motion_levels: Sequence[int],
+        residual_levels: Sequence[int], deadzones: Sequence[float] = (ROUNDING,),
+    ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` against the decoded reference ``state``: one candidate per
-        residual dead zone (motion coded once; see :meth:`GainedHyperprior.compress`), each
-        with its reconstruction when there are several."""
-        m_code, m_hat = self.motion_prior.compress(self.m_a(self.estimate_flow(x, state)), level)
-        prediction = self._prediction(state, m_hat)
-        return residual_candidates(
-            self.residual_prior, self.r_a(x - prediction), level, deadzones, m_code,
-            latent_shape(x.shape[-2], x.shape[-1]),
-            lambda r_hat: (prediction + self.r_s(r_hat)).clamp(0.0, 1.0))
+        motion level, residual level and residual dead zone (the flow estimated once; see
+        :meth:`GainedHyperprior.compress`), each with its reconstruction when there are
+        several (yielded one by one: memory holds one candidate's frame)."""
+        shape = latent_shape(x.shape[-2], x.shape[-1])
+        several = len(motion_levels) * len(residual_levels) * len(deadzones) > 1
+        motion = self.m_a(self.estimate_flow(x, state))
+        residual_synthesis = fast_copy(self.r_s) if several else self.r_s
+        for motion_level in motion_levels:
+            m_code, m_hat = self.motion_prior.compress(motion, motion_level)
+            prediction = self._prediction(state, m_hat)
+            yield from residual_candidates(
+                self.residual_prior, self.r_a(x - prediction), residual_levels, deadzones,
+                m_code, motion_level, shape,
+                (lambda r_hat, p=prediction: (p + residual_synthesis(r_hat)).clamp(0.0, 1.0))
+                if several else None)
 
-    def decompress_inter(self, payload: bytes, state: Tensor, level: int) -> Tensor:
+    def decompress_inter(
+        self, payload: bytes, state: Tensor, motion_level: int, residual_level: int
+    ) -> Tensor:
         """Decode a :meth:`compress_inter` payload against the same reference."""
         h, w = state.shape[-2:]
         m_code, r_code = unpack_payload(payload, h, w, 2)
         size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
-        prediction = self._prediction(state, self.motion_prior.decompress(m_code, size, level))
-        r_hat = self.residual_prior.decompress(r_code, size, level)
+        prediction = self._prediction(
+            state, self.motion_prior.decompress(m_code, size, motion_level))
+        r_hat = self.residual_prior.decompress(r_code, size, residual_level)
         return (prediction + self.r_s(r_hat)).clamp(0.0, 1.0)

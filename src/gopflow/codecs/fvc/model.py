@@ -12,7 +12,7 @@ deformable convolutions (no bits) and fuses them; transposed convolutions rebuil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
     MULTIPLE,
+    fast_copy,
     latent_shape,
     rd_loss,
     residual_candidates,
@@ -157,26 +158,34 @@ class FvcCodec(CompressionModel):
         return (self.extract(recon), *(state or ()))[: self.buffer]
 
     def compress_inter(
-        self, x: Tensor, state: tuple[Tensor, ...], level: int,
-        deadzones: Sequence[float] = (ROUNDING,),
-    ) -> list[InterCandidate]:
+        self, x: Tensor, state: tuple[Tensor, ...], offset_levels: Sequence[int],
+        residual_levels: Sequence[int], deadzones: Sequence[float] = (ROUNDING,),
+    ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` against the reference buffer ``state``: one candidate per
-        feature-residual dead zone (offsets coded once), each with its reconstruction when
-        there are several."""
+        offsets level, feature-residual level and dead zone (features extracted once), each
+        with its reconstruction when there are several (yielded one by one)."""
+        shape = latent_shape(x.shape[-2], x.shape[-1])
+        several = len(offset_levels) * len(residual_levels) * len(deadzones) > 1
         current = self.extract(x)
-        o_code, o_hat = self.offset_prior.compress(self.o_a(self._predict(current, state)), level)
-        prediction = self.compensate(state[0], self.o_s(o_hat))
-        return residual_candidates(
-            self.residual_prior, self.r_a(current - prediction), level, deadzones, o_code,
-            latent_shape(x.shape[-2], x.shape[-1]),
-            lambda r_hat: self._fused_frame(prediction + self.r_s(r_hat), state).clamp(0.0, 1.0))
+        offsets = self.o_a(self._predict(current, state))
+        residual_synthesis = fast_copy(self.r_s) if several else self.r_s
+        for offset_level in offset_levels:
+            o_code, o_hat = self.offset_prior.compress(offsets, offset_level)
+            prediction = self.compensate(state[0], self.o_s(o_hat))
+            yield from residual_candidates(
+                self.residual_prior, self.r_a(current - prediction), residual_levels,
+                deadzones, o_code, offset_level, shape,
+                (lambda r_hat, p=prediction: self._fused_frame(p + residual_synthesis(r_hat), state)
+                 .clamp(0.0, 1.0)) if several else None)
 
-    def decompress_inter(self, payload: bytes, state: tuple[Tensor, ...], level: int) -> Tensor:
+    def decompress_inter(
+        self, payload: bytes, state: tuple[Tensor, ...], offset_level: int, residual_level: int
+    ) -> Tensor:
         """Decode a :meth:`compress_inter` payload against the same reference buffer."""
         h, w = (4 * size for size in state[0].shape[-2:])
         o_code, r_code = unpack_payload(payload, h, w, 2)
         size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
-        o_hat = self.offset_prior.decompress(o_code, size, level)
+        o_hat = self.offset_prior.decompress(o_code, size, offset_level)
         prediction = self.compensate(state[0], self.o_s(o_hat))
-        r_hat = self.residual_prior.decompress(r_code, size, level)
+        r_hat = self.residual_prior.decompress(r_code, size, residual_level)
         return self._fused_frame(prediction + self.r_s(r_hat), state).clamp(0.0, 1.0)

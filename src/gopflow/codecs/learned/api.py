@@ -47,10 +47,15 @@ class CodedFrame:
 class InterCandidate:
     """One way an inter codec can code a P frame: the payload, and (when the encoder asked
     for several, to choose by rate-distortion cost) the decoder's reconstruction of it
-    (padded ``1 x 3 x H x W`` tensor in [0, 1]); ``None`` for a single candidate."""
+    (padded ``1 x 3 x H x W`` tensor in [0, 1]; ``None`` for a single candidate), with the
+    choices behind it: the 0-based levels of the lead latent (DVC motion, FVC offsets) and of
+    the residual, and the residual's dead zone."""
 
     payload: bytes
-    recon: Any = None
+    recon: Any
+    lead_level: int
+    residual_level: int
+    deadzone: float
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,18 @@ Layout (all integers big-endian)::
             fps numerator u32 | fps denominator u32 | GOP size u32 (the longest GOP) |
             frame count u32 | GOP count u32 | quality level u8 | intra offset u8 (version 3) |
             CRC32 of everything before u32
-    unit    kind u8 (I intra, P inter, R refresh intra, E end) | frame index u32 |
+    unit    kind u8 (I intra, P inter, Q inter at its own levels, R refresh intra, E end) |
+            frame index u32 |
             payload length u32 | payload | CRC32 of kind..payload u32
     end     one E unit with an empty payload and frame index = frame count
 
 Version 3 adds the intra offset (key intra frames are coded that many levels above the
 quality level, capped at the codec's top level) and refresh units (R: an intra frame the
 encoder chose in place of an inter frame, coded at the quality level; it starts a closed GOP
-as an I unit does). Version 2 streams (no offset, no R units) still decode.
+as an I unit does). Version 4 adds Q units: an inter frame whose payload starts with two
+level bytes of its own (0-based: motion or offsets, then residual), chosen per frame by the
+encoder where the header's level is not the cheapest. Versions 2 and 3 (no Q units; version 2
+also no offset and no R units) still decode.
 
 GOP structure (since version 2): every intra (I or R) unit starts a closed GOP and only they
 do, so scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader
@@ -44,8 +48,8 @@ from gopflow.errors import CorruptInputError, UsageError
 from gopflow.fileio import atomic_write
 
 MAGIC = b"GFLV"
-VERSION = 3
-READABLE_VERSIONS = (2, 3)
+VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 _HEAD = struct.Struct(">IIIIIIIB")
 _OFFSET = struct.Struct(">B")
 _UNIT = struct.Struct(">BII")
@@ -59,11 +63,13 @@ class BitstreamError(CorruptInputError):
 
 class UnitKind(enum.IntEnum):
     """What a unit carries: a key intra frame (at the header's level plus its intra offset),
-    an inter frame, a refresh intra frame (version 3: chosen by the encoder in place of an
-    inter frame, coded at the inter frames' level) or the end marker."""
+    an inter frame (at the header's level, or, version 4, at the levels its payload starts
+    with), a refresh intra frame (version 3: chosen by the encoder in place of an inter
+    frame, coded at the inter frames' level) or the end marker."""
 
     INTRA = ord("I")
     INTER = ord("P")
+    LEVELED_INTER = ord("Q")
     REFRESH = ord("R")
     END = ord("E")
 
@@ -71,6 +77,11 @@ class UnitKind(enum.IntEnum):
     def starts_gop(self) -> bool:
         """Intra frames (key or refresh) start a closed GOP."""
         return self in (UnitKind.INTRA, UnitKind.REFRESH)
+
+    @property
+    def predicted(self) -> bool:
+        """Inter frames (at the stream's levels or their own) predict from the previous."""
+        return self in (UnitKind.INTER, UnitKind.LEVELED_INTER)
 
 
 @dataclass(frozen=True)
@@ -329,7 +340,7 @@ def read_gop(handle: BinaryIO, extent: GopExtent, name: str = "stream") -> list[
     units = [_read_unit(handle, extent.first_frame + i, name) for i in range(extent.frames)]
     if handle.tell() != extent.offset + extent.size:
         raise BitstreamError(f"{name}: GOP {extent.index} does not end where it was listed")
-    if not units[0].kind.starts_gop or any(u.kind != UnitKind.INTER for u in units[1:]):
+    if not units[0].kind.starts_gop or any(not u.kind.predicted for u in units[1:]):
         raise BitstreamError(f"{name}: GOP {extent.index} is not one intra frame then inter")
     return units
 

@@ -21,9 +21,17 @@ finer quantiser, propagating a fraction of each block's cost along the chain):
   quantisation in the spirit of x264's dead zone and trellis) and the cheapest is kept. The
   models are trained with a fixed quantiser, so per frame the encoder often does better by
   spending fewer residual bits than the trained analysis transform asks for.
+- Per-frame levels (``lead_offsets``, ``residual_offsets``): each P frame's lead latent
+  (DVC motion, FVC offsets) and residual are also coded at levels around the stream's
+  (:data:`RDO_LEAD_OFFSETS`, :data:`RDO_RESIDUAL_OFFSETS`) and the cheapest combination with
+  the dead zones is kept; where it is not the stream's level, the frame is written as a
+  ``Q`` unit that names its two levels. As x264's adaptive quantiser and macroblock tree
+  give each frame its own quantiser; measured on white_flower, the motion in particular is
+  worth coding finer than the residual (README).
 - Side-information search (``side_search``; on with ``rdo``): every latent coder searches a
   ``z`` that codes the same integers in fewer bytes (:meth:`.GainedHyperprior.compress`).
-  Not a trade: the reconstruction is unchanged, only the rate can fall.
+  Not a trade: the reconstruction is unchanged, only the rate can fall, so the P frame
+  candidates are compared without it and only the chosen one is coded again with it.
 
 Intra offset (``intra_offset``, written in the stream header): the key intra frame that opens
 each GOP is coded that many quality levels above the P frames (capped at the top level), as
@@ -41,9 +49,11 @@ separate workers.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,7 +63,12 @@ from torch import Tensor, nn
 
 from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop, InterCandidate
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
-from gopflow.codecs.learned.hyperprior import ROUNDING, SIDE_SEARCH_STEPS, set_side_search
+from gopflow.codecs.learned.hyperprior import (
+    ROUNDING,
+    SIDE_SEARCH_STEPS,
+    GainedHyperprior,
+    set_side_search,
+)
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import (
     ModelIntegrityError,
@@ -104,10 +119,13 @@ class InterModel(Protocol):
     def next_state(self, state: Any, recon: Tensor) -> Any: ...
 
     def compress_inter(
-        self, x: Tensor, state: Any, level: int, deadzones: Sequence[float] = ...,
-    ) -> list[InterCandidate]: ...
+        self, x: Tensor, state: Any, lead_levels: Sequence[int], residual_levels: Sequence[int],
+        deadzones: Sequence[float] = ...,
+    ) -> Iterator[InterCandidate]: ...
 
-    def decompress_inter(self, payload: bytes, state: Any, level: int) -> Tensor: ...
+    def decompress_inter(
+        self, payload: bytes, state: Any, lead_level: int, residual_level: int
+    ) -> Tensor: ...
 
 
 def to_tensor(frame: np.ndarray) -> Tensor:
@@ -130,15 +148,18 @@ class GopCodec:
     """A :class:`~gopflow.codecs.learned.api.LearnedVideoCodec`: intra plus optional inter.
 
     ``mode_lambdas``: each level's training lambda, for the encoder's decisions;
-    ``adaptive_intra`` (default: whether lambdas are given) and ``deadzones`` (candidate
-    residual dead zones, plain rounding only by default) choose which decisions it makes;
-    ``side_search`` turns on the search for cheaper side information in every latent coder
-    of both models (steps; 0 off; see :meth:`.GainedHyperprior.compress`)."""
+    ``adaptive_intra`` (default: whether lambdas are given), ``deadzones`` (candidate
+    residual dead zones, plain rounding only by default), ``lead_offsets`` and
+    ``residual_offsets`` (candidate P frame levels around the stream's, ``(0,)`` by default)
+    choose which decisions it makes; ``side_search`` turns on the search for cheaper side
+    information in every latent coder of both models (steps; 0 off; see
+    :meth:`.GainedHyperprior.compress`)."""
 
     def __init__(
         self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str,
         mode_lambdas: Sequence[float] | None = None, adaptive_intra: bool | None = None,
         deadzones: Sequence[float] = (ROUNDING,), side_search: int = 0,
+        lead_offsets: Sequence[int] = (0,), residual_offsets: Sequence[int] = (0,),
     ) -> None:
         if name not in CODEC_NAMES:
             raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -162,8 +183,15 @@ class GopCodec:
         self.deadzones = tuple(deadzones)
         if not self.deadzones or min(self.deadzones) < ROUNDING:
             raise UsageError(f"residual dead zones must be at least {ROUNDING}")
-        if (self.adaptive_intra or len(self.deadzones) > 1) and self.mode_lambdas is None:
-            raise UsageError("adaptive intra and dead-zone choice need the training lambdas")
+        self.lead_offsets = tuple(lead_offsets)
+        self.residual_offsets = tuple(residual_offsets)
+        if 0 not in self.lead_offsets or 0 not in self.residual_offsets:
+            raise UsageError("P frame level offsets must include 0 (the stream's level)")
+        choices = len(self.deadzones) * len(self.lead_offsets) * len(self.residual_offsets)
+        if (self.adaptive_intra or choices > 1) and self.mode_lambdas is None:
+            raise UsageError("adaptive intra, dead-zone and level choices need the training "
+                             "lambdas")
+        self.side_search = side_search
         for model in (intra, inter):
             if isinstance(model, nn.Module):
                 set_side_search(model, side_search)
@@ -191,28 +219,66 @@ class GopCodec:
             at = intra_level if frame.kind == UnitKind.INTRA else level
             recon = to_uint8(self.intra.decompress(frame.payload, padded[0], padded[1], at))
             state = None  # an intra frame starts a new reference chain
-        elif frame.kind == UnitKind.INTER and self.inter is not None and state is not None:
-            recon = to_uint8(self.inter.decompress_inter(frame.payload, state, level))
+        elif frame.kind.predicted and self.inter is not None and state is not None:
+            lead, residual, payload = self._inter_levels(frame, level)
+            recon = to_uint8(self.inter.decompress_inter(payload, state, lead, residual))
         else:
             raise BitstreamError(f"an inter frame without a reference for codec {self.name!r}")
         if self.inter is not None:
             state = self.inter.next_state(state, recon / 255.0)
         return recon, state
 
-    def _inter_payload(
+    def _inter_levels(self, frame: CodedFrame, level: int) -> tuple[int, int, bytes]:
+        """``(lead level, residual level, latent payload)`` of an inter frame: the stream's
+        level for ``P`` units, the two level bytes that open a ``Q`` unit's payload."""
+        if frame.kind == UnitKind.INTER:
+            return level, level, frame.payload
+        if len(frame.payload) < 2:
+            raise BitstreamError("a Q unit is too short for its two level bytes")
+        lead, residual = frame.payload[0], frame.payload[1]
+        if max(lead, residual) >= self.levels:
+            raise BitstreamError(f"a Q unit names level {max(lead, residual) + 1}; codec "
+                                 f"{self.name!r} has {self.levels}")
+        return lead, residual, frame.payload[2:]
+
+    def _around(self, level: int, offsets: tuple[int, ...]) -> list[int]:
+        """The valid 0-based levels ``level + offset``, in the order of ``offsets``."""
+        levels = [level + offset for offset in offsets]
+        return [at for i, at in enumerate(levels) if 0 <= at < self.levels
+                and at not in levels[:i]]
+
+    def _inter_frame(
         self, x: Tensor, source: np.ndarray, state: Any, level: int, later: int
-    ) -> bytes:
-        """A P frame's payload: the cheapest of the residual dead-zone candidates, by the
-        propagated cost (:meth:`_propagated_lambda`)."""
+    ) -> CodedFrame:
+        """A P frame: the cheapest of the candidate levels and residual dead zones, by the
+        propagated cost (:meth:`_propagated_lambda`); a ``Q`` unit when its levels are not
+        the stream's. Candidates are compared without the side-information search (it
+        leaves the reconstruction as it is); the chosen one is coded again with it."""
         assert self.inter is not None
-        candidates = self.inter.compress_inter(x, state, level, self.deadzones)
-        if len(candidates) == 1:
-            return candidates[0].payload
-        height, width = source.shape[:2]
-        lmbda = self._propagated_lambda(level, later)
-        costs = [_rd_cost(c.payload, _crop(to_uint8(c.recon), height, width), source, lmbda)
-                 for c in candidates]
-        return candidates[costs.index(min(costs))].payload
+        leads = self._around(level, self.lead_offsets)
+        residuals = self._around(level, self.residual_offsets)
+        choices = len(leads) * len(residuals) * len(self.deadzones)
+        if choices == 1:
+            (best,) = self.inter.compress_inter(x, state, leads, residuals, self.deadzones)
+        else:
+            height, width = source.shape[:2]
+            lmbda = self._propagated_lambda(level, later)
+            best, best_cost = None, math.inf
+            with _side_search(self.inter, 0):
+                for candidate in self.inter.compress_inter(
+                        x, state, leads, residuals, self.deadzones):
+                    picture = _crop(to_uint8(candidate.recon), height, width)
+                    cost = _rd_cost(candidate.payload, picture, source, lmbda)
+                    if cost < best_cost:
+                        best, best_cost = replace(candidate, recon=None), cost
+            assert best is not None
+            if self.side_search:
+                (best,) = self.inter.compress_inter(
+                    x, state, (best.lead_level,), (best.residual_level,), (best.deadzone,))
+        if (best.lead_level, best.residual_level) == (level, level):
+            return CodedFrame(UnitKind.INTER, best.payload)
+        return CodedFrame(UnitKind.LEVELED_INTER,
+                          bytes((best.lead_level, best.residual_level)) + best.payload)
 
     def _propagated_lambda(self, level: int, later: int) -> float:
         """The level's training lambda, weighted by ``sum(PROPAGATION**k, k = 0..later)``: a
@@ -249,8 +315,7 @@ class GopCodec:
                 if intra_only:
                     item = CodedFrame(UnitKind.INTRA, self.intra.compress(x, key))
                 else:
-                    item = CodedFrame(UnitKind.INTER,
-                                      self._inter_payload(x, frame, state, index, later))
+                    item = self._inter_frame(x, frame, state, index, later)
                 recon, next_state = self._decode(item, state, padded, index, key)
                 picture = _crop(recon, height, width)
                 if not intra_only and self.adaptive_intra:
@@ -284,6 +349,20 @@ class GopCodec:
                 recon, state = self._decode(frame, state, padded, index, key)
                 out.append(_crop(recon, height, width))
         return out
+
+
+@contextmanager
+def _side_search(model: nn.Module, steps: int) -> Iterator[None]:
+    """Run ``model``'s latent coders with ``steps`` of side-information search inside,
+    restoring each coder's setting after."""
+    coders = [m for m in model.modules() if isinstance(m, GainedHyperprior)]
+    previous = [coder.side_search for coder in coders]
+    set_side_search(model, steps)
+    try:
+        yield
+    finally:
+        for coder, steps_before in zip(coders, previous, strict=True):
+            coder.side_search = steps_before
 
 
 def propagation_weight(later: int) -> float:
@@ -353,6 +432,10 @@ def _load(codec: str, directory: str | os.PathLike[str] | None) -> tuple[Any, st
 
 RDO_DEADZONES: tuple[float, ...] = (ROUNDING, 1.0, 1.5, 2.0)
 """The residual dead zones the encoder tries per P frame with ``rdo`` (plain rounding first)."""
+RDO_LEAD_OFFSETS: tuple[int, ...] = (0, 1, 2)
+"""Levels above the stream's at which ``rdo`` also codes each P frame's motion (offsets)."""
+RDO_RESIDUAL_OFFSETS: tuple[int, ...] = (-1, 0, 1)
+"""Levels around the stream's at which ``rdo`` also codes each P frame's residual."""
 
 
 def load_codec(
@@ -363,7 +446,8 @@ def load_codec(
     each file checked against the registry's SHA-256. Encoder decisions by rate-distortion
     cost, with the lambdas the inter model was trained with (its installed metadata):
     ``adaptive_intra`` picks intra or inter per P frame, ``rdo`` the residual dead zone
-    (:data:`RDO_DEADZONES`) and searches every latent's side information for shorter
+    (:data:`RDO_DEADZONES`) and the P frame levels (:data:`RDO_LEAD_OFFSETS`,
+    :data:`RDO_RESIDUAL_OFFSETS`) and searches every latent's side information for shorter
     strings (:data:`~.hyperprior.SIDE_SEARCH_STEPS`; same reconstruction, fewer bytes)."""
     if name not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -382,7 +466,9 @@ def load_codec(
     return GopCodec(name, intra, inter, f"{name}:{inter_sha}+{intra_sha}", lambdas,
                     adaptive_intra=adaptive_intra,
                     deadzones=RDO_DEADZONES if rdo else (ROUNDING,),
-                    side_search=SIDE_SEARCH_STEPS if rdo else 0)
+                    side_search=SIDE_SEARCH_STEPS if rdo else 0,
+                    lead_offsets=RDO_LEAD_OFFSETS if rdo else (0,),
+                    residual_offsets=RDO_RESIDUAL_OFFSETS if rdo else (0,))
 
 
 def model_digest(model: nn.Module) -> str:
