@@ -63,12 +63,7 @@ from torch import Tensor, nn
 
 from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop, InterCandidate
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
-from gopflow.codecs.learned.hyperprior import (
-    ROUNDING,
-    SIDE_SEARCH_STEPS,
-    GainedHyperprior,
-    set_side_search,
-)
+from gopflow.codecs.learned.hyperprior import ROUNDING, SIDE_SEARCH_STEPS, set_side_search
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import (
     ModelIntegrityError,
@@ -220,7 +215,7 @@ class GopCodec:
             recon = to_uint8(self.intra.decompress(frame.payload, padded[0], padded[1], at))
             state = None  # an intra frame starts a new reference chain
         elif frame.kind.predicted and self.inter is not None and state is not None:
-            lead, residual, payload = self._inter_levels(frame, level)
+            lead, residual, payload = self.inter_levels(frame, level)
             recon = to_uint8(self.inter.decompress_inter(payload, state, lead, residual))
         else:
             raise BitstreamError(f"an inter frame without a reference for codec {self.name!r}")
@@ -228,7 +223,7 @@ class GopCodec:
             state = self.inter.next_state(state, recon / 255.0)
         return recon, state
 
-    def _inter_levels(self, frame: CodedFrame, level: int) -> tuple[int, int, bytes]:
+    def inter_levels(self, frame: CodedFrame, level: int) -> tuple[int, int, bytes]:
         """``(lead level, residual level, latent payload)`` of an inter frame: the stream's
         level for ``P`` units, the two level bytes that open a ``Q`` unit's payload."""
         if frame.kind == UnitKind.INTER:
@@ -243,9 +238,7 @@ class GopCodec:
 
     def _around(self, level: int, offsets: tuple[int, ...]) -> list[int]:
         """The valid 0-based levels ``level + offset``, in the order of ``offsets``."""
-        levels = [level + offset for offset in offsets]
-        return [at for i, at in enumerate(levels) if 0 <= at < self.levels
-                and at not in levels[:i]]
+        return [level + offset for offset in offsets if 0 <= level + offset < self.levels]
 
     def _inter_frame(
         self, x: Tensor, source: np.ndarray, state: Any, level: int, later: int
@@ -264,13 +257,16 @@ class GopCodec:
             height, width = source.shape[:2]
             lmbda = self._propagated_lambda(level, later)
             best, best_cost = None, math.inf
-            with _side_search(self.inter, 0):
+            set_side_search(self.inter, 0)
+            try:
                 for candidate in self.inter.compress_inter(
                         x, state, leads, residuals, self.deadzones):
                     picture = _crop(to_uint8(candidate.recon), height, width)
                     cost = _rd_cost(candidate.payload, picture, source, lmbda)
                     if cost < best_cost:
                         best, best_cost = replace(candidate, recon=None), cost
+            finally:
+                set_side_search(self.inter, self.side_search)
             assert best is not None
             if self.side_search:
                 (best,) = self.inter.compress_inter(
@@ -349,20 +345,6 @@ class GopCodec:
                 recon, state = self._decode(frame, state, padded, index, key)
                 out.append(_crop(recon, height, width))
         return out
-
-
-@contextmanager
-def _side_search(model: nn.Module, steps: int) -> Iterator[None]:
-    """Run ``model``'s latent coders with ``steps`` of side-information search inside,
-    restoring each coder's setting after."""
-    coders = [m for m in model.modules() if isinstance(m, GainedHyperprior)]
-    previous = [coder.side_search for coder in coders]
-    set_side_search(model, steps)
-    try:
-        yield
-    finally:
-        for coder, steps_before in zip(coders, previous, strict=True):
-            coder.side_search = steps_before
 
 
 def propagation_weight(later: int) -> float:
