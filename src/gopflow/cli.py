@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rdo", action=argparse.BooleanOptionalAction, default=None,
         help="dvc/fvc: code each P frame's motion and residual at several quality levels "
         "around --quality and the residual with several quantiser dead zones, keep the "
-        "combination with the least rate + lambda * distortion, and search each latent's side "
-        "information for fewer bytes (slower encoding) (default: on for dvc/fvc)",
+        "combination with the least rate + lambda * distortion, refine dvc's motion latent "
+        "for its prediction, and search each latent's side information for fewer bytes "
+        "(slower encoding) (default: on for dvc/fvc)",
     )
     enc.add_argument(
         "--intra-offset", type=int, metavar="N",

@@ -34,7 +34,12 @@ from gopflow.codecs.learned.engine import (
     registry_name,
     to_tensor,
 )
-from gopflow.codecs.learned.hyperprior import GainedHyperprior, resample_gains, set_side_search
+from gopflow.codecs.learned.hyperprior import (
+    GainedHyperprior,
+    Refinement,
+    resample_gains,
+    set_side_search,
+)
 from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import (
@@ -70,11 +75,12 @@ def _codec(
     name: str, mode_lambdas: list[float] | None = None, deadzones: tuple[float, ...] = (0.5,),
     adaptive_intra: bool | None = None, side_search: int = 0,
     lead_offsets: tuple[int, ...] = (0,), residual_offsets: tuple[int, ...] = (0,),
+    refine_steps: int = 0,
 ) -> GopCodec:
     intra = _model(SMALL_INTRA, 0)
     inter = _model(INTER_ARCHS[name], 1) if name != "intra" else None
     return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas, adaptive_intra,
-                    deadzones, side_search, lead_offsets, residual_offsets)
+                    deadzones, side_search, lead_offsets, residual_offsets, refine_steps)
 
 
 def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -160,7 +166,8 @@ def test_another_process_with_other_threads_decodes_the_same(name: str, tmp_path
     # P models with every encoder decision on: they must change nothing a decoder computes.
     inter = name != "intra"
     codec = (_codec(name, [0.001] * 4, RDO_DEADZONES, adaptive_intra=True, side_search=3,
-                    lead_offsets=RDO_LEAD_OFFSETS, residual_offsets=RDO_RESIDUAL_OFFSETS)
+                    lead_offsets=RDO_LEAD_OFFSETS, residual_offsets=RDO_RESIDUAL_OFFSETS,
+                    refine_steps=3)
              if inter else _codec(name))
     frames = _frames(3, 64, 96)
     offset = 1 if inter else 0
@@ -436,6 +443,63 @@ def test_side_search_shortens_the_strings_of_the_same_symbols() -> None:
                 len(plain.y_string) + len(plain.z_string))
     with pytest.raises(ValueError, match=">= 0"):
         set_side_search(prior, -1)
+
+
+def test_refinement_lowers_the_real_cost_of_a_poor_latent() -> None:
+    prior = _prior()
+    target = torch.randn(1, 8, 16, 16) * 4.0
+    start = torch.zeros_like(target)  # a poor guess: it codes nothing of the target
+    lambdas = (1e-2, 1e-2)  # distortion dominates even under an untrained prior
+
+    def cost(latent: torch.Tensor) -> float:  # real bytes of the coded integers
+        with torch.no_grad():
+            code, y_hat = prior.compress(latent, 1)
+        bits = 8 * (len(code.y_string) + len(code.z_string))
+        return bits / 16**2 + lambdas[1] * 255**2 * float(torch.mean((y_hat - target) ** 2))
+
+    refinement = Refinement(lambdas, steps=30, step=0.5)
+    refined = prior.refine(start, 1, lambda y_hat: y_hat, target, refinement)
+    again = prior.refine(start, 1, lambda y_hat: y_hat, target, refinement)
+    assert torch.equal(refined, again)  # repeatable: the noise comes from a fixed seed
+    assert cost(refined) < 0.5 * cost(start)
+    assert not start.any()  # the caller's latent is left as it was
+    unrefined = prior.refine(start, 1, lambda y_hat: y_hat, target, Refinement(lambdas, 0))
+    assert torch.equal(unrefined, start)
+    # A latent that already codes the target is not made worse by its own measure.
+    exact = torch.round(target * prior.gain.abs()[1][None, :, None, None]) / prior.gain.abs()[
+        1][None, :, None, None]
+    assert cost(prior.refine(exact, 1, lambda y_hat: y_hat, target, refinement)) <= (
+        cost(exact) * 1.01)
+
+
+@pytest.mark.parametrize("name", list(INTER_ARCHS))
+def test_lead_refinement_changes_only_the_encoder(name: str) -> None:
+    frames = _frames(3, 64, 64)
+    lambdas = [1.0] * 4  # distortion dominates: the refinement must move the lead latent
+    plain = _codec(name, lambdas, adaptive_intra=False).encode_gop(frames, 2)
+    codec = _codec(name, lambdas, adaptive_intra=False, refine_steps=30)
+    assert codec.refinement is not None and codec.refinement.lambdas == tuple(lambdas)
+    refined = codec.encode_gop(frames, 2)
+    assert refined.frames[0] == plain.frames[0]  # the key frame has no lead latent
+    assert [f.payload for f in refined.frames[1:]] != [f.payload for f in plain.frames[1:]]
+    decoder = _codec(name)  # the decoder knows nothing of the refinement
+    np.testing.assert_array_equal(np.stack(decoder.decode_gop(refined.frames, 64, 64, 2)),
+                                  np.stack(refined.recon))
+    # With level choices and the side search, the chosen candidate is coded again from its
+    # refined latent: the same frames, no more bytes.
+    choices = {"lead_offsets": (0, 1), "residual_offsets": (0, 1)}
+    chosen = _codec(name, lambdas, adaptive_intra=False, refine_steps=30, **choices)
+    searched = _codec(name, lambdas, adaptive_intra=False, refine_steps=30, side_search=5,
+                      **choices)
+    gop, searched_gop = chosen.encode_gop(frames, 2), searched.encode_gop(frames, 2)
+    np.testing.assert_array_equal(np.stack(searched_gop.recon), np.stack(gop.recon))
+    assert searched_gop.payload_bytes <= gop.payload_bytes
+    np.testing.assert_array_equal(np.stack(decoder.decode_gop(searched_gop.frames, 64, 64, 2)),
+                                  np.stack(gop.recon))
+    with pytest.raises(UsageError, match="lambdas"):
+        _codec(name, None, adaptive_intra=False, refine_steps=30)
+    with pytest.raises(UsageError, match="refinement steps"):
+        _codec(name, lambdas, adaptive_intra=False, refine_steps=-1)
 
 
 @pytest.mark.parametrize("name", list(INTER_ARCHS))

@@ -23,7 +23,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from gopflow.codecs.learned.api import InterCandidate
-from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior
+from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
     MULTIPLE,
@@ -240,21 +240,32 @@ class DvcCodec(CompressionModel):
     def compress_inter(
         self, x: Tensor, state: Tensor, motion_levels: Sequence[int],
         residual_levels: Sequence[int], deadzones: Sequence[float] = (ROUNDING,),
+        refinement: Refinement | None = None, lead_latent: Tensor | None = None,
     ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` against the decoded reference ``state``: one candidate per
         motion level, residual level and residual dead zone (the flow estimated once; see
         :meth:`GainedHyperprior.compress`), each with its reconstruction when there are
-        several (yielded one by one: memory holds one candidate's frame)."""
+        several (yielded one by one: memory holds one candidate's frame). With
+        ``refinement`` the motion latent is refined per motion level for the reference
+        warped by its decoded flow (:meth:`GainedHyperprior.refine`: the motion
+        auto-encoder shrinks the flow it carries); ``lead_latent`` (a candidate's) is coded
+        as given instead."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
         several = len(motion_levels) * len(residual_levels) * len(deadzones) > 1
-        motion = self.m_a(self.estimate_flow(x, state))
+        motion = (lead_latent if lead_latent is not None
+                  else self.m_a(self.estimate_flow(x, state)))
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s
         for motion_level in motion_levels:
-            m_code, m_hat = self.motion_prior.compress(motion, motion_level)
+            latent = motion
+            if refinement is not None and lead_latent is None:
+                latent = self.motion_prior.refine(
+                    motion, motion_level, lambda m_hat: backward_warp(state, self.m_s(m_hat)),
+                    x, refinement)
+            m_code, m_hat = self.motion_prior.compress(latent, motion_level)
             prediction = self._prediction(state, m_hat)
             yield from residual_candidates(
                 self.residual_prior, self.r_a(x - prediction), residual_levels, deadzones,
-                m_code, motion_level, shape,
+                m_code, motion_level, latent, shape,
                 (lambda r_hat, p=prediction: (p + residual_synthesis(r_hat)).clamp(0.0, 1.0))
                 if several else None)
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
 from gopflow.codecs.learned.api import InterCandidate
-from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior
+from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
     MULTIPLE,
@@ -160,21 +160,33 @@ class FvcCodec(CompressionModel):
     def compress_inter(
         self, x: Tensor, state: tuple[Tensor, ...], offset_levels: Sequence[int],
         residual_levels: Sequence[int], deadzones: Sequence[float] = (ROUNDING,),
+        refinement: Refinement | None = None, lead_latent: Tensor | None = None,
     ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` against the reference buffer ``state``: one candidate per
         offsets level, feature-residual level and dead zone (features extracted once), each
-        with its reconstruction when there are several (yielded one by one)."""
+        with its reconstruction when there are several (yielded one by one). With
+        ``refinement`` the offsets latent is refined per level for the frame rebuilt from
+        the compensated features, as the alignment warm-up trains it
+        (:meth:`GainedHyperprior.refine`); ``lead_latent`` (a candidate's) is coded as
+        given instead."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
         several = len(offset_levels) * len(residual_levels) * len(deadzones) > 1
         current = self.extract(x)
-        offsets = self.o_a(self._predict(current, state))
+        offsets = (lead_latent if lead_latent is not None
+                   else self.o_a(self._predict(current, state)))
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s
         for offset_level in offset_levels:
-            o_code, o_hat = self.offset_prior.compress(offsets, offset_level)
+            latent = offsets
+            if refinement is not None and lead_latent is None:
+                latent = self.offset_prior.refine(
+                    offsets, offset_level,
+                    lambda o_hat: self.reconstruct(self.compensate(state[0], self.o_s(o_hat))),
+                    x, refinement)
+            o_code, o_hat = self.offset_prior.compress(latent, offset_level)
             prediction = self.compensate(state[0], self.o_s(o_hat))
             yield from residual_candidates(
                 self.residual_prior, self.r_a(current - prediction), residual_levels,
-                deadzones, o_code, offset_level, shape,
+                deadzones, o_code, offset_level, latent, shape,
                 (lambda r_hat, p=prediction: self._fused_frame(p + residual_synthesis(r_hat), state)
                  .clamp(0.0, 1.0)) if several else None)
 

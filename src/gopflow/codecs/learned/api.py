@@ -49,13 +49,16 @@ class InterCandidate:
     for several, to choose by rate-distortion cost) the decoder's reconstruction of it
     (padded ``1 x 3 x H x W`` tensor in [0, 1]; ``None`` for a single candidate), with the
     choices behind it: the 0-based levels of the lead latent (DVC motion, FVC offsets) and of
-    the residual, and the residual's dead zone."""
+    the residual, and the residual's dead zone. ``lead_latent`` is the lead latent as it was
+    coded (after any refinement): passed back to ``compress_inter`` with the same choices, it
+    codes this candidate again without estimating or refining the latent anew."""
 
     payload: bytes
     recon: Any
     lead_level: int
     residual_level: int
     deadzone: float
+    lead_latent: Any = None
 
 
 @dataclass(frozen=True)

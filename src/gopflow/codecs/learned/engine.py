@@ -63,7 +63,13 @@ from torch import Tensor, nn
 
 from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop, InterCandidate
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
-from gopflow.codecs.learned.hyperprior import ROUNDING, SIDE_SEARCH_STEPS, set_side_search
+from gopflow.codecs.learned.hyperprior import (
+    REFINE_STEPS,
+    ROUNDING,
+    SIDE_SEARCH_STEPS,
+    Refinement,
+    set_side_search,
+)
 from gopflow.errors import UsageError
 from gopflow.precoders.weights import (
     ModelIntegrityError,
@@ -115,7 +121,8 @@ class InterModel(Protocol):
 
     def compress_inter(
         self, x: Tensor, state: Any, lead_levels: Sequence[int], residual_levels: Sequence[int],
-        deadzones: Sequence[float] = ...,
+        deadzones: Sequence[float] = ..., refinement: Refinement | None = ...,
+        lead_latent: Tensor | None = ...,
     ) -> Iterator[InterCandidate]: ...
 
     def decompress_inter(
@@ -148,13 +155,16 @@ class GopCodec:
     ``residual_offsets`` (candidate P frame levels around the stream's, ``(0,)`` by default)
     choose which decisions it makes; ``side_search`` turns on the search for cheaper side
     information in every latent coder of both models (steps; 0 off; see
-    :meth:`.GainedHyperprior.compress`)."""
+    :meth:`.GainedHyperprior.compress`); ``refine_steps`` refines each P frame's lead latent
+    (DVC motion, FVC offsets) for its prediction at every candidate level (Adam steps; 0
+    off; see :meth:`.GainedHyperprior.refine`)."""
 
     def __init__(
         self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str,
         mode_lambdas: Sequence[float] | None = None, adaptive_intra: bool | None = None,
         deadzones: Sequence[float] = (ROUNDING,), side_search: int = 0,
         lead_offsets: Sequence[int] = (0,), residual_offsets: Sequence[int] = (0,),
+        refine_steps: int = 0,
     ) -> None:
         if name not in CODEC_NAMES:
             raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -183,9 +193,13 @@ class GopCodec:
         if 0 not in self.lead_offsets or 0 not in self.residual_offsets:
             raise UsageError("P frame level offsets must include 0 (the stream's level)")
         choices = len(self.deadzones) * len(self.lead_offsets) * len(self.residual_offsets)
-        if (self.adaptive_intra or choices > 1) and self.mode_lambdas is None:
-            raise UsageError("adaptive intra, dead-zone and level choices need the training "
-                             "lambdas")
+        if (self.adaptive_intra or choices > 1 or refine_steps) and self.mode_lambdas is None:
+            raise UsageError("adaptive intra, dead-zone and level choices and the lead "
+                             "refinement need the training lambdas")
+        if refine_steps < 0:
+            raise UsageError(f"refinement steps must be >= 0, got {refine_steps}")
+        self.refinement = (Refinement(self.mode_lambdas, refine_steps)
+                           if refine_steps and self.mode_lambdas is not None else None)
         self.side_search = side_search
         for model in (intra, inter):
             if isinstance(model, nn.Module):
@@ -246,13 +260,15 @@ class GopCodec:
         """A P frame: the cheapest of the candidate levels and residual dead zones, by the
         propagated cost (:meth:`_propagated_lambda`); a ``Q`` unit when its levels are not
         the stream's. Candidates are compared without the side-information search (it
-        leaves the reconstruction as it is); the chosen one is coded again with it."""
+        leaves the reconstruction as it is); the chosen one is coded again with it, from the
+        lead latent it was coded from (refined once, not again)."""
         assert self.inter is not None
         leads = self._around(level, self.lead_offsets)
         residuals = self._around(level, self.residual_offsets)
         choices = len(leads) * len(residuals) * len(self.deadzones)
         if choices == 1:
-            (best,) = self.inter.compress_inter(x, state, leads, residuals, self.deadzones)
+            (best,) = self.inter.compress_inter(
+                x, state, leads, residuals, self.deadzones, self.refinement)
         else:
             height, width = source.shape[:2]
             lmbda = self._propagated_lambda(level, later)
@@ -260,7 +276,7 @@ class GopCodec:
             set_side_search(self.inter, 0)
             try:
                 for candidate in self.inter.compress_inter(
-                        x, state, leads, residuals, self.deadzones):
+                        x, state, leads, residuals, self.deadzones, self.refinement):
                     picture = _crop(to_uint8(candidate.recon), height, width)
                     cost = _rd_cost(candidate.payload, picture, source, lmbda)
                     if cost < best_cost:
@@ -270,7 +286,8 @@ class GopCodec:
             assert best is not None
             if self.side_search:
                 (best,) = self.inter.compress_inter(
-                    x, state, (best.lead_level,), (best.residual_level,), (best.deadzone,))
+                    x, state, (best.lead_level,), (best.residual_level,), (best.deadzone,),
+                    lead_latent=best.lead_latent)
         if (best.lead_level, best.residual_level) == (level, level):
             return CodedFrame(UnitKind.INTER, best.payload)
         return CodedFrame(UnitKind.LEVELED_INTER,
@@ -418,6 +435,10 @@ RDO_LEAD_OFFSETS: tuple[int, ...] = (0, 1, 2)
 """Levels above the stream's at which ``rdo`` also codes each P frame's motion (offsets)."""
 RDO_RESIDUAL_OFFSETS: tuple[int, ...] = (-1, 0, 1)
 """Levels around the stream's at which ``rdo`` also codes each P frame's residual."""
+RDO_REFINE_STEPS: dict[str, int] = {"dvc": REFINE_STEPS, "fvc": 0}
+"""Adam steps of the lead-latent refinement with ``rdo``, by codec: measured on DVC's motion
+(white_flower, README); FVC's offsets are refined by the same code when asked, but that was
+not measured, so it stays off there."""
 
 
 def load_codec(
@@ -429,7 +450,8 @@ def load_codec(
     cost, with the lambdas the inter model was trained with (its installed metadata):
     ``adaptive_intra`` picks intra or inter per P frame, ``rdo`` the residual dead zone
     (:data:`RDO_DEADZONES`) and the P frame levels (:data:`RDO_LEAD_OFFSETS`,
-    :data:`RDO_RESIDUAL_OFFSETS`) and searches every latent's side information for shorter
+    :data:`RDO_RESIDUAL_OFFSETS`), refines each P frame's lead latent
+    (:data:`RDO_REFINE_STEPS`) and searches every latent's side information for shorter
     strings (:data:`~.hyperprior.SIDE_SEARCH_STEPS`; same reconstruction, fewer bytes)."""
     if name not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -450,7 +472,8 @@ def load_codec(
                     deadzones=RDO_DEADZONES if rdo else (ROUNDING,),
                     side_search=SIDE_SEARCH_STEPS if rdo else 0,
                     lead_offsets=RDO_LEAD_OFFSETS if rdo else (0,),
-                    residual_offsets=RDO_RESIDUAL_OFFSETS if rdo else (0,))
+                    residual_offsets=RDO_RESIDUAL_OFFSETS if rdo else (0,),
+                    refine_steps=RDO_REFINE_STEPS[name] if rdo else 0)
 
 
 def model_digest(model: nn.Module) -> str:

@@ -101,13 +101,14 @@ def fast_copy(module: nn.Module) -> nn.Module:
 
 def residual_candidates(
     prior: GainedHyperprior, residual: Tensor, levels: Sequence[int],
-    deadzones: Sequence[float], lead: LatentCode, lead_level: int, shape: list[int],
-    rebuild: Callable[[Tensor], Tensor] | None,
+    deadzones: Sequence[float], lead: LatentCode, lead_level: int, lead_latent: Tensor,
+    shape: list[int], rebuild: Callable[[Tensor], Tensor] | None,
 ) -> Iterator[InterCandidate]:
     """A P frame's payloads, one per residual level and dead zone: the ``lead`` latent
-    (motion or offsets, coded once at ``lead_level``) then ``residual`` coded at that level
-    with that dead zone; each carries ``rebuild(residual_hat)``, the decoder's frame, for the
-    encoder's choice (``None`` where there is nothing to choose: ``rebuild`` is ``None``).
+    (motion or offsets: ``lead_latent`` coded once at ``lead_level``) then ``residual``
+    coded at that level with that dead zone; each carries ``rebuild(residual_hat)``, the
+    decoder's frame, for the encoder's choice (``None`` where there is nothing to choose:
+    ``rebuild`` is ``None``).
     Yielded one at a time, so the encoder keeps only the best frame in memory."""
     for level in levels:
         for deadzone in deadzones:
@@ -115,7 +116,7 @@ def residual_candidates(
             yield InterCandidate(
                 pack_strings(pack_codes([lead, code]), shape),
                 rebuild(residual_hat) if rebuild is not None else None,
-                lead_level, level, deadzone)
+                lead_level, level, deadzone, lead_latent)
 
 
 class IntraCodec(CompressionModel):
