@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gopflow import __version__
-from gopflow.codecs.learned.api import DEFAULT_INTRA_OFFSETS
+from gopflow.codecs.learned.api import DEFAULT_INTRA_OFFSETS, DEFAULT_MOTION_REFINEMENT
 from gopflow.errors import GopflowError, UsageError
 from gopflow.jobs.compare import add_compare_parser, run_compare
 from gopflow.jobs.train import add_train_parser, run_train
@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         "combination with the least rate + lambda * distortion, refine dvc's motion latent "
         "for its prediction, and search each latent's side information for fewer bytes "
         "(slower encoding) (default: on for dvc/fvc)",
+    )
+    enc.add_argument(
+        "--motion-refinement", type=int, metavar="STEPS",
+        help="dvc: Adam steps refining each P frame's motion latent for its prediction before "
+        "it is coded (encoder only; more steps, fewer bits, slower encoding; 0 turns it off) "
+        f"(default with --rdo: {DEFAULT_MOTION_REFINEMENT['dvc']} for dvc, "
+        f"{DEFAULT_MOTION_REFINEMENT['fvc']} for fvc)",
     )
     enc.add_argument(
         "--intra-offset", type=int, metavar="N",
@@ -290,7 +297,8 @@ def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
     if args.codec not in LEARNED:
         for flag, value in (("--quality", args.quality), ("--registry", args.registry),
                             ("--adaptive-intra", args.adaptive_intra), ("--rdo", args.rdo),
-                            ("--intra-offset", args.intra_offset)):
+                            ("--intra-offset", args.intra_offset),
+                            ("--motion-refinement", args.motion_refinement)):
             if value is not None:
                 raise UsageError(f"{flag} is for the learned codecs (dvc, fvc, intra), not "
                                  f"{args.codec}; use --crf or --bitrate")
@@ -312,7 +320,7 @@ def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
         raise UsageError(f"{', '.join(given)} apply to x264/x265, not --codec {args.codec}; "
                          "use --quality Q (learned codecs run one thread per GOP)")
     return LearnedSettings(args.codec, args.quality, args.registry, args.adaptive_intra,
-                           args.rdo, args.intra_offset)
+                           args.rdo, args.intra_offset, args.motion_refinement)
 
 
 def _transcode(args: argparse.Namespace) -> int:

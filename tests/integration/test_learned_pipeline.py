@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import make_clip, media
+from gopflow.codecs.learned.api import DEFAULT_MOTION_REFINEMENT
 from gopflow.codecs.learned.bitstream import read_header, scan_gops
 from gopflow.media.y4m import read_y4m_rgb
 from gopflow.pipeline.learned_stage import frames_digest, psnr_rgb
@@ -189,14 +190,19 @@ def test_bad_options_are_one_line_errors(setup: dict[str, Path]) -> None:
     _one_line_error(done, 2, ".gflv")
     done = _gopflow("transcode", clip, "-o", out, "--codec", "intra", "--adaptive-intra",
                     "--registry", registry)
-    _one_line_error(done, 2, "--adaptive-intra, --rdo and --intra-offset are for dvc and fvc")
+    _one_line_error(done, 2, "--adaptive-intra, --rdo, --intra-offset and --motion-refinement "
+                    "are for dvc and fvc")
     done = _gopflow("transcode", clip, "-o", out, "--codec", "intra", "--intra-offset", "1",
                     "--registry", registry)
-    _one_line_error(done, 2, "--adaptive-intra, --rdo and --intra-offset are for dvc and fvc")
+    _one_line_error(done, 2, "--adaptive-intra, --rdo, --intra-offset and --motion-refinement "
+                    "are for dvc and fvc")
     done = _gopflow("transcode", clip, "-o", out, "--codec", "dvc", "--intra-offset", "300",
                     "--registry", registry)
     _one_line_error(done, 2, "--intra-offset must be 0 to 255")
-    for flag in ("--adaptive-intra", "--rdo", "--intra-offset=1"):
+    done = _gopflow("transcode", clip, "-o", out, "--codec", "dvc", "--motion-refinement", "-1",
+                    "--registry", registry)
+    _one_line_error(done, 2, "motion refinement steps must be >= 0")
+    for flag in ("--adaptive-intra", "--rdo", "--intra-offset=1", "--motion-refinement=5"):
         done = _gopflow("transcode", clip, "-o", str(setup["root"] / "x.mp4"), flag)
         _one_line_error(done, 2, f"{flag.split('=')[0]} is for the learned codecs")
     assert not os.path.exists(out)
@@ -238,6 +244,7 @@ def test_adaptive_intra_splits_gops_and_decodes_exactly(setup: dict[str, Path]) 
     report = json.loads(report_path.read_text())
     learned = report["settings"]["learned"]
     assert (learned["adaptive_intra"], learned["rdo"], learned["intra_offset"]) == (True, True, 1)
+    assert learned["motion_refinement"] == DEFAULT_MOTION_REFINEMENT["dvc"]
     gops = report["gops"]
     kinds = "".join(gop["details"]["kinds"] for gop in gops)
     assert len(kinds) == FRAMES and all(gop["details"]["kinds"][0] == "I" for gop in gops)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from compressai.models.base import get_scale_table
 
-from gopflow.codecs.learned.api import CodedFrame
+from gopflow.codecs.learned.api import DEFAULT_MOTION_REFINEMENT, CodedFrame
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
 from gopflow.codecs.learned.engine import (
     PROPAGATION,
@@ -302,6 +302,18 @@ def test_adaptive_intra_reads_the_trained_lambdas(tmp_path: Path) -> None:
                   tmp_path)
     codec = load_codec("dvc", tmp_path, adaptive_intra=True)
     assert codec.mode_lambdas == (0.001, 0.002, 0.004, 0.008)
+    # The motion refinement: on with --rdo by default, its steps overridable, 0 turns it off.
+    assert codec.refinement is None
+    refined = load_codec("dvc", tmp_path, rdo=True).refinement
+    assert refined is not None and refined.steps == DEFAULT_MOTION_REFINEMENT["dvc"] > 0
+    assert refined.lambdas == codec.mode_lambdas
+    assert load_codec("dvc", tmp_path, rdo=True, refine_steps=0).refinement is None
+    alone = load_codec("dvc", tmp_path, refine_steps=5).refinement  # needs the lambdas too
+    assert alone is not None and alone.steps == 5
+    with pytest.raises(UsageError, match=">= 0"):
+        load_codec("dvc", tmp_path, rdo=True, refine_steps=-1)
+    with pytest.raises(UsageError, match="dvc and fvc"):
+        load_codec("intra", tmp_path, refine_steps=3)
 
 
 def test_training_pass_rounds_the_decoder_path_and_keeps_gradients() -> None:

@@ -90,6 +90,9 @@ class LearnedSettings:
     intra_offset: int | None = None
     """dvc/fvc: intra frames this many levels above ``level``; None:
     the codec's :data:`~gopflow.codecs.learned.api.DEFAULT_INTRA_OFFSETS` entry."""
+    motion_refinement: int | None = None
+    """dvc/fvc: Adam steps refining each P frame's motion (offsets) latent; None: the
+    codec's default with ``rdo`` (:func:`~gopflow.codecs.learned.engine.refine_steps_for`)."""
 
     @property
     def adaptive(self) -> bool:
@@ -110,7 +113,8 @@ class LearnedSettings:
 
     def ref(self) -> LearnedCodecRef:
         registry = os.path.abspath(self.registry) if self.registry else None
-        return LearnedCodecRef(self.codec, registry, self.adaptive, self.rdo_on)
+        return LearnedCodecRef(self.codec, registry, self.adaptive, self.rdo_on,
+                               self.motion_refinement)
 
 
 def _slots(runner: RayRunner, workers: int | None) -> int:
@@ -142,11 +146,13 @@ def run_learned_transcode(
         raise UsageError(f"unknown learned codec {learned.codec!r}; "
                          f"choose from {', '.join(CODEC_NAMES)}")
     if learned.codec == "intra" and (learned.adaptive_intra or learned.rdo
-                                     or learned.intra_offset):
-        raise UsageError("--adaptive-intra, --rdo and --intra-offset are for dvc and fvc; "
-                         "--codec intra codes every frame as intra already")
+                                     or learned.intra_offset or learned.motion_refinement):
+        raise UsageError("--adaptive-intra, --rdo, --intra-offset and --motion-refinement are "
+                         "for dvc and fvc; --codec intra codes every frame as intra already")
     if learned.intra_offset is not None and not 0 <= learned.intra_offset < 256:
         raise UsageError(f"--intra-offset must be 0 to 255, got {learned.intra_offset}")
+    from gopflow.codecs.learned.engine import refine_steps_for
+
     ref = learned.ref()
     codec = open_codec(ref)
     level = codec.levels // 2 + 1 if learned.level is None else learned.level
@@ -162,7 +168,9 @@ def run_learned_transcode(
     settings = {
         "learned": {"codec": learned.codec, "level": level, "model_id": codec.model_id,
                     "adaptive_intra": learned.adaptive, "rdo": learned.rdo_on,
-                    "intra_offset": learned.offset},
+                    "intra_offset": learned.offset,
+                    "motion_refinement": refine_steps_for(
+                        learned.codec, learned.rdo_on, learned.motion_refinement)},
         "gop_seconds": config.gop_seconds,
         "min_gop_seconds": config.min_gop_seconds,
         "scene_detect": config.scene_detect,

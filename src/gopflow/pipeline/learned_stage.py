@@ -29,13 +29,15 @@ from gopflow.types import EncodedGop, GopSpec, ReadMode
 @dataclass(frozen=True)
 class LearnedCodecRef:
     """Which learned codec a worker loads: a name, a weights registry (None: shipped) and
-    the encoder's rate-distortion decisions: intra or inter per P frame, and the residual
-    dead zone per P frame (``rdo``)."""
+    the encoder's rate-distortion decisions: intra or inter per P frame, the levels and
+    residual dead zone per P frame (``rdo``), and the lead-latent refinement's steps
+    (``refine_steps``; None: the default with ``rdo``)."""
 
     name: str
     registry: str | None = None
     adaptive_intra: bool = False
     rdo: bool = False
+    refine_steps: int | None = None
 
 
 def open_codec(ref: LearnedCodecRef) -> LearnedVideoCodec:
@@ -43,7 +45,7 @@ def open_codec(ref: LearnedCodecRef) -> LearnedVideoCodec:
     on a fixed thread count, so recon and decode match bit for bit)."""
     from gopflow.codecs.learned.engine import load_codec
 
-    return load_codec(ref.name, ref.registry, ref.adaptive_intra, ref.rdo)
+    return load_codec(ref.name, ref.registry, ref.adaptive_intra, ref.rdo, ref.refine_steps)
 
 
 def rgb_frames(frames: Iterable[Any]) -> list[np.ndarray]:

@@ -31,6 +31,12 @@ a finer quantiser; measured with ``bench/codecs.py`` (README): it pays for DVC, 
 carry the intra frame's quality along the GOP (once the intra codec was retrained, 1 was at
 least as good as 2 on both benchmark clips, and better than 3 on white_flower), and costs
 FVC (its alignment barely uses the reference), so FVC keeps 0."""
+DEFAULT_MOTION_REFINEMENT: dict[str, int] = {"dvc": 20, "fvc": 0}
+"""Adam steps refining each P frame's lead latent with ``--rdo``, by codec
+(:meth:`~gopflow.codecs.learned.hyperprior.GainedHyperprior.refine`): measured on DVC's
+motion (white_flower, README). FVC's offsets are refined by the same code when asked, but
+on white_flower's first P frame at quality 2 it kept the start (the same bytes) at 3.4 times
+the encode time, so it stays off there."""
 CODEC_NAMES: tuple[str, ...] = ("intra", "dvc", "fvc")
 """The learned codecs, by the name the CLI, the registry (``codec-<name>``) and streams use."""
 

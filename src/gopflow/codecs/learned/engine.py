@@ -61,10 +61,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gopflow.codecs.learned.api import CODEC_NAMES, CodedFrame, CodedGop, InterCandidate
+from gopflow.codecs.learned.api import (
+    CODEC_NAMES,
+    DEFAULT_MOTION_REFINEMENT,
+    CodedFrame,
+    CodedGop,
+    InterCandidate,
+)
 from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
 from gopflow.codecs.learned.hyperprior import (
-    REFINE_STEPS,
     ROUNDING,
     SIDE_SEARCH_STEPS,
     Refinement,
@@ -435,15 +440,21 @@ RDO_LEAD_OFFSETS: tuple[int, ...] = (0, 1, 2)
 """Levels above the stream's at which ``rdo`` also codes each P frame's motion (offsets)."""
 RDO_RESIDUAL_OFFSETS: tuple[int, ...] = (-1, 0, 1)
 """Levels around the stream's at which ``rdo`` also codes each P frame's residual."""
-RDO_REFINE_STEPS: dict[str, int] = {"dvc": REFINE_STEPS, "fvc": 0}
-"""Adam steps of the lead-latent refinement with ``rdo``, by codec: measured on DVC's motion
-(white_flower, README); FVC's offsets are refined by the same code when asked, but that was
-not measured, so it stays off there."""
+def refine_steps_for(name: str, rdo: bool, steps: int | None = None) -> int:
+    """Adam steps of the lead-latent refinement: ``steps`` when given (0 turns it off), else
+    :data:`DEFAULT_MOTION_REFINEMENT` with ``rdo`` and none without."""
+    if steps is None:
+        return DEFAULT_MOTION_REFINEMENT.get(name, 0) if rdo else 0
+    if steps < 0:
+        raise UsageError(f"motion refinement steps must be >= 0, got {steps}")
+    if steps and name not in DEFAULT_MOTION_REFINEMENT:
+        raise UsageError(f"motion refinement is for dvc and fvc, not {name!r}")
+    return steps
 
 
 def load_codec(
     name: str, directory: str | os.PathLike[str] | None = None, adaptive_intra: bool = False,
-    rdo: bool = False,
+    rdo: bool = False, refine_steps: int | None = None,
 ) -> GopCodec:
     """The learned codec ``name`` (``intra``, ``dvc``, ``fvc``) with its shipped weights,
     each file checked against the registry's SHA-256. Encoder decisions by rate-distortion
@@ -451,16 +462,18 @@ def load_codec(
     ``adaptive_intra`` picks intra or inter per P frame, ``rdo`` the residual dead zone
     (:data:`RDO_DEADZONES`) and the P frame levels (:data:`RDO_LEAD_OFFSETS`,
     :data:`RDO_RESIDUAL_OFFSETS`), refines each P frame's lead latent
-    (:data:`RDO_REFINE_STEPS`) and searches every latent's side information for shorter
-    strings (:data:`~.hyperprior.SIDE_SEARCH_STEPS`; same reconstruction, fewer bytes)."""
+    (:data:`DEFAULT_MOTION_REFINEMENT`) and searches every latent's side information for shorter
+    strings (:data:`~.hyperprior.SIDE_SEARCH_STEPS`; same reconstruction, fewer bytes).
+    ``refine_steps`` overrides the refinement's steps (:func:`refine_steps_for`)."""
     if name not in CODEC_NAMES:
         raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
+    steps = refine_steps_for(name, rdo, refine_steps)
     intra, intra_sha = _load("intra", directory)
     if name == "intra":
         return GopCodec(name, intra, None, f"intra:{intra_sha}")
     inter, inter_sha = _load(name, directory)
     lambdas = None
-    if adaptive_intra or rdo:
+    if adaptive_intra or rdo or steps:
         lambdas = model_metadata(registry_name(name), directory).get("lambdas")
         if not isinstance(lambdas, list):  # GopCodec checks there is one per level
             raise ModelIntegrityError(
@@ -473,7 +486,7 @@ def load_codec(
                     side_search=SIDE_SEARCH_STEPS if rdo else 0,
                     lead_offsets=RDO_LEAD_OFFSETS if rdo else (0,),
                     residual_offsets=RDO_RESIDUAL_OFFSETS if rdo else (0,),
-                    refine_steps=RDO_REFINE_STEPS[name] if rdo else 0)
+                    refine_steps=steps)
 
 
 def model_digest(model: nn.Module) -> str:

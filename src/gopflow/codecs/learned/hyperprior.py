@@ -47,10 +47,9 @@ latents (-0.5%, -2.9%, -3.1%) and came within 2 points on the dead-zone residual
 -29%); (100, 0.1) found -34% there but less elsewhere, at three times the steps."""
 
 
-REFINE_STEPS = 20
-"""Adam steps of the encoder's lead-latent refinement (:meth:`GainedHyperprior.refine`)."""
 REFINE_STEP = 0.05
-"""Its step size, in latent units before the gain. Tried on white_flower P frames (scratch
+"""The step size of the encoder's lead-latent refinement (:meth:`GainedHyperprior.refine`),
+in latent units before the gain. Tried on white_flower P frames (scratch
 script, not kept): DVC's refined motion lowered each frame's cost ``bpp + lambda * MSE`` by
 7-9% against the best unrefined candidate at quality 2 (frames 1-3), by 3.5% at quality 5
 (frame 1). A 10-step refinement through the residual coder as well (the full cost) gained
@@ -63,7 +62,7 @@ class Refinement:
     models' training lambdas), Adam steps and step size."""
 
     lambdas: tuple[float, ...]
-    steps: int = REFINE_STEPS
+    steps: int
     step: float = REFINE_STEP
 
 
