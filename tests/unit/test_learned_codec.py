@@ -24,6 +24,7 @@ from gopflow.codecs.learned.engine import (
     PROPAGATION,
     RDO_DEADZONES,
     RDO_LEAD_OFFSETS,
+    RDO_REFINED_LEAD_OFFSETS,
     RDO_RESIDUAL_OFFSETS,
     GopCodec,
     build_codec_model,
@@ -304,10 +305,13 @@ def test_adaptive_intra_reads_the_trained_lambdas(tmp_path: Path) -> None:
     assert codec.mode_lambdas == (0.001, 0.002, 0.004, 0.008)
     # The motion refinement: on with --rdo by default, its steps overridable, 0 turns it off.
     assert codec.refinement is None
-    refined = load_codec("dvc", tmp_path, rdo=True).refinement
+    rdo = load_codec("dvc", tmp_path, rdo=True)
+    refined = rdo.refinement
     assert refined is not None and refined.steps == DEFAULT_MOTION_REFINEMENT["dvc"] > 0
     assert refined.lambdas == codec.mode_lambdas
-    assert load_codec("dvc", tmp_path, rdo=True, refine_steps=0).refinement is None
+    assert rdo.lead_offsets == RDO_REFINED_LEAD_OFFSETS  # refined motion needs fewer levels
+    unrefined = load_codec("dvc", tmp_path, rdo=True, refine_steps=0)
+    assert unrefined.refinement is None and unrefined.lead_offsets == RDO_LEAD_OFFSETS
     alone = load_codec("dvc", tmp_path, refine_steps=5).refinement  # needs the lambdas too
     assert alone is not None and alone.steps == 5
     with pytest.raises(UsageError, match=">= 0"):
