@@ -248,8 +248,8 @@ class DvcCodec(CompressionModel):
         several (yielded one by one: memory holds one candidate's frame). With
         ``refinement`` the motion latent is refined per motion level for the reference
         warped by its decoded flow (:meth:`GainedHyperprior.refine`: the motion
-        auto-encoder shrinks the flow it carries); ``lead_latent`` (a candidate's) is coded
-        as given instead."""
+        auto-encoder shrinks the flow it carries); ``lead_latent`` (a candidate's, passed
+        without ``refinement``) is coded as given instead of estimating one."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
         several = len(motion_levels) * len(residual_levels) * len(deadzones) > 1
         motion = (lead_latent if lead_latent is not None
@@ -257,7 +257,7 @@ class DvcCodec(CompressionModel):
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s
         for motion_level in motion_levels:
             latent = motion
-            if refinement is not None and lead_latent is None:
+            if refinement is not None:
                 latent = self.motion_prior.refine(
                     motion, motion_level, lambda m_hat: backward_warp(state, self.m_s(m_hat)),
                     x, refinement)

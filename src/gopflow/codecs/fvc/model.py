@@ -167,8 +167,8 @@ class FvcCodec(CompressionModel):
         with its reconstruction when there are several (yielded one by one). With
         ``refinement`` the offsets latent is refined per level for the frame rebuilt from
         the compensated features, as the alignment warm-up trains it
-        (:meth:`GainedHyperprior.refine`); ``lead_latent`` (a candidate's) is coded as
-        given instead."""
+        (:meth:`GainedHyperprior.refine`); ``lead_latent`` (a candidate's, passed without
+        ``refinement``) is coded as given instead of estimating one."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
         several = len(offset_levels) * len(residual_levels) * len(deadzones) > 1
         current = self.extract(x)
@@ -177,7 +177,7 @@ class FvcCodec(CompressionModel):
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s
         for offset_level in offset_levels:
             latent = offsets
-            if refinement is not None and lead_latent is None:
+            if refinement is not None:
                 latent = self.offset_prior.refine(
                     offsets, offset_level,
                     lambda o_hat: self.reconstruct(self.compensate(state[0], self.o_s(o_hat))),

@@ -64,7 +64,7 @@ class InterCandidate:
     lead_level: int
     residual_level: int
     deadzone: float
-    lead_latent: Any = None
+    lead_latent: Any
 
 
 @dataclass(frozen=True)

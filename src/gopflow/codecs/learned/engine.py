@@ -441,10 +441,12 @@ RDO_LEAD_OFFSETS: tuple[int, ...] = (0, 1, 2)
 RDO_REFINED_LEAD_OFFSETS: tuple[int, ...] = (0, 1)
 """The same with the lead-latent refinement on. Refined, DVC's motion was coded 2 levels up
 on only two P frames of the white_flower benchmark, both at quality 1; without that
-candidate qualities 2-7 code the same bytes and quality 1 came within 0.3% (17319 against
-17264 bytes, 0.01 dB better), about 1.5 times faster (README)."""
+candidate qualities 2-6 coded the same bytes (7 was not run) and quality 1 came within 0.3%
+(17319 against 17264 bytes, 0.01 dB better), encoding about 1.5 times faster (README)."""
 RDO_RESIDUAL_OFFSETS: tuple[int, ...] = (-1, 0, 1)
 """Levels around the stream's at which ``rdo`` also codes each P frame's residual."""
+
+
 def refine_steps_for(name: str, rdo: bool, steps: int | None = None) -> int:
     """Adam steps of the lead-latent refinement: ``steps`` when given (0 turns it off), else
     :data:`DEFAULT_MOTION_REFINEMENT` with ``rdo`` and none without."""
