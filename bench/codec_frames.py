@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         psnr = 10 * math.log10(255.0**2 / mse) if mse else float("inf")
         bpp = 8 * len(coded.payload) / (width * height)
         strings, levels = coded.payload, ""
-        if coded.kind == UnitKind.LEVELED_INTER:  # P units are at the stream level
+        if coded.kind in (UnitKind.LEVELED_INTER, UnitKind.SKIP):  # P: the stream's level
             lead, residual, strings = codec.inter_levels(coded, args.level - 1)
-            levels = f", levels {lead + 1}/{residual + 1}"
+            levels = f", levels {lead + 1}/{'-' if residual is None else residual + 1}"
         groups, _ = unpack_strings(strings)
         parts = " + ".join(
             "/".join(f"{8 * len(string) / (width * height):.4f}" for string in group)

@@ -110,11 +110,11 @@ def test_refresh_units_start_gops(tmp_path: Path) -> None:
         write_stream(str(path), SCENES, [Unit(UnitKind.INTER, 0, b"x"), *units[1:]])
 
 
-def test_leveled_inter_units_continue_gops(tmp_path: Path) -> None:
-    units = [Unit(UnitKind.LEVELED_INTER if u.frame in (2, 5) else u.kind, u.frame, u.payload)
-             for u in _units(6, (0, 3))]
-    assert [chr(u.kind) for u in units] == list("IPQIPQ")
-    assert all(UnitKind(ord(kind)).predicted == (kind in "PQ") for kind in "IPQRE")
+def test_leveled_and_skip_inter_units_continue_gops(tmp_path: Path) -> None:
+    kinds = {2: UnitKind.LEVELED_INTER, 4: UnitKind.SKIP, 5: UnitKind.LEVELED_INTER}
+    units = [Unit(kinds.get(u.frame, u.kind), u.frame, u.payload) for u in _units(6, (0, 3))]
+    assert [chr(u.kind) for u in units] == list("IPQISQ")
+    assert all(UnitKind(ord(kind)).predicted == (kind in "PQS") for kind in "IPQSRE")
     path = tmp_path / "leveled.gflv"
     write_stream(str(path), replace(SCENES, gop_count=2), units)
     with open(path, "rb") as handle:
@@ -122,7 +122,7 @@ def test_leveled_inter_units_continue_gops(tmp_path: Path) -> None:
         extents = scan_gops(handle, header)
         assert [e.frames for e in extents] == [3, 3]
         assert read_gop(handle, extents[1]) == units[3:]
-    assert path.read_bytes()[4] == 4  # format version 4 introduced Q units
+    assert path.read_bytes()[4] == 5  # format version 4 introduced Q units, 5 S units
 
 
 def test_not_a_stream_and_wrong_version() -> None:

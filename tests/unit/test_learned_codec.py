@@ -76,12 +76,13 @@ def _codec(
     name: str, mode_lambdas: list[float] | None = None, deadzones: tuple[float, ...] = (0.5,),
     adaptive_intra: bool | None = None, side_search: int = 0,
     lead_offsets: tuple[int, ...] = (0,), residual_offsets: tuple[int, ...] = (0,),
-    refine_steps: int = 0,
+    refine_steps: int = 0, skip_residual: bool = False,
 ) -> GopCodec:
     intra = _model(SMALL_INTRA, 0)
     inter = _model(INTER_ARCHS[name], 1) if name != "intra" else None
     return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas, adaptive_intra,
-                    deadzones, side_search, lead_offsets, residual_offsets, refine_steps)
+                    deadzones, side_search, lead_offsets, residual_offsets, refine_steps,
+                    skip_residual)
 
 
 def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -310,6 +311,7 @@ def test_adaptive_intra_reads_the_trained_lambdas(tmp_path: Path) -> None:
     assert refined is not None and refined.steps == DEFAULT_MOTION_REFINEMENT["dvc"] > 0
     assert refined.lambdas == codec.mode_lambdas
     assert rdo.lead_offsets == RDO_REFINED_LEAD_OFFSETS  # refined motion needs fewer levels
+    assert rdo.skip_residual and not codec.skip_residual  # skip is an --rdo choice
     unrefined = load_codec("dvc", tmp_path, rdo=True, refine_steps=0)
     assert unrefined.refinement is None and unrefined.lead_offsets == RDO_LEAD_OFFSETS
     alone = load_codec("dvc", tmp_path, refine_steps=5).refinement  # needs the lambdas too
@@ -621,6 +623,56 @@ def test_rdo_keeps_the_cheapest_levels_and_names_them_in_q_units(name: str) -> N
             codec.decode_gop(forged, 64, 64, 2)
     with pytest.raises(UsageError, match="include 0"):
         _codec(name, [0.01] * 4, lead_offsets=(1, 2))
+
+
+@pytest.mark.parametrize("name", list(INTER_ARCHS))
+def test_rdo_skips_the_residual_where_it_does_not_pay_and_s_units_decode(name: str) -> None:
+    frames = _frames(3, 64, 64)
+
+    def codec_with(lmbda: float, skip: bool, side_search: int = 0) -> GopCodec:
+        codec = _codec(name, [lmbda] * 4, (0.5, 2.0), adaptive_intra=False,
+                       side_search=side_search, skip_residual=skip)
+        assert codec.inter is not None
+        with torch.no_grad():  # untrained residual latents are near 0: give them symbols
+            codec.inter.residual_prior.gain.mul_(50.0)
+        return codec
+
+    # Rate only: every P frame drops its residual (side information included) for an S unit.
+    coded = codec_with(1e-9, skip=False).encode_gop(frames, 2)
+    codec = codec_with(1e-9, skip=True)
+    assert codec.inter is not None
+    skipped = codec.encode_gop(frames, 2)
+    assert [f.kind for f in skipped.frames] == [UnitKind.INTRA, UnitKind.SKIP, UnitKind.SKIP]
+    for frame, other in zip(skipped.frames[1:], coded.frames[1:], strict=True):
+        assert frame.payload[0] == 1  # the stream's 0-based level: motion is not moved
+        assert len(frame.payload) < len(other.payload)
+    decoded = codec.decode_gop(skipped.frames, 64, 64, 2)
+    np.testing.assert_array_equal(np.stack(decoded), np.stack(skipped.recon))
+    # An S payload is the lead latent alone; the residual is all zeros on both sides.
+    state = codec.inter.next_state(None, to_tensor(skipped.recon[0]))
+    with torch.no_grad():
+        (alone,) = codec.inter.compress_inter(to_tensor(frames[1]), state, (1,), (), (),
+                                              skip_residual=True)
+        assert (alone.residual_level, alone.deadzone) == (None, None)
+        assert skipped.frames[1].payload == b"\x01" + alone.payload
+        recon = codec.inter.decompress_inter(alone.payload, state, 1, None)
+    np.testing.assert_array_equal(
+        torch.round(recon * 255.0)[0].permute(1, 2, 0).numpy(), skipped.recon[1])
+    # The side-information search re-codes the skip candidate: same frames, no more bytes.
+    searched = codec_with(1e-9, skip=True, side_search=10).encode_gop(frames, 2)
+    assert [f.kind for f in searched.frames] == [f.kind for f in skipped.frames]
+    assert searched.payload_bytes <= skipped.payload_bytes
+    np.testing.assert_array_equal(np.stack(searched.recon), np.stack(skipped.recon))
+    # Distortion only: frame 1 (the same reference as above) keeps its residual, which
+    # brings it closer to the source than the skip does.
+    kept = codec_with(1e4, skip=True).encode_gop(frames, 2)
+    assert kept.frames[1].kind == UnitKind.INTER
+    assert _mse(kept.recon[1], frames[1]) < _mse(skipped.recon[1], frames[1])
+    # An S unit without its level byte, or naming a level the codec lacks, is refused.
+    for payload in (b"", bytes((9,)) + alone.payload):
+        forged = (skipped.frames[0], CodedFrame(UnitKind.SKIP, payload))
+        with pytest.raises(BitstreamError, match="S unit"):
+            codec.decode_gop(forged, 64, 64, 2)
 
 
 def test_propagation_weight_counts_each_later_frame_by_its_inherited_share() -> None:

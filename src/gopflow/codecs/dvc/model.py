@@ -241,17 +241,19 @@ class DvcCodec(CompressionModel):
         self, x: Tensor, state: Tensor, motion_levels: Sequence[int],
         residual_levels: Sequence[int], deadzones: Sequence[float] = (ROUNDING,),
         refinement: Refinement | None = None, lead_latent: Tensor | None = None,
+        skip_residual: bool = False,
     ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` against the decoded reference ``state``: one candidate per
         motion level, residual level and residual dead zone (the flow estimated once; see
-        :meth:`GainedHyperprior.compress`), each with its reconstruction when there are
-        several (yielded one by one: memory holds one candidate's frame). With
+        :meth:`GainedHyperprior.compress`), with ``skip_residual`` also one per motion level
+        without a residual, each with its reconstruction when there are several (yielded
+        one by one: memory holds one candidate's frame). With
         ``refinement`` the motion latent is refined per motion level for the reference
         warped by its decoded flow (:meth:`GainedHyperprior.refine`: the motion
         auto-encoder shrinks the flow it carries); ``lead_latent`` (a candidate's, passed
         without ``refinement``) is coded as given instead of estimating one."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
-        several = len(motion_levels) * len(residual_levels) * len(deadzones) > 1
+        several = len(motion_levels) * (len(residual_levels) * len(deadzones) + skip_residual) > 1
         motion = (lead_latent if lead_latent is not None
                   else self.m_a(self.estimate_flow(x, state)))
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s
@@ -264,19 +266,21 @@ class DvcCodec(CompressionModel):
             m_code, m_hat = self.motion_prior.compress(latent, motion_level)
             prediction = self._prediction(state, m_hat)
             yield from residual_candidates(
-                self.residual_prior, self.r_a(x - prediction), residual_levels, deadzones,
-                m_code, motion_level, latent, shape,
+                self.residual_prior, self.r_a(x - prediction) if residual_levels else None,
+                residual_levels, deadzones, m_code, motion_level, latent, shape,
                 (lambda r_hat, p=prediction: (p + residual_synthesis(r_hat)).clamp(0.0, 1.0))
-                if several else None)
+                if several else None, skip_residual)
 
     def decompress_inter(
-        self, payload: bytes, state: Tensor, motion_level: int, residual_level: int
+        self, payload: bytes, state: Tensor, motion_level: int, residual_level: int | None
     ) -> Tensor:
-        """Decode a :meth:`compress_inter` payload against the same reference."""
+        """Decode a :meth:`compress_inter` payload against the same reference (a skip
+        payload, motion only, where ``residual_level`` is ``None``)."""
         h, w = state.shape[-2:]
-        m_code, r_code = unpack_payload(payload, h, w, 2)
+        codes = unpack_payload(payload, h, w, 1 if residual_level is None else 2)
         size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
         prediction = self._prediction(
-            state, self.motion_prior.decompress(m_code, size, motion_level))
-        r_hat = self.residual_prior.decompress(r_code, size, residual_level)
+            state, self.motion_prior.decompress(codes[0], size, motion_level))
+        r_hat = (self.residual_prior.zeros(size) if residual_level is None
+                 else self.residual_prior.decompress(codes[1], size, residual_level))
         return (prediction + self.r_s(r_hat)).clamp(0.0, 1.0)

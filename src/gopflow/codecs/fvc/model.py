@@ -161,16 +161,18 @@ class FvcCodec(CompressionModel):
         self, x: Tensor, state: tuple[Tensor, ...], offset_levels: Sequence[int],
         residual_levels: Sequence[int], deadzones: Sequence[float] = (ROUNDING,),
         refinement: Refinement | None = None, lead_latent: Tensor | None = None,
+        skip_residual: bool = False,
     ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` against the reference buffer ``state``: one candidate per
-        offsets level, feature-residual level and dead zone (features extracted once), each
-        with its reconstruction when there are several (yielded one by one). With
+        offsets level, feature-residual level and dead zone (features extracted once), with
+        ``skip_residual`` also one per offsets level without a residual, each with its
+        reconstruction when there are several (yielded one by one). With
         ``refinement`` the offsets latent is refined per level for the frame rebuilt from
         the compensated features, as the alignment warm-up trains it
         (:meth:`GainedHyperprior.refine`); ``lead_latent`` (a candidate's, passed without
         ``refinement``) is coded as given instead of estimating one."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
-        several = len(offset_levels) * len(residual_levels) * len(deadzones) > 1
+        several = len(offset_levels) * (len(residual_levels) * len(deadzones) + skip_residual) > 1
         current = self.extract(x)
         offsets = (lead_latent if lead_latent is not None
                    else self.o_a(self._predict(current, state)))
@@ -185,19 +187,23 @@ class FvcCodec(CompressionModel):
             o_code, o_hat = self.offset_prior.compress(latent, offset_level)
             prediction = self.compensate(state[0], self.o_s(o_hat))
             yield from residual_candidates(
-                self.residual_prior, self.r_a(current - prediction), residual_levels,
+                self.residual_prior,
+                self.r_a(current - prediction) if residual_levels else None, residual_levels,
                 deadzones, o_code, offset_level, latent, shape,
                 (lambda r_hat, p=prediction: self._fused_frame(p + residual_synthesis(r_hat), state)
-                 .clamp(0.0, 1.0)) if several else None)
+                 .clamp(0.0, 1.0)) if several else None, skip_residual)
 
     def decompress_inter(
-        self, payload: bytes, state: tuple[Tensor, ...], offset_level: int, residual_level: int
+        self, payload: bytes, state: tuple[Tensor, ...], offset_level: int,
+        residual_level: int | None,
     ) -> Tensor:
-        """Decode a :meth:`compress_inter` payload against the same reference buffer."""
+        """Decode a :meth:`compress_inter` payload against the same reference buffer (a skip
+        payload, offsets only, where ``residual_level`` is ``None``)."""
         h, w = (4 * size for size in state[0].shape[-2:])
-        o_code, r_code = unpack_payload(payload, h, w, 2)
+        codes = unpack_payload(payload, h, w, 1 if residual_level is None else 2)
         size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
-        o_hat = self.offset_prior.decompress(o_code, size, offset_level)
+        o_hat = self.offset_prior.decompress(codes[0], size, offset_level)
         prediction = self.compensate(state[0], self.o_s(o_hat))
-        r_hat = self.residual_prior.decompress(r_code, size, residual_level)
+        r_hat = (self.residual_prior.zeros(size) if residual_level is None
+                 else self.residual_prior.decompress(codes[1], size, residual_level))
         return self._fused_frame(prediction + self.r_s(r_hat), state).clamp(0.0, 1.0)

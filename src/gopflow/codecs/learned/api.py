@@ -55,15 +55,17 @@ class InterCandidate:
     for several, to choose by rate-distortion cost) the decoder's reconstruction of it
     (padded ``1 x 3 x H x W`` tensor in [0, 1]; ``None`` for a single candidate), with the
     choices behind it: the 0-based levels of the lead latent (DVC motion, FVC offsets) and of
-    the residual, and the residual's dead zone. ``lead_latent`` is the lead latent as it was
-    coded (after any refinement): passed back to ``compress_inter`` with the same choices, it
-    codes this candidate again without estimating or refining the latent anew."""
+    the residual, and the residual's dead zone (both ``None`` for a skip candidate: no
+    residual is coded, the decoder takes it as all zeros). ``lead_latent`` is the lead
+    latent as it was coded (after any refinement): passed back to ``compress_inter`` with the
+    same choices, it codes this candidate again without estimating or refining the latent
+    anew."""
 
     payload: bytes
     recon: Any
     lead_level: int
-    residual_level: int
-    deadzone: float
+    residual_level: int | None
+    deadzone: float | None
     lead_latent: Any
 
 

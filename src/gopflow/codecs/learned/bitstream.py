@@ -7,7 +7,8 @@ Layout (all integers big-endian)::
             fps numerator u32 | fps denominator u32 | GOP size u32 (the longest GOP) |
             frame count u32 | GOP count u32 | quality level u8 | intra offset u8 (version 3) |
             CRC32 of everything before u32
-    unit    kind u8 (I intra, P inter, Q inter at its own levels, R refresh intra, E end) |
+    unit    kind u8 (I intra, P inter, Q inter at its own levels, S inter without residual,
+            R refresh intra, E end) |
             frame index u32 |
             payload length u32 | payload | CRC32 of kind..payload u32
     end     one E unit with an empty payload and frame index = frame count
@@ -17,8 +18,11 @@ quality level, capped at the codec's top level) and refresh units (R: an intra f
 encoder chose in place of an inter frame, coded at the quality level; it starts a closed GOP
 as an I unit does). Version 4 adds Q units: an inter frame whose payload starts with two
 level bytes of its own (0-based: motion or offsets, then residual), chosen per frame by the
-encoder where the header's level is not the cheapest. Versions 2 and 3 (no Q units; version 2
-also no offset and no R units) still decode.
+encoder where the header's level is not the cheapest. Version 5 adds S units (skip): an inter
+frame whose payload starts with one level byte (motion or offsets) and carries the lead latent
+only; its residual latent is all zeros and costs nothing, where a coded all-zero residual
+still pays for its hyperprior side information. Versions 2 to 4 (no S units; version 3 no Q
+units; version 2 also no offset and no R units) still decode.
 
 GOP structure (since version 2): every intra (I or R) unit starts a closed GOP and only they
 do, so scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader
@@ -48,8 +52,8 @@ from gopflow.errors import CorruptInputError, UsageError
 from gopflow.fileio import atomic_write
 
 MAGIC = b"GFLV"
-VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)
+VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)
 _HEAD = struct.Struct(">IIIIIIIB")
 _OFFSET = struct.Struct(">B")
 _UNIT = struct.Struct(">BII")
@@ -64,12 +68,14 @@ class BitstreamError(CorruptInputError):
 class UnitKind(enum.IntEnum):
     """What a unit carries: a key intra frame (at the header's level plus its intra offset),
     an inter frame (at the header's level, or, version 4, at the levels its payload starts
-    with), a refresh intra frame (version 3: chosen by the encoder in place of an inter
-    frame, coded at the inter frames' level) or the end marker."""
+    with; version 5, without a residual at the motion level its payload starts with), a
+    refresh intra frame (version 3: chosen by the encoder in place of an inter frame, coded
+    at the inter frames' level) or the end marker."""
 
     INTRA = ord("I")
     INTER = ord("P")
     LEVELED_INTER = ord("Q")
+    SKIP = ord("S")
     REFRESH = ord("R")
     END = ord("E")
 
@@ -81,7 +87,7 @@ class UnitKind(enum.IntEnum):
     @property
     def predicted(self) -> bool:
         """Inter frames (at the stream's levels or their own) predict from the previous."""
-        return self in (UnitKind.INTER, UnitKind.LEVELED_INTER)
+        return self in (UnitKind.INTER, UnitKind.LEVELED_INTER, UnitKind.SKIP)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,11 @@ finer quantiser, propagating a fraction of each block's cost along the chain):
   ``Q`` unit that names its two levels. As x264's adaptive quantiser and macroblock tree
   give each frame its own quantiser; measured on white_flower, the motion in particular is
   worth coding finer than the residual (README).
+- Skip (``skip_residual``; on with ``rdo``): each P frame's lead latent is also coded alone,
+  its residual taken as all zeros (an ``S`` unit, after H.264's P-skip, which codes motion
+  and no residual). A coded residual always pays for its hyperprior side information, even
+  when its symbols are all zero: on white_flower at quality 1 about 270 of the 300 bytes of
+  a near-empty residual were that ``z``.
 - Side-information search (``side_search``; on with ``rdo``): every latent coder searches a
   ``z`` that codes the same integers in fewer bytes (:meth:`.GainedHyperprior.compress`).
   Not a trade: the reconstruction is unchanged, only the rate can fall, so the P frame
@@ -127,11 +132,11 @@ class InterModel(Protocol):
     def compress_inter(
         self, x: Tensor, state: Any, lead_levels: Sequence[int], residual_levels: Sequence[int],
         deadzones: Sequence[float] = ..., refinement: Refinement | None = ...,
-        lead_latent: Tensor | None = ...,
+        lead_latent: Tensor | None = ..., skip_residual: bool = ...,
     ) -> Iterator[InterCandidate]: ...
 
     def decompress_inter(
-        self, payload: bytes, state: Any, lead_level: int, residual_level: int
+        self, payload: bytes, state: Any, lead_level: int, residual_level: int | None
     ) -> Tensor: ...
 
 
@@ -169,7 +174,7 @@ class GopCodec:
         mode_lambdas: Sequence[float] | None = None, adaptive_intra: bool | None = None,
         deadzones: Sequence[float] = (ROUNDING,), side_search: int = 0,
         lead_offsets: Sequence[int] = (0,), residual_offsets: Sequence[int] = (0,),
-        refine_steps: int = 0,
+        refine_steps: int = 0, skip_residual: bool = False,
     ) -> None:
         if name not in CODEC_NAMES:
             raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -197,9 +202,11 @@ class GopCodec:
         self.residual_offsets = tuple(residual_offsets)
         if 0 not in self.lead_offsets or 0 not in self.residual_offsets:
             raise UsageError("P frame level offsets must include 0 (the stream's level)")
-        choices = len(self.deadzones) * len(self.lead_offsets) * len(self.residual_offsets)
+        self.skip_residual = skip_residual
+        choices = len(self.lead_offsets) * (
+            len(self.deadzones) * len(self.residual_offsets) + skip_residual)
         if (self.adaptive_intra or choices > 1 or refine_steps) and self.mode_lambdas is None:
-            raise UsageError("adaptive intra, dead-zone and level choices and the lead "
+            raise UsageError("adaptive intra, dead-zone, level and skip choices and the lead "
                              "refinement need the training lambdas")
         if refine_steps < 0:
             raise UsageError(f"refinement steps must be >= 0, got {refine_steps}")
@@ -242,11 +249,17 @@ class GopCodec:
             state = self.inter.next_state(state, recon / 255.0)
         return recon, state
 
-    def inter_levels(self, frame: CodedFrame, level: int) -> tuple[int, int, bytes]:
+    def inter_levels(self, frame: CodedFrame, level: int) -> tuple[int, int | None, bytes]:
         """``(lead level, residual level, latent payload)`` of an inter frame: the stream's
-        level for ``P`` units, the two level bytes that open a ``Q`` unit's payload."""
+        level for ``P`` units, the two level bytes that open a ``Q`` unit's payload, the one
+        lead level byte that opens an ``S`` unit's (no residual: ``None``)."""
         if frame.kind == UnitKind.INTER:
             return level, level, frame.payload
+        if frame.kind == UnitKind.SKIP:
+            if not frame.payload or frame.payload[0] >= self.levels:
+                raise BitstreamError(f"an S unit lacks a valid level byte (codec {self.name!r} "
+                                     f"has {self.levels} levels)")
+            return frame.payload[0], None, frame.payload[1:]
         if len(frame.payload) < 2:
             raise BitstreamError("a Q unit is too short for its two level bytes")
         lead, residual = frame.payload[0], frame.payload[1]
@@ -270,7 +283,7 @@ class GopCodec:
         assert self.inter is not None
         leads = self._around(level, self.lead_offsets)
         residuals = self._around(level, self.residual_offsets)
-        choices = len(leads) * len(residuals) * len(self.deadzones)
+        choices = len(leads) * (len(residuals) * len(self.deadzones) + self.skip_residual)
         if choices == 1:
             (best,) = self.inter.compress_inter(
                 x, state, leads, residuals, self.deadzones, self.refinement)
@@ -281,7 +294,8 @@ class GopCodec:
             set_side_search(self.inter, 0)
             try:
                 for candidate in self.inter.compress_inter(
-                        x, state, leads, residuals, self.deadzones, self.refinement):
+                        x, state, leads, residuals, self.deadzones, self.refinement,
+                        skip_residual=self.skip_residual):
                     picture = _crop(to_uint8(candidate.recon), height, width)
                     cost = _rd_cost(candidate.payload, picture, source, lmbda)
                     if cost < best_cost:
@@ -291,8 +305,12 @@ class GopCodec:
             assert best is not None
             if self.side_search:
                 (best,) = self.inter.compress_inter(
-                    x, state, (best.lead_level,), (best.residual_level,), (best.deadzone,),
-                    lead_latent=best.lead_latent)
+                    x, state, (best.lead_level,),
+                    [] if best.residual_level is None else [best.residual_level],
+                    [] if best.deadzone is None else [best.deadzone],
+                    lead_latent=best.lead_latent, skip_residual=best.residual_level is None)
+        if best.residual_level is None:
+            return CodedFrame(UnitKind.SKIP, bytes((best.lead_level,)) + best.payload)
         if (best.lead_level, best.residual_level) == (level, level):
             return CodedFrame(UnitKind.INTER, best.payload)
         return CodedFrame(UnitKind.LEVELED_INTER,
@@ -468,9 +486,10 @@ def load_codec(
     cost, with the lambdas the inter model was trained with (its installed metadata):
     ``adaptive_intra`` picks intra or inter per P frame, ``rdo`` the residual dead zone
     (:data:`RDO_DEADZONES`) and the P frame levels (:data:`RDO_LEAD_OFFSETS`, or
-    :data:`RDO_REFINED_LEAD_OFFSETS` with the refinement; :data:`RDO_RESIDUAL_OFFSETS`),
-    refines each P frame's lead latent (:data:`DEFAULT_MOTION_REFINEMENT`) and searches
-    every latent's side information for shorter strings
+    :data:`RDO_REFINED_LEAD_OFFSETS` with the refinement; :data:`RDO_RESIDUAL_OFFSETS`)
+    and whether to skip the residual, refines each P frame's lead latent
+    (:data:`DEFAULT_MOTION_REFINEMENT`) and searches every latent's side information for
+    shorter strings
     (:data:`~.hyperprior.SIDE_SEARCH_STEPS`; same reconstruction, fewer bytes).
     ``refine_steps`` overrides the refinement's steps (:func:`refine_steps_for`)."""
     if name not in CODEC_NAMES:
@@ -495,7 +514,7 @@ def load_codec(
                     lead_offsets=(RDO_REFINED_LEAD_OFFSETS if steps else RDO_LEAD_OFFSETS)
                     if rdo else (0,),
                     residual_offsets=RDO_RESIDUAL_OFFSETS if rdo else (0,),
-                    refine_steps=steps)
+                    refine_steps=steps, skip_residual=rdo)
 
 
 def model_digest(model: nn.Module) -> str:

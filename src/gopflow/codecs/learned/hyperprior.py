@@ -308,6 +308,11 @@ class GainedHyperprior(nn.Module):
                 code = searched
         return code, torch.round(scaled) * inv_gain
 
+    def zeros(self, y_size: tuple[int, int]) -> Tensor:
+        """The all-zero ``y_hat`` of a latent of spatial size ``y_size``: a skipped latent,
+        as the encoder and the decoder both take it (no bits, not even side information)."""
+        return torch.zeros(1, self.gain.shape[1], *y_size)
+
     def decompress(self, code: LatentCode, y_size: tuple[int, int], level: int) -> Tensor:
         """Decode ``y_hat`` (``1 x M x h x w``) for a latent of spatial size ``y_size``."""
         h, w = y_size

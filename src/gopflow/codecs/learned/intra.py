@@ -100,23 +100,31 @@ def fast_copy(module: nn.Module) -> nn.Module:
 
 
 def residual_candidates(
-    prior: GainedHyperprior, residual: Tensor, levels: Sequence[int],
+    prior: GainedHyperprior, residual: Tensor | None, levels: Sequence[int],
     deadzones: Sequence[float], lead: LatentCode, lead_level: int, lead_latent: Tensor,
-    shape: list[int], rebuild: Callable[[Tensor], Tensor] | None,
+    shape: list[int], rebuild: Callable[[Tensor], Tensor] | None, skip: bool = False,
 ) -> Iterator[InterCandidate]:
     """A P frame's payloads, one per residual level and dead zone: the ``lead`` latent
     (motion or offsets: ``lead_latent`` coded once at ``lead_level``) then ``residual``
-    coded at that level with that dead zone; each carries ``rebuild(residual_hat)``, the
-    decoder's frame, for the encoder's choice (``None`` where there is nothing to choose:
-    ``rebuild`` is ``None``).
+    coded at that level with that dead zone; with ``skip`` also the lead latent alone (the
+    residual taken as all zeros: :meth:`GainedHyperprior.zeros`). Each carries
+    ``rebuild(residual_hat)``, the decoder's frame, for the encoder's choice (``None`` where
+    there is nothing to choose: ``rebuild`` is ``None``).
     Yielded one at a time, so the encoder keeps only the best frame in memory."""
     for level in levels:
         for deadzone in deadzones:
+            assert residual is not None
             code, residual_hat = prior.compress(residual, level, deadzone)
             yield InterCandidate(
                 pack_strings(pack_codes([lead, code]), shape),
                 rebuild(residual_hat) if rebuild is not None else None,
                 lead_level, level, deadzone, lead_latent)
+    if skip:
+        zeros = prior.zeros((shape[0], shape[1]))
+        yield InterCandidate(
+            pack_strings(pack_codes([lead]), shape),
+            rebuild(zeros) if rebuild is not None else None,
+            lead_level, None, None, lead_latent)
 
 
 class IntraCodec(CompressionModel):
