@@ -232,34 +232,51 @@ def test_other_codecs_decode_exactly_in_a_fresh_process(
         assert frames_digest(decoded[part]) == gop["details"]["recon_sha256"]
 
 
-def test_adaptive_intra_splits_gops_and_decodes_exactly(setup: dict[str, Path]) -> None:
-    root, registry = setup["root"], str(setup["registry"])
-    out, report_path, decoded_y4m = root / "ai.gflv", root / "ai.json", root / "ai.y4m"
-    done = _gopflow(
-        "transcode", str(setup["clip"]), "-o", str(out), "--codec", "dvc", "--quality", "3",
-        "--registry", registry, "--gop-seconds", "0.2", "--min-gop-seconds", "0.04",
-        "--report", str(report_path),
-    )  # adaptive intra, the dead-zone choice and intra offset 1 are the dvc defaults
-    assert done.returncode == 0, done.stderr
-    report = json.loads(report_path.read_text())
-    learned = report["settings"]["learned"]
-    assert (learned["adaptive_intra"], learned["rdo"], learned["intra_offset"]) == (True, True, 1)
-    assert learned["motion_refinement"] == DEFAULT_MOTION_REFINEMENT["dvc"]
-    gops = report["gops"]
-    kinds = "".join(gop["details"]["kinds"] for gop in gops)
-    assert len(kinds) == FRAMES and all(gop["details"]["kinds"][0] == "I" for gop in gops)
-    # Some P frames became intra frames (fixed seeds; rate-dominated lambdas).
-    assert kinds.count("R") > 0 and kinds.count("I") == len(gops), kinds
-    # Every intra frame starts a closed GOP in the file; the header counts them.
-    with open(out, "rb") as handle:
-        header = read_header(handle)
-        extents = scan_gops(handle, header)
-    assert [e.frames for e in extents] == [len(run) for run in re.findall("[IR]P*", kinds)]
-    assert header.gop_count == len(extents) and header.intra_offset == 1
-    done = _gopflow("decode", str(out), "-o", str(decoded_y4m), "--registry", registry)
+def _decodes_as_reported(
+    stream: Path, report: dict[str, Any], registry: str, decoded_y4m: Path
+) -> None:
+    """``gopflow decode`` (a fresh process) gives each GOP's reported reconstruction."""
+    done = _gopflow("decode", str(stream), "-o", str(decoded_y4m), "--registry", registry)
     assert done.returncode == 0, done.stderr
     with open(decoded_y4m, "rb") as handle:
         decoded = list(read_y4m_rgb(handle)[3])
-    for gop in gops:
+    for gop in report["gops"]:
         part = slice(gop["start_frame"], gop["start_frame"] + gop["frames"])
         assert frames_digest(decoded[part]) == gop["details"]["recon_sha256"]
+
+
+def test_adaptive_intra_splits_gops_and_decodes_exactly(setup: dict[str, Path]) -> None:
+    root, registry = setup["root"], str(setup["registry"])
+
+    def transcode(name: str, *options: str) -> tuple[Path, str, dict[str, Any]]:
+        out, report_path = root / f"{name}.gflv", root / f"{name}.json"
+        done = _gopflow(
+            "transcode", str(setup["clip"]), "-o", str(out), "--codec", "dvc", "--quality",
+            "3", "--registry", registry, "--gop-seconds", "0.2", "--min-gop-seconds", "0.04",
+            "--report", str(report_path), *options)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(report_path.read_text())
+        kinds = "".join(gop["details"]["kinds"] for gop in report["gops"])
+        assert len(kinds) == FRAMES and all(g["details"]["kinds"][0] == "I" for g in report["gops"])
+        # Every intra frame starts a closed GOP in the file; the header counts them.
+        with open(out, "rb") as handle:
+            header = read_header(handle)
+            extents = scan_gops(handle, header)
+        assert [e.frames for e in extents] == [len(run) for run in re.findall("[IR][PQS]*", kinds)]
+        assert header.gop_count == len(extents) and header.intra_offset == 1
+        return out, kinds, report
+
+    # The dvc defaults: adaptive intra, --rdo (with the motion refinement) and intra offset 1.
+    out, kinds, report = transcode("rdo")
+    learned = report["settings"]["learned"]
+    assert (learned["adaptive_intra"], learned["rdo"], learned["intra_offset"]) == (True, True, 1)
+    assert learned["motion_refinement"] == DEFAULT_MOTION_REFINEMENT["dvc"]
+    # Rate-dominated lambdas (fixed seeds): P frames drop their residual (S units), which
+    # costs less than an intra frame.
+    assert kinds.count("S") > 0 and kinds.count("I") == len(report["gops"]), kinds
+    _decodes_as_reported(out, report, registry, root / "rdo.y4m")
+    # Without --rdo (no skip), some P frames become intra frames (R units) instead.
+    out, kinds, report = transcode("ai", "--no-rdo")
+    assert report["settings"]["learned"]["rdo"] is False
+    assert kinds.count("R") > 0 and kinds.count("I") == len(report["gops"]), kinds
+    _decodes_as_reported(out, report, registry, root / "ai.y4m")
