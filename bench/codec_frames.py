@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         bpp = 8 * len(coded.payload) / (width * height)
         strings, levels = coded.payload, ""
         if coded.kind in (UnitKind.LEVELED_INTER, UnitKind.SKIP):  # P: the stream's level
-            lead, residual, strings = codec.inter_levels(coded, args.level - 1)
-            levels = f", levels {lead + 1}/{'-' if residual is None else residual + 1}"
+            unit = codec.inter_levels(coded, args.level - 1)
+            strings = unit.payload
+            residual = "-" if unit.residual is None else unit.residual + 1
+            levels = (f", levels {unit.lead + 1}{'p' if unit.lead_predicted else ''}"
+                      f"/{residual}")
         groups, _ = unpack_strings(strings)
         parts = " + ".join(
             "/".join(f"{8 * len(string) / (width * height):.4f}" for string in group)

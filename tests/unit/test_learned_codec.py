@@ -19,7 +19,7 @@ import torch
 from compressai.models.base import get_scale_table
 
 from gopflow.codecs.learned.api import DEFAULT_MOTION_REFINEMENT, CodedFrame
-from gopflow.codecs.learned.bitstream import BitstreamError, UnitKind
+from gopflow.codecs.learned.bitstream import PREDICTED_LEAD, BitstreamError, UnitKind
 from gopflow.codecs.learned.engine import (
     PROPAGATION,
     RDO_DEADZONES,
@@ -76,13 +76,13 @@ def _codec(
     name: str, mode_lambdas: list[float] | None = None, deadzones: tuple[float, ...] = (0.5,),
     adaptive_intra: bool | None = None, side_search: int = 0,
     lead_offsets: tuple[int, ...] = (0,), residual_offsets: tuple[int, ...] = (0,),
-    refine_steps: int = 0, skip_residual: bool = False,
+    refine_steps: int = 0, skip_residual: bool = False, predict_lead: bool = False,
 ) -> GopCodec:
     intra = _model(SMALL_INTRA, 0)
     inter = _model(INTER_ARCHS[name], 1) if name != "intra" else None
     return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas, adaptive_intra,
                     deadzones, side_search, lead_offsets, residual_offsets, refine_steps,
-                    skip_residual)
+                    skip_residual, predict_lead)
 
 
 def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -312,6 +312,7 @@ def test_adaptive_intra_reads_the_trained_lambdas(tmp_path: Path) -> None:
     assert refined.lambdas == codec.mode_lambdas
     assert rdo.lead_offsets == RDO_REFINED_LEAD_OFFSETS  # refined motion needs fewer levels
     assert rdo.skip_residual and not codec.skip_residual  # skip is an --rdo choice
+    assert rdo.predict_lead and not codec.predict_lead  # so is the motion prediction
     unrefined = load_codec("dvc", tmp_path, rdo=True, refine_steps=0)
     assert unrefined.refinement is None and unrefined.lead_offsets == RDO_LEAD_OFFSETS
     alone = load_codec("dvc", tmp_path, refine_steps=5).refinement  # needs the lambdas too
@@ -594,7 +595,7 @@ def test_rdo_keeps_the_cheapest_levels_and_names_them_in_q_units(name: str) -> N
                 for residual in (0, 1, 2):
                     (one,) = codec.inter.compress_inter(
                         to_tensor(frames[1]), state, (lead,), (residual,), (0.5,))
-                    recon = codec.inter.decompress_inter(one.payload, state, lead, residual)
+                    recon, _ = codec.inter.decompress_inter(one.payload, state, lead, residual)
                     picture = torch.round(recon * 255.0)[0].permute(1, 2, 0).numpy()
                     costs[lead, residual] = (
                         8 * len(one.payload) / 64**2 + lmbda * _mse(picture, frames[1]),
@@ -655,7 +656,7 @@ def test_rdo_skips_the_residual_where_it_does_not_pay_and_s_units_decode(name: s
                                               skip_residual=True)
         assert (alone.residual_level, alone.deadzone) == (None, None)
         assert skipped.frames[1].payload == b"\x01" + alone.payload
-        recon = codec.inter.decompress_inter(alone.payload, state, 1, None)
+        recon, _ = codec.inter.decompress_inter(alone.payload, state, 1, None)
     np.testing.assert_array_equal(
         torch.round(recon * 255.0)[0].permute(1, 2, 0).numpy(), skipped.recon[1])
     # The side-information search re-codes the skip candidate: same frames, no more bytes.
@@ -671,8 +672,62 @@ def test_rdo_skips_the_residual_where_it_does_not_pay_and_s_units_decode(name: s
     # An S unit without its level byte, or naming a level the codec lacks, is refused.
     for payload in (b"", bytes((9,)) + alone.payload):
         forged = (skipped.frames[0], CodedFrame(UnitKind.SKIP, payload))
-        with pytest.raises(BitstreamError, match="S unit"):
+        with pytest.raises(BitstreamError, match="an S unit"):
             codec.decode_gop(forged, 64, 64, 2)
+
+
+def test_dvc_codes_motion_as_a_difference_from_the_previous_p_frame() -> None:
+    frames = _frames(4, 64, 64)
+
+    def with_motion(codec: GopCodec) -> GopCodec:
+        assert codec.inter is not None
+        with torch.no_grad():  # untrained motion latents round to 0: quantise them finer
+            codec.inter.motion_prior.gain.mul_(50.0)
+            codec.inter.motion_prior.inv_gain.div_(50.0)
+        return codec
+
+    plain = with_motion(_codec("dvc")).encode_gop(frames, 2)
+    codec = with_motion(_codec("dvc", predict_lead=True))
+    assert codec.inter is not None
+    gop = codec.encode_gop(frames, 2)
+    # Frame 1 follows the intra frame: no motion to predict from, a plain P unit as before.
+    assert gop.frames[:2] == plain.frames[:2]
+    assert [f.kind for f in gop.frames[2:]] == [UnitKind.LEVELED_INTER] * 2
+    for frame in gop.frames[2:]:  # the stream's levels, the lead byte flagged
+        assert frame.payload[:2] == bytes((1 | PREDICTED_LEAD, 1))
+        assert codec.inter_levels(frame, 1).lead_predicted
+    decoded = codec.decode_gop(gop.frames, 64, 64, 2)
+    np.testing.assert_array_equal(np.stack(decoded), np.stack(gop.recon))
+    # The decoded motion is the previous frame's plus the coded difference: the flag matters.
+    state = codec.inter.next_state(None, to_tensor(gop.recon[0]))
+    with torch.no_grad():
+        _, motion_1 = codec.inter.decompress_inter(gop.frames[1].payload, state, 1, 1)
+        state = codec.inter.next_state(state, to_tensor(gop.recon[1]), motion_1)
+        payload = gop.frames[2].payload[2:]
+        predicted, motion_2 = codec.inter.decompress_inter(payload, state, 1, 1, True)
+        _, difference = codec.inter.decompress_inter(payload, state, 1, 1)
+    assert motion_1.abs().max() > 0
+    torch.testing.assert_close(motion_2, motion_1 + difference, rtol=0, atol=0)
+    np.testing.assert_array_equal(
+        torch.round(predicted * 255.0)[0].permute(1, 2, 0).numpy(), gop.recon[2])
+    # With choices and the side search, the chosen candidate is coded again as predicted.
+    searched = with_motion(_codec("dvc", [0.01] * 4, (0.5, 1.5), adaptive_intra=False,
+                                  side_search=10, skip_residual=True, predict_lead=True)
+                           ).encode_gop(frames, 2)
+    assert all(codec.inter_levels(f, 1).lead_predicted for f in searched.frames[2:])
+    decoded = codec.decode_gop(searched.frames, 64, 64, 2)
+    np.testing.assert_array_equal(np.stack(decoded), np.stack(searched.recon))
+    # A frame after an intra frame has no motion to predict from; FVC never predicts.
+    forged = (gop.frames[0], gop.frames[2])
+    with pytest.raises(BitstreamError, match="without any"):
+        codec.decode_gop(forged, 64, 64, 2)
+    fvc = _codec("fvc", predict_lead=True)
+    fvc_gop = fvc.encode_gop(frames[:3], 2)
+    assert [f.kind for f in fvc_gop.frames] == [UnitKind.INTRA, UnitKind.INTER, UnitKind.INTER]
+    flagged = CodedFrame(UnitKind.LEVELED_INTER,
+                         bytes((1 | PREDICTED_LEAD, 1)) + fvc_gop.frames[2].payload)
+    with pytest.raises(BitstreamError, match="FVC"):
+        fvc.decode_gop((*fvc_gop.frames[:2], flagged), 64, 64, 2)
 
 
 def test_propagation_weight_counts_each_later_frame_by_its_inherited_share() -> None:

@@ -13,6 +13,7 @@ channel counts are small.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from gopflow.codecs.learned.api import InterCandidate
+from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
@@ -35,6 +37,15 @@ from gopflow.codecs.learned.intra import (
     synthesis,
     unpack_payload,
 )
+
+
+@dataclass(frozen=True)
+class DvcReference:
+    """DVC's decoder state between frames: the last decoded frame (``1 x 3 x H x W``) and the
+    motion latent it was decoded with (``None`` where it was an intra frame)."""
+
+    frame: Tensor
+    motion: Tensor | None
 
 
 def backward_warp(image: Tensor, flow: Tensor) -> Tensor:
@@ -233,54 +244,78 @@ class DvcCodec(CompressionModel):
         flow_hat = self.m_s(m_hat)
         return self.mc(backward_warp(reference, flow_hat), reference, flow_hat)
 
-    def next_state(self, state: Any, recon: Tensor) -> Tensor:
-        """The decoder state is the last decoded frame."""
-        return recon
+    def next_state(
+        self, state: Any, recon: Tensor, lead_hat: Tensor | None = None
+    ) -> DvcReference:
+        """The decoder state: the last decoded frame and the motion latent it was decoded
+        with (``None`` after an intra frame)."""
+        return DvcReference(recon, lead_hat)
 
     def compress_inter(
-        self, x: Tensor, state: Tensor, motion_levels: Sequence[int],
+        self, x: Tensor, state: DvcReference, motion_levels: Sequence[int],
         residual_levels: Sequence[int], deadzones: Sequence[float] = (ROUNDING,),
         refinement: Refinement | None = None, lead_latent: Tensor | None = None,
-        skip_residual: bool = False,
+        skip_residual: bool = False, predict_lead: bool = False,
     ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` against the decoded reference ``state``: one candidate per
         motion level, residual level and residual dead zone (the flow estimated once; see
         :meth:`GainedHyperprior.compress`), with ``skip_residual`` also one per motion level
         without a residual, each with its reconstruction when there are several (yielded
-        one by one: memory holds one candidate's frame). With
-        ``refinement`` the motion latent is refined per motion level for the reference
+        one by one: memory holds one candidate's frame). With ``predict_lead``, where the
+        reference was itself a P frame, the motion latent is coded as its difference from
+        that frame's decoded motion latent (slow drift and pans keep their motion from
+        frame to frame; as H.264 codes motion vectors as differences from a prediction).
+        With ``refinement`` the coded latent is refined per motion level for the reference
         warped by its decoded flow (:meth:`GainedHyperprior.refine`: the motion
         auto-encoder shrinks the flow it carries); ``lead_latent`` (a candidate's, passed
         without ``refinement``) is coded as given instead of estimating one."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
         several = len(motion_levels) * (len(residual_levels) * len(deadzones) + skip_residual) > 1
-        motion = (lead_latent if lead_latent is not None
-                  else self.m_a(self.estimate_flow(x, state)))
+        reference = state.frame
+        base = state.motion if predict_lead else None
+        if lead_latent is not None:
+            coded = lead_latent
+        else:
+            coded = self.m_a(self.estimate_flow(x, reference))
+            if base is not None:
+                coded = coded - base
+
+        def motion_of(coded_hat: Tensor) -> Tensor:
+            return coded_hat if base is None else base + coded_hat
+
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s
         for motion_level in motion_levels:
-            latent = motion
+            latent = coded
             if refinement is not None:
                 latent = self.motion_prior.refine(
-                    motion, motion_level, lambda m_hat: backward_warp(state, self.m_s(m_hat)),
+                    coded, motion_level,
+                    lambda c_hat: backward_warp(reference, self.m_s(motion_of(c_hat))),
                     x, refinement)
-            m_code, m_hat = self.motion_prior.compress(latent, motion_level)
-            prediction = self._prediction(state, m_hat)
+            m_code, coded_hat = self.motion_prior.compress(latent, motion_level)
+            prediction = self._prediction(reference, motion_of(coded_hat))
             yield from residual_candidates(
                 self.residual_prior, self.r_a(x - prediction) if residual_levels else None,
                 residual_levels, deadzones, m_code, motion_level, latent, shape,
                 (lambda r_hat, p=prediction: (p + residual_synthesis(r_hat)).clamp(0.0, 1.0))
-                if several else None, skip_residual)
+                if several else None, skip_residual, base is not None)
 
     def decompress_inter(
-        self, payload: bytes, state: Tensor, motion_level: int, residual_level: int | None
-    ) -> Tensor:
+        self, payload: bytes, state: DvcReference, motion_level: int,
+        residual_level: int | None, lead_predicted: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         """Decode a :meth:`compress_inter` payload against the same reference (a skip
-        payload, motion only, where ``residual_level`` is ``None``)."""
-        h, w = state.shape[-2:]
+        payload, motion only, where ``residual_level`` is ``None``; a motion difference
+        from the reference's motion with ``lead_predicted``): ``(frame, motion latent)``."""
+        h, w = state.frame.shape[-2:]
         codes = unpack_payload(payload, h, w, 1 if residual_level is None else 2)
         size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
-        prediction = self._prediction(
-            state, self.motion_prior.decompress(codes[0], size, motion_level))
+        m_hat = self.motion_prior.decompress(codes[0], size, motion_level)
+        if lead_predicted:
+            if state.motion is None:
+                raise BitstreamError("a P frame predicts its motion from a frame without any "
+                                     "(an intra frame)")
+            m_hat = state.motion + m_hat
+        prediction = self._prediction(state.frame, m_hat)
         r_hat = (self.residual_prior.zeros(size) if residual_level is None
                  else self.residual_prior.decompress(codes[1], size, residual_level))
-        return (prediction + self.r_s(r_hat)).clamp(0.0, 1.0)
+        return (prediction + self.r_s(r_hat)).clamp(0.0, 1.0), m_hat

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
 from gopflow.codecs.learned.api import InterCandidate
+from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
 from gopflow.codecs.learned.intra import (
     LATENT_STRIDE,
@@ -153,15 +154,18 @@ class FvcCodec(CompressionModel):
             state = self.next_state(state, x_hat.clamp(0.0, 1.0) if stage == "rd" else x)
         return torch.stack(losses).mean(), totals
 
-    def next_state(self, state: tuple[Tensor, ...] | None, recon: Tensor) -> tuple[Tensor, ...]:
-        """The reference buffer: features of the last ``buffer`` decoded frames, newest first."""
+    def next_state(
+        self, state: tuple[Tensor, ...] | None, recon: Tensor, lead_hat: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """The reference buffer: features of the last ``buffer`` decoded frames, newest first
+        (the frames' offsets are not kept: FVC codes its offsets without prediction)."""
         return (self.extract(recon), *(state or ()))[: self.buffer]
 
     def compress_inter(
         self, x: Tensor, state: tuple[Tensor, ...], offset_levels: Sequence[int],
         residual_levels: Sequence[int], deadzones: Sequence[float] = (ROUNDING,),
         refinement: Refinement | None = None, lead_latent: Tensor | None = None,
-        skip_residual: bool = False,
+        skip_residual: bool = False, predict_lead: bool = False,
     ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` against the reference buffer ``state``: one candidate per
         offsets level, feature-residual level and dead zone (features extracted once), with
@@ -170,7 +174,8 @@ class FvcCodec(CompressionModel):
         ``refinement`` the offsets latent is refined per level for the frame rebuilt from
         the compensated features, as the alignment warm-up trains it
         (:meth:`GainedHyperprior.refine`); ``lead_latent`` (a candidate's, passed without
-        ``refinement``) is coded as given instead of estimating one."""
+        ``refinement``) is coded as given instead of estimating one. ``predict_lead`` changes
+        nothing: the offsets are coded directly (the state keeps no previous offsets)."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
         several = len(offset_levels) * (len(residual_levels) * len(deadzones) + skip_residual) > 1
         current = self.extract(x)
@@ -195,10 +200,14 @@ class FvcCodec(CompressionModel):
 
     def decompress_inter(
         self, payload: bytes, state: tuple[Tensor, ...], offset_level: int,
-        residual_level: int | None,
-    ) -> Tensor:
+        residual_level: int | None, lead_predicted: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         """Decode a :meth:`compress_inter` payload against the same reference buffer (a skip
-        payload, offsets only, where ``residual_level`` is ``None``)."""
+        payload, offsets only, where ``residual_level`` is ``None``): ``(frame, offsets
+        latent)``."""
+        if lead_predicted:
+            raise BitstreamError("an FVC P frame claims offsets predicted from the previous "
+                                 "frame's (FVC codes its offsets directly)")
         h, w = (4 * size for size in state[0].shape[-2:])
         codes = unpack_payload(payload, h, w, 1 if residual_level is None else 2)
         size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
@@ -206,4 +215,4 @@ class FvcCodec(CompressionModel):
         prediction = self.compensate(state[0], self.o_s(o_hat))
         r_hat = (self.residual_prior.zeros(size) if residual_level is None
                  else self.residual_prior.decompress(codes[1], size, residual_level))
-        return self._fused_frame(prediction + self.r_s(r_hat), state).clamp(0.0, 1.0)
+        return self._fused_frame(prediction + self.r_s(r_hat), state).clamp(0.0, 1.0), o_hat

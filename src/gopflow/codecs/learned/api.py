@@ -57,9 +57,10 @@ class InterCandidate:
     choices behind it: the 0-based levels of the lead latent (DVC motion, FVC offsets) and of
     the residual, and the residual's dead zone (both ``None`` for a skip candidate: no
     residual is coded, the decoder takes it as all zeros). ``lead_latent`` is the lead
-    latent as it was coded (after any refinement): passed back to ``compress_inter`` with the
-    same choices, it codes this candidate again without estimating or refining the latent
-    anew."""
+    latent as it was coded (after any refinement; with ``lead_predicted``, its difference
+    from the previous frame's decoded lead latent): passed back to ``compress_inter`` with
+    the same choices, it codes this candidate again without estimating or refining the
+    latent anew."""
 
     payload: bytes
     recon: Any
@@ -67,6 +68,7 @@ class InterCandidate:
     residual_level: int | None
     deadzone: float | None
     lead_latent: Any
+    lead_predicted: bool
 
 
 @dataclass(frozen=True)

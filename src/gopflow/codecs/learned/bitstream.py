@@ -21,7 +21,9 @@ level bytes of its own (0-based: motion or offsets, then residual), chosen per f
 encoder where the header's level is not the cheapest. Version 5 adds S units (skip): an inter
 frame whose payload starts with one level byte (motion or offsets) and carries the lead latent
 only; its residual latent is all zeros and costs nothing, where a coded all-zero residual
-still pays for its hyperprior side information. Versions 2 to 4 (no S units; version 3 no Q
+still pays for its hyperprior side information. Version 5 also gives the lead level byte of Q
+and S units a flag (:data:`PREDICTED_LEAD`, bit 7): the lead latent is coded as its difference
+from the previous frame's decoded lead latent. Versions 2 to 4 (no S units; version 3 no Q
 units; version 2 also no offset and no R units) still decode.
 
 GOP structure (since version 2): every intra (I or R) unit starts a closed GOP and only they
@@ -59,6 +61,9 @@ _OFFSET = struct.Struct(">B")
 _UNIT = struct.Struct(">BII")
 _CRC = struct.Struct(">I")
 MAX_PAYLOAD = 1 << 30
+PREDICTED_LEAD = 0x80
+"""Version 5: set in the lead level byte of a Q or S unit where the frame's lead latent (DVC
+motion) is coded as its difference from the previous frame's decoded lead latent."""
 
 
 class BitstreamError(CorruptInputError):

@@ -103,10 +103,12 @@ def residual_candidates(
     prior: GainedHyperprior, residual: Tensor | None, levels: Sequence[int],
     deadzones: Sequence[float], lead: LatentCode, lead_level: int, lead_latent: Tensor,
     shape: list[int], rebuild: Callable[[Tensor], Tensor] | None, skip: bool = False,
+    lead_predicted: bool = False,
 ) -> Iterator[InterCandidate]:
     """A P frame's payloads, one per residual level and dead zone: the ``lead`` latent
     (motion or offsets: ``lead_latent`` coded once at ``lead_level``) then ``residual``
-    coded at that level with that dead zone; with ``skip`` also the lead latent alone (the
+    coded at that level with that dead zone (``lead_predicted``: the lead latent is a
+    difference from the previous frame's); with ``skip`` also the lead latent alone (the
     residual taken as all zeros: :meth:`GainedHyperprior.zeros`). Each carries
     ``rebuild(residual_hat)``, the decoder's frame, for the encoder's choice (``None`` where
     there is nothing to choose: ``rebuild`` is ``None``).
@@ -118,13 +120,13 @@ def residual_candidates(
             yield InterCandidate(
                 pack_strings(pack_codes([lead, code]), shape),
                 rebuild(residual_hat) if rebuild is not None else None,
-                lead_level, level, deadzone, lead_latent)
+                lead_level, level, deadzone, lead_latent, lead_predicted)
     if skip:
         zeros = prior.zeros((shape[0], shape[1]))
         yield InterCandidate(
             pack_strings(pack_codes([lead]), shape),
             rebuild(zeros) if rebuild is not None else None,
-            lead_level, None, None, lead_latent)
+            lead_level, None, None, lead_latent, lead_predicted)
 
 
 class IntraCodec(CompressionModel):
