@@ -23,7 +23,7 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from gopflow.codecs.learned.api import InterCandidate
+from gopflow.codecs.learned.api import InterCandidate, candidate_count
 from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
 from gopflow.codecs.learned.intra import (
@@ -270,7 +270,7 @@ class DvcCodec(CompressionModel):
         auto-encoder shrinks the flow it carries); ``lead_latent`` (a candidate's, passed
         without ``refinement``) is coded as given instead of estimating one."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
-        several = len(motion_levels) * (len(residual_levels) * len(deadzones) + skip_residual) > 1
+        several = candidate_count(motion_levels, residual_levels, deadzones, skip_residual) > 1
         reference = state.frame
         base = state.motion if predict_lead else None
         if lead_latent is not None:

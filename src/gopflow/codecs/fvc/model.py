@@ -22,7 +22,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
-from gopflow.codecs.learned.api import InterCandidate
+from gopflow.codecs.learned.api import InterCandidate, candidate_count
 from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
 from gopflow.codecs.learned.intra import (
@@ -177,7 +177,7 @@ class FvcCodec(CompressionModel):
         ``refinement``) is coded as given instead of estimating one. ``predict_lead`` changes
         nothing: the offsets are coded directly (the state keeps no previous offsets)."""
         shape = latent_shape(x.shape[-2], x.shape[-1])
-        several = len(offset_levels) * (len(residual_levels) * len(deadzones) + skip_residual) > 1
+        several = candidate_count(offset_levels, residual_levels, deadzones, skip_residual) > 1
         current = self.extract(x)
         offsets = (lead_latent if lead_latent is not None
                    else self.o_a(self._predict(current, state)))

@@ -71,6 +71,15 @@ class InterCandidate:
     lead_predicted: bool
 
 
+def candidate_count(
+    lead_levels: Sequence[int], residual_levels: Sequence[int], deadzones: Sequence[float],
+    skip_residual: bool,
+) -> int:
+    """How many candidates ``compress_inter`` yields: per lead level, one per residual level
+    and dead zone, plus the skip candidate."""
+    return len(lead_levels) * (len(residual_levels) * len(deadzones) + skip_residual)
+
+
 @dataclass(frozen=True)
 class CodedGop:
     """A coded GOP: its frames in order and the decoder's reconstruction of each

@@ -36,8 +36,9 @@ finer quantiser, propagating a fraction of each block's cost along the chain):
 - Motion prediction (``predict_lead``; on with ``rdo``, DVC only): a P frame whose reference
   is itself a P frame codes its motion latent as the difference from the reference's decoded
   motion latent (the lead level byte of a ``Q`` or ``S`` unit flags it), as H.264 codes
-  motion vectors as differences from a prediction. Not a per-frame choice: on white_flower
-  the difference was cheaper on every frame tried (scratch measurement in the README).
+  motion vectors as differences from a prediction. Not a per-frame choice (that would
+  double the refinement): on white_flower it lowered the BD-rate, though at quality 1 the
+  motion alone codes cheaper (README).
 - Side-information search (``side_search``; on with ``rdo``): every latent coder searches a
   ``z`` that codes the same integers in fewer bytes (:meth:`.GainedHyperprior.compress`).
   Not a trade: the reconstruction is unchanged, only the rate can fall, so the P frame
@@ -77,6 +78,7 @@ from gopflow.codecs.learned.api import (
     CodedFrame,
     CodedGop,
     InterCandidate,
+    candidate_count,
 )
 from gopflow.codecs.learned.bitstream import PREDICTED_LEAD, BitstreamError, UnitKind
 from gopflow.codecs.learned.hyperprior import (
@@ -222,8 +224,8 @@ class GopCodec:
             raise UsageError("P frame level offsets must include 0 (the stream's level)")
         self.skip_residual = skip_residual
         self.predict_lead = predict_lead
-        choices = len(self.lead_offsets) * (
-            len(self.deadzones) * len(self.residual_offsets) + skip_residual)
+        choices = candidate_count(
+            self.lead_offsets, self.residual_offsets, self.deadzones, skip_residual)
         if (self.adaptive_intra or choices > 1 or refine_steps) and self.mode_lambdas is None:
             raise UsageError("adaptive intra, dead-zone, level and skip choices and the lead "
                              "refinement need the training lambdas")
@@ -304,7 +306,7 @@ class GopCodec:
         assert self.inter is not None
         leads = self._around(level, self.lead_offsets)
         residuals = self._around(level, self.residual_offsets)
-        choices = len(leads) * (len(residuals) * len(self.deadzones) + self.skip_residual)
+        choices = candidate_count(leads, residuals, self.deadzones, self.skip_residual)
         if choices == 1:
             (best,) = self.inter.compress_inter(
                 x, state, leads, residuals, self.deadzones, self.refinement,
