@@ -4,7 +4,8 @@ Codes the first ``--frames`` frames of a clip (source size, RGB24 from PyAV) as 
 the shipped weights (or ``--registry``) at ``--level`` and prints, per frame, its type, the
 bits per pixel of its real entropy-coded payload and its PSNR-RGB against the source, and
 where the bits go: each latent's ``y`` and side-information ``z`` strings (intra: the image
-latent; DVC: motion, residual; FVC: offsets, residual).
+latent; DVC: motion, residual, where a frame's motion is a 12-byte global motion model
+only the residual; FVC: offsets, residual).
 
     .venv/bin/python bench/codec_frames.py fvc ../shared/media/white_flower_1280x720.264 --level 4
 """
@@ -18,6 +19,7 @@ import av
 import numpy as np
 import torch
 
+from gopflow.codecs.dvc.global_motion import SIZE as GLOBAL_MOTION_SIZE
 from gopflow.codecs.learned.bitstream import UnitKind, unpack_strings
 from gopflow.codecs.learned.engine import load_codec
 from gopflow.pipeline.learned_stage import rgb_frames
@@ -59,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         strings, levels = coded.payload, ""
         if coded.kind in (UnitKind.LEVELED_INTER, UnitKind.SKIP):  # P: the stream's level
             unit = codec.inter_levels(coded, args.level - 1)
-            strings = unit.payload
+            strings = unit.payload[GLOBAL_MOTION_SIZE:] if unit.lead_global else unit.payload
             residual = "-" if unit.residual is None else unit.residual + 1
-            levels = (f", levels {unit.lead + 1}{'p' if unit.lead_predicted else ''}"
-                      f"/{residual}")
+            lead = "global" if unit.lead_global else f"{unit.lead + 1}"
+            levels = (f", levels {lead}{'p' if unit.lead_predicted else ''}/{residual}")
         groups, _ = unpack_strings(strings)
         parts = " + ".join(
             "/".join(f"{8 * len(string) / (width * height):.4f}" for string in group)

@@ -19,7 +19,12 @@ import torch
 from compressai.models.base import get_scale_table
 
 from gopflow.codecs.learned.api import DEFAULT_MOTION_REFINEMENT, CodedFrame
-from gopflow.codecs.learned.bitstream import PREDICTED_LEAD, BitstreamError, UnitKind
+from gopflow.codecs.learned.bitstream import (
+    GLOBAL_LEAD,
+    PREDICTED_LEAD,
+    BitstreamError,
+    UnitKind,
+)
 from gopflow.codecs.learned.engine import (
     PROPAGATION,
     RDO_DEADZONES,
@@ -77,12 +82,13 @@ def _codec(
     adaptive_intra: bool | None = None, side_search: int = 0,
     lead_offsets: tuple[int, ...] = (0,), residual_offsets: tuple[int, ...] = (0,),
     refine_steps: int = 0, skip_residual: bool = False, predict_lead: bool = False,
+    global_motion: bool = False,
 ) -> GopCodec:
     intra = _model(SMALL_INTRA, 0)
     inter = _model(INTER_ARCHS[name], 1) if name != "intra" else None
     return GopCodec(name, intra, inter, f"{name}:test", mode_lambdas, adaptive_intra,
                     deadzones, side_search, lead_offsets, residual_offsets, refine_steps,
-                    skip_residual, predict_lead)
+                    skip_residual, predict_lead, global_motion)
 
 
 def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -728,6 +734,61 @@ def test_dvc_codes_motion_as_a_difference_from_the_previous_p_frame() -> None:
                          bytes((1 | PREDICTED_LEAD, 1)) + fvc_gop.frames[2].payload)
     with pytest.raises(BitstreamError, match="FVC"):
         fvc.decode_gop((*fvc_gop.frames[:2], flagged), 64, 64, 2)
+
+
+def test_dvc_global_motion_frames_are_chosen_by_cost_and_decode_exactly() -> None:
+    frames = _frames(4, 64, 64)
+
+    def codec_with(global_motion: bool, side_search: int = 0) -> GopCodec:
+        return _codec("dvc", [1e-9] * 4, (0.5, 1.5), adaptive_intra=False,
+                      side_search=side_search, skip_residual=True, predict_lead=True,
+                      global_motion=global_motion)
+
+    # Rate only: 12 bytes of global motion beat any coded motion latent, and the frame after
+    # a global frame has no motion latent to predict from.
+    latents = codec_with(False).encode_gop(frames, 2)
+    codec = codec_with(True)
+    gop = codec.encode_gop(frames, 2)
+    assert [f.kind for f in gop.frames] == [UnitKind.INTRA] + [UnitKind.SKIP] * 3
+    for frame, other in zip(gop.frames[1:], latents.frames[1:], strict=True):
+        assert frame.payload[0] == 1 | GLOBAL_LEAD
+        levels = codec.inter_levels(frame, 1)
+        assert levels.lead_global and not levels.lead_predicted and levels.residual is None
+        assert len(frame.payload) < len(other.payload)
+    decoded = codec.decode_gop(gop.frames, 64, 64, 2)
+    np.testing.assert_array_equal(np.stack(decoded), np.stack(gop.recon))
+    # The side-information search re-codes the chosen global candidate: the same frames.
+    searched = codec_with(True, side_search=10).encode_gop(frames, 2)
+    assert searched.frames == gop.frames
+    np.testing.assert_array_equal(np.stack(searched.recon), np.stack(gop.recon))
+    # Distortion only: the residual is coded again (Q units keep the flag when global).
+    fine = _codec("dvc", [1e4] * 4, (0.5,), adaptive_intra=False, skip_residual=True,
+                  global_motion=True)
+    assert fine.inter is not None
+    with torch.no_grad():  # untrained residual latents are near 0: give them symbols
+        fine.inter.residual_prior.gain.mul_(50.0)
+        fine.inter.residual_prior.inv_gain.div_(50.0)
+    kept = fine.encode_gop(frames, 2)
+    assert all(f.kind != UnitKind.SKIP for f in kept.frames[1:])
+    assert any(f.kind == UnitKind.LEVELED_INTER and f.payload[0] & GLOBAL_LEAD
+               for f in kept.frames[1:])
+    np.testing.assert_array_equal(np.stack(fine.decode_gop(kept.frames, 64, 64, 2)),
+                                  np.stack(kept.recon))
+    # Malformed global units are refused in one line; FVC has no global motion.
+    first, unit = gop.frames[0], gop.frames[1]
+    for payload, message in ((unit.payload[:6], "too short"),
+                             (bytes((unit.payload[0] | PREDICTED_LEAD,)) + unit.payload[1:],
+                              "both a global and a predicted")):
+        with pytest.raises(BitstreamError, match=message):
+            codec.decode_gop((first, CodedFrame(UnitKind.SKIP, payload)), 64, 64, 2)
+    with pytest.raises(UsageError, match="no global motion"):
+        _codec("fvc", [0.01] * 4, global_motion=True)
+    fvc = _codec("fvc")
+    fvc_gop = fvc.encode_gop(frames[:2], 2)
+    flagged = CodedFrame(UnitKind.LEVELED_INTER,
+                         bytes((1 | GLOBAL_LEAD, 1)) + fvc_gop.frames[1].payload)
+    with pytest.raises(BitstreamError, match="FVC"):
+        fvc.decode_gop((fvc_gop.frames[0], flagged), 64, 64, 2)
 
 
 def test_propagation_weight_counts_each_later_frame_by_its_inherited_share() -> None:

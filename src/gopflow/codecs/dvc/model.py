@@ -7,7 +7,9 @@ with the gained scale hyperprior; the reference is warped backwards with the dec
 (``grid_sample``); a small U-Net motion-compensation network refines the warped frame from
 (warped, reference, flow); the residual is coded by a second hyperprior auto-encoder. Loss
 ``R + lmbda * 255^2 * D``. Sized for the CPU: the pyramid works from half resolution, all
-channel counts are small.
+channel counts are small. An encoder may code a frame's motion as one global (affine) motion
+model instead of the motion latent (:meth:`DvcCodec.compress_global`; after AV1's global
+motion, :mod:`gopflow.codecs.dvc.global_motion`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from gopflow.codecs.dvc.global_motion import SIZE as GLOBAL_MOTION_SIZE
+from gopflow.codecs.dvc.global_motion import (
+    GlobalMotion,
+    fit_global_motion,
+    refine_global_motion,
+)
 from gopflow.codecs.learned.api import InterCandidate, candidate_count
 from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
@@ -241,8 +249,10 @@ class DvcCodec(CompressionModel):
         return self.flow(x, reference, initial)
 
     def _prediction(self, reference: Tensor, m_hat: Tensor) -> Tensor:
-        flow_hat = self.m_s(m_hat)
-        return self.mc(backward_warp(reference, flow_hat), reference, flow_hat)
+        return self._compensate(reference, self.m_s(m_hat))
+
+    def _compensate(self, reference: Tensor, flow: Tensor) -> Tensor:
+        return self.mc(backward_warp(reference, flow), reference, flow)
 
     def next_state(
         self, state: Any, recon: Tensor, lead_hat: Tensor | None = None
@@ -299,23 +309,62 @@ class DvcCodec(CompressionModel):
                 (lambda r_hat, p=prediction: (p + residual_synthesis(r_hat)).clamp(0.0, 1.0))
                 if several else None, skip_residual, base is not None)
 
+    def compress_global(
+        self, x: Tensor, state: DvcReference, lead_level: int, residual_levels: Sequence[int],
+        deadzones: Sequence[float] = (ROUNDING,), skip_residual: bool = False,
+        motion: GlobalMotion | None = None,
+    ) -> Iterator[InterCandidate]:
+        """Code padded frame ``x`` with one global motion model in place of the motion
+        latent: one candidate per residual level and dead zone, and with ``skip_residual``
+        one without a residual (the model alone: 12 bytes), each with its reconstruction
+        when there are several. The model is fitted to :func:`dis_flow` and refined for the
+        warp (encoder side; :mod:`.global_motion`) unless ``motion`` (a candidate's
+        ``lead_latent``) is given; ``lead_level`` is only recorded (the unit's level byte
+        must name a valid level)."""
+        reference = state.frame
+        if motion is None:
+            motion = refine_global_motion(
+                fit_global_motion(dis_flow(x, reference)), reference, x, backward_warp)
+        several = candidate_count((), residual_levels, deadzones, skip_residual, True) > 1
+        prediction = self._compensate(reference, motion.flow(*x.shape[-2:]))
+        residual_synthesis = fast_copy(self.r_s) if several else self.r_s
+        yield from residual_candidates(
+            self.residual_prior, self.r_a(x - prediction) if residual_levels else None,
+            residual_levels, deadzones, motion.to_bytes(), lead_level, motion,
+            latent_shape(x.shape[-2], x.shape[-1]),
+            (lambda r_hat: (prediction + residual_synthesis(r_hat)).clamp(0.0, 1.0))
+            if several else None, skip_residual)
+
     def decompress_inter(
         self, payload: bytes, state: DvcReference, motion_level: int,
-        residual_level: int | None, lead_predicted: bool = False,
-    ) -> tuple[Tensor, Tensor]:
+        residual_level: int | None, lead_predicted: bool = False, lead_global: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """Decode a :meth:`compress_inter` payload against the same reference (a skip
         payload, motion only, where ``residual_level`` is ``None``; a motion difference
-        from the reference's motion with ``lead_predicted``): ``(frame, motion latent)``."""
+        from the reference's motion with ``lead_predicted``), or with ``lead_global`` a
+        :meth:`compress_global` payload: ``(frame, motion latent)``, the latent ``None``
+        for a global motion frame (a later frame cannot predict its motion from it)."""
         h, w = state.frame.shape[-2:]
-        codes = unpack_payload(payload, h, w, 1 if residual_level is None else 2)
         size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
-        m_hat = self.motion_prior.decompress(codes[0], size, motion_level)
-        if lead_predicted:
-            if state.motion is None:
-                raise BitstreamError("a P frame predicts its motion from a frame without any "
-                                     "(an intra frame)")
-            m_hat = state.motion + m_hat
-        prediction = self._prediction(state.frame, m_hat)
+        residuals = 0 if residual_level is None else 1
+        m_hat: Tensor | None = None
+        if lead_global:
+            if lead_predicted:
+                raise BitstreamError("a P frame claims both a global and a predicted motion")
+            if len(payload) < GLOBAL_MOTION_SIZE:
+                raise BitstreamError("a global motion P frame is too short for its model")
+            motion = GlobalMotion.from_bytes(payload[:GLOBAL_MOTION_SIZE])
+            codes = unpack_payload(payload[GLOBAL_MOTION_SIZE:], h, w, residuals)
+            prediction = self._compensate(state.frame, motion.flow(h, w))
+        else:
+            codes = unpack_payload(payload, h, w, 1 + residuals)
+            m_hat = self.motion_prior.decompress(codes.pop(0), size, motion_level)
+            if lead_predicted:
+                if state.motion is None:
+                    raise BitstreamError("a P frame predicts its motion from a frame without "
+                                         "any (an intra or a global motion frame)")
+                m_hat = state.motion + m_hat
+            prediction = self._prediction(state.frame, m_hat)
         r_hat = (self.residual_prior.zeros(size) if residual_level is None
-                 else self.residual_prior.decompress(codes[1], size, residual_level))
+                 else self.residual_prior.decompress(codes[0], size, residual_level))
         return (prediction + self.r_s(r_hat)).clamp(0.0, 1.0), m_hat

@@ -60,7 +60,9 @@ class InterCandidate:
     latent as it was coded (after any refinement; with ``lead_predicted``, its difference
     from the previous frame's decoded lead latent): passed back to ``compress_inter`` with
     the same choices, it codes this candidate again without estimating or refining the
-    latent anew."""
+    latent anew. With ``lead_global`` the frame's motion is a global motion model
+    (DVC's ``compress_global``; ``lead_latent`` is then the model) and no lead latent is
+    coded."""
 
     payload: bytes
     recon: Any
@@ -69,15 +71,18 @@ class InterCandidate:
     deadzone: float | None
     lead_latent: Any
     lead_predicted: bool
+    lead_global: bool
 
 
 def candidate_count(
     lead_levels: Sequence[int], residual_levels: Sequence[int], deadzones: Sequence[float],
-    skip_residual: bool,
+    skip_residual: bool, global_motion: bool = False,
 ) -> int:
     """How many candidates ``compress_inter`` yields: per lead level, one per residual level
-    and dead zone, plus the skip candidate."""
-    return len(lead_levels) * (len(residual_levels) * len(deadzones) + skip_residual)
+    and dead zone, plus the skip candidate; with ``global_motion``, as many again for the
+    one global motion model (``compress_global``)."""
+    per_lead = len(residual_levels) * len(deadzones) + skip_residual
+    return (len(lead_levels) + global_motion) * per_lead
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,11 @@ frame whose payload starts with one level byte (motion or offsets) and carries t
 only; its residual latent is all zeros and costs nothing, where a coded all-zero residual
 still pays for its hyperprior side information. Version 5 also gives the lead level byte of Q
 and S units a flag (:data:`PREDICTED_LEAD`, bit 7): the lead latent is coded as its difference
-from the previous frame's decoded lead latent. Versions 2 to 4 (no S units; version 3 no Q
-units; version 2 also no offset and no R units) still decode.
+from the previous frame's decoded lead latent. Version 6 adds a second flag
+(:data:`GLOBAL_LEAD`, bit 6): the lead latent is replaced by a 12-byte global (affine) motion
+model that follows the level bytes, and the latent strings hold the residual alone (none in
+an S unit). Versions 2 to 5 (version 4 no S units; version 3 no Q units; version 2 also no
+offset and no R units) still decode.
 
 GOP structure (since version 2): every intra (I or R) unit starts a closed GOP and only they
 do, so scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader
@@ -54,8 +57,8 @@ from gopflow.errors import CorruptInputError, UsageError
 from gopflow.fileio import atomic_write
 
 MAGIC = b"GFLV"
-VERSION = 5
-READABLE_VERSIONS = (2, 3, 4, 5)
+VERSION = 6
+READABLE_VERSIONS = (2, 3, 4, 5, 6)
 _HEAD = struct.Struct(">IIIIIIIB")
 _OFFSET = struct.Struct(">B")
 _UNIT = struct.Struct(">BII")
@@ -64,6 +67,9 @@ MAX_PAYLOAD = 1 << 30
 PREDICTED_LEAD = 0x80
 """Version 5: set in the lead level byte of a Q or S unit where the frame's lead latent (DVC
 motion) is coded as its difference from the previous frame's decoded lead latent."""
+GLOBAL_LEAD = 0x40
+"""Version 6: set in the lead level byte of a Q or S unit where the frame's motion is a global
+motion model (DVC; :mod:`gopflow.codecs.dvc.global_motion`) instead of a lead latent."""
 
 
 class BitstreamError(CorruptInputError):

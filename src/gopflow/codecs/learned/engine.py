@@ -39,6 +39,12 @@ finer quantiser, propagating a fraction of each block's cost along the chain):
   motion vectors as differences from a prediction. Not a per-frame choice (that would
   double the refinement): on white_flower it lowered the BD-rate, though at quality 1 the
   motion alone codes cheaper (README).
+- Global motion (``global_motion``; on with ``rdo``, DVC only): each P frame is also coded
+  with one affine motion model (12 bytes, fitted to the dense flow and refined for the warp)
+  in place of its motion latent, with each residual choice and without a residual (the lead
+  level byte of a ``Q`` or ``S`` unit flags it), after AV1's global motion. A camera pan
+  costs DVC's motion auto-encoder about 1.5 KB a 720p frame, and its flow at 1/16
+  resolution warps worse than the affine model (README).
 - Side-information search (``side_search``; on with ``rdo``): every latent coder searches a
   ``z`` that codes the same integers in fewer bytes (:meth:`.GainedHyperprior.compress`).
   Not a trade: the reconstruction is unchanged, only the rate can fall, so the P frame
@@ -60,6 +66,7 @@ separate workers.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -80,7 +87,12 @@ from gopflow.codecs.learned.api import (
     InterCandidate,
     candidate_count,
 )
-from gopflow.codecs.learned.bitstream import PREDICTED_LEAD, BitstreamError, UnitKind
+from gopflow.codecs.learned.bitstream import (
+    GLOBAL_LEAD,
+    PREDICTED_LEAD,
+    BitstreamError,
+    UnitKind,
+)
 from gopflow.codecs.learned.hyperprior import (
     ROUNDING,
     SIDE_SEARCH_STEPS,
@@ -144,20 +156,32 @@ class InterModel(Protocol):
 
     def decompress_inter(
         self, payload: bytes, state: Any, lead_level: int, residual_level: int | None,
-        lead_predicted: bool = ...,
-    ) -> tuple[Tensor, Tensor]: ...
+        lead_predicted: bool = ..., lead_global: bool = ...,
+    ) -> tuple[Tensor, Tensor | None]: ...
+
+
+class GlobalMotionModel(InterModel, Protocol):
+    """An inter codec that can also code a frame's motion as one global motion model
+    (DVC: :meth:`~gopflow.codecs.dvc.model.DvcCodec.compress_global`)."""
+
+    def compress_global(
+        self, x: Tensor, state: Any, lead_level: int, residual_levels: Sequence[int],
+        deadzones: Sequence[float] = ..., skip_residual: bool = ..., motion: Any = ...,
+    ) -> Iterator[InterCandidate]: ...
 
 
 @dataclass(frozen=True)
 class InterLevels:
     """How an inter unit's payload is coded: the 0-based levels of its lead latent (DVC
     motion, FVC offsets) and of its residual (``None``: skipped, all zeros), whether the lead
-    latent is a difference from the previous frame's, and the latent payload itself."""
+    latent is a difference from the previous frame's, whether a global motion model stands in
+    for it, and the payload itself."""
 
     lead: int
     residual: int | None
     lead_predicted: bool
     payload: bytes
+    lead_global: bool = False
 
 
 def to_tensor(frame: np.ndarray) -> Tensor:
@@ -187,7 +211,8 @@ class GopCodec:
     information in every latent coder of both models (steps; 0 off; see
     :meth:`.GainedHyperprior.compress`); ``refine_steps`` refines each P frame's lead latent
     (DVC motion, FVC offsets) for its prediction at every candidate level (Adam steps; 0
-    off; see :meth:`.GainedHyperprior.refine`)."""
+    off; see :meth:`.GainedHyperprior.refine`); ``global_motion`` also tries each P
+    frame with one global motion model in place of its lead latent (DVC)."""
 
     def __init__(
         self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str,
@@ -195,6 +220,7 @@ class GopCodec:
         deadzones: Sequence[float] = (ROUNDING,), side_search: int = 0,
         lead_offsets: Sequence[int] = (0,), residual_offsets: Sequence[int] = (0,),
         refine_steps: int = 0, skip_residual: bool = False, predict_lead: bool = False,
+        global_motion: bool = False,
     ) -> None:
         if name not in CODEC_NAMES:
             raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -224,8 +250,11 @@ class GopCodec:
             raise UsageError("P frame level offsets must include 0 (the stream's level)")
         self.skip_residual = skip_residual
         self.predict_lead = predict_lead
-        choices = candidate_count(
-            self.lead_offsets, self.residual_offsets, self.deadzones, skip_residual)
+        if global_motion and not hasattr(inter, "compress_global"):
+            raise UsageError(f"codec {name!r} has no global motion model (DVC has)")
+        self.global_motion = global_motion
+        choices = candidate_count(self.lead_offsets, self.residual_offsets, self.deadzones,
+                                  skip_residual, global_motion)
         if (self.adaptive_intra or choices > 1 or refine_steps) and self.mode_lambdas is None:
             raise UsageError("adaptive intra, dead-zone, level and skip choices and the lead "
                              "refinement need the training lambdas")
@@ -265,7 +294,8 @@ class GopCodec:
         elif frame.kind.predicted and self.inter is not None and state is not None:
             levels = self.inter_levels(frame, level)
             picture, lead_hat = self.inter.decompress_inter(
-                levels.payload, state, levels.lead, levels.residual, levels.lead_predicted)
+                levels.payload, state, levels.lead, levels.residual, levels.lead_predicted,
+                levels.lead_global)
             recon = to_uint8(picture)
         else:
             raise BitstreamError(f"an inter frame without a reference for codec {self.name!r}")
@@ -277,19 +307,21 @@ class GopCodec:
         """The levels of an inter frame and its latent payload: the stream's level for ``P``
         units, the two level bytes that open a ``Q`` unit's payload, the one lead level byte
         that opens an ``S`` unit's (no residual); in ``Q`` and ``S`` units the lead level
-        byte's :data:`~.bitstream.PREDICTED_LEAD` bit says the lead latent is predicted."""
+        byte's :data:`~.bitstream.PREDICTED_LEAD` bit says the lead latent is predicted, its
+        :data:`~.bitstream.GLOBAL_LEAD` bit that a global motion model replaces it."""
         if frame.kind == UnitKind.INTER:
             return InterLevels(level, level, False, frame.payload)
         unit, count = ("an S unit", 1) if frame.kind == UnitKind.SKIP else ("a Q unit", 2)
         if len(frame.payload) < count:
             raise BitstreamError(f"{unit} is too short for its level bytes")
-        lead = frame.payload[0] & ~PREDICTED_LEAD
+        flags = frame.payload[0] & (PREDICTED_LEAD | GLOBAL_LEAD)
+        lead = frame.payload[0] & ~flags
         residual = frame.payload[1] if count == 2 else None
         if max(lead, residual or 0) >= self.levels:
             raise BitstreamError(f"{unit} names level {max(lead, residual or 0) + 1}; "
                                  f"codec {self.name!r} has {self.levels}")
-        return InterLevels(lead, residual, bool(frame.payload[0] & PREDICTED_LEAD),
-                           frame.payload[count:])
+        return InterLevels(lead, residual, bool(flags & PREDICTED_LEAD), frame.payload[count:],
+                           bool(flags & GLOBAL_LEAD))
 
     def _around(self, level: int, offsets: tuple[int, ...]) -> list[int]:
         """The valid 0-based levels ``level + offset``, in the order of ``offsets``."""
@@ -298,15 +330,17 @@ class GopCodec:
     def _inter_frame(
         self, x: Tensor, source: np.ndarray, state: Any, level: int, later: int
     ) -> CodedFrame:
-        """A P frame: the cheapest of the candidate levels and residual dead zones, by the
-        propagated cost (:meth:`_propagated_lambda`); a ``Q`` unit when its levels are not
-        the stream's. Candidates are compared without the side-information search (it
-        leaves the reconstruction as it is); the chosen one is coded again with it, from the
-        lead latent it was coded from (refined once, not again)."""
+        """A P frame: the cheapest of the candidate levels, residual dead zones, skip and
+        global motion choices, by the propagated cost (:meth:`_propagated_lambda`); a ``Q``
+        unit when its levels are not the stream's or its lead is flagged. Candidates are
+        compared without the side-information search (it leaves the reconstruction as it
+        is); the chosen one is coded again with it, from the lead latent (or global motion
+        model) it was coded from (refined once, not again)."""
         assert self.inter is not None
         leads = self._around(level, self.lead_offsets)
         residuals = self._around(level, self.residual_offsets)
-        choices = candidate_count(leads, residuals, self.deadzones, self.skip_residual)
+        choices = candidate_count(
+            leads, residuals, self.deadzones, self.skip_residual, self.global_motion)
         if choices == 1:
             (best,) = self.inter.compress_inter(
                 x, state, leads, residuals, self.deadzones, self.refinement,
@@ -316,10 +350,13 @@ class GopCodec:
             lmbda = self._propagated_lambda(level, later)
             best, best_cost = None, math.inf
             set_side_search(self.inter, 0)
+            candidates = self.inter.compress_inter(
+                x, state, leads, residuals, self.deadzones, self.refinement,
+                skip_residual=self.skip_residual, predict_lead=self.predict_lead)
+            if self.global_motion:
+                candidates = itertools.chain(candidates, self._global(x, state, level, residuals))
             try:
-                for candidate in self.inter.compress_inter(
-                        x, state, leads, residuals, self.deadzones, self.refinement,
-                        skip_residual=self.skip_residual, predict_lead=self.predict_lead):
+                for candidate in candidates:
                     picture = _crop(to_uint8(candidate.recon), height, width)
                     cost = _rd_cost(candidate.payload, picture, source, lmbda)
                     if cost < best_cost:
@@ -328,18 +365,35 @@ class GopCodec:
                 set_side_search(self.inter, self.side_search)
             assert best is not None
             if self.side_search:
-                (best,) = self.inter.compress_inter(
-                    x, state, (best.lead_level,),
-                    [] if best.residual_level is None else [best.residual_level],
-                    [] if best.deadzone is None else [best.deadzone],
-                    lead_latent=best.lead_latent, skip_residual=best.residual_level is None,
-                    predict_lead=best.lead_predicted)
-        lead = best.lead_level | (PREDICTED_LEAD if best.lead_predicted else 0)
+                residual = [] if best.residual_level is None else [best.residual_level]
+                deadzone = [] if best.deadzone is None else [best.deadzone]
+                if best.lead_global:
+                    (best,) = self._global(
+                        x, state, best.lead_level, residual, deadzone,
+                        best.residual_level is None, best.lead_latent)
+                else:
+                    (best,) = self.inter.compress_inter(
+                        x, state, (best.lead_level,), residual, deadzone,
+                        lead_latent=best.lead_latent, skip_residual=best.residual_level is None,
+                        predict_lead=best.lead_predicted)
+        lead = (best.lead_level | (PREDICTED_LEAD if best.lead_predicted else 0)
+                | (GLOBAL_LEAD if best.lead_global else 0))
         if best.residual_level is None:
             return CodedFrame(UnitKind.SKIP, bytes((lead,)) + best.payload)
         if (lead, best.residual_level) == (level, level):
             return CodedFrame(UnitKind.INTER, best.payload)
         return CodedFrame(UnitKind.LEVELED_INTER, bytes((lead, best.residual_level)) + best.payload)
+
+    def _global(
+        self, x: Tensor, state: Any, level: int, residuals: Sequence[int],
+        deadzones: Sequence[float] | None = None, skip: bool | None = None, motion: Any = None,
+    ) -> Iterator[InterCandidate]:
+        """The global motion candidates of a P frame (by default with the encoder's dead
+        zones and skip choice); ``motion`` re-codes a chosen candidate with its model."""
+        model: GlobalMotionModel = self.inter  # type: ignore[assignment]
+        return model.compress_global(
+            x, state, level, residuals, self.deadzones if deadzones is None else deadzones,
+            self.skip_residual if skip is None else skip, motion)
 
     def _propagated_lambda(self, level: int, later: int) -> float:
         """The level's training lambda, weighted by ``sum(PROPAGATION**k, k = 0..later)``: a
@@ -539,7 +593,8 @@ def load_codec(
                     lead_offsets=(RDO_REFINED_LEAD_OFFSETS if steps else RDO_LEAD_OFFSETS)
                     if rdo else (0,),
                     residual_offsets=RDO_RESIDUAL_OFFSETS if rdo else (0,),
-                    refine_steps=steps, skip_residual=rdo, predict_lead=rdo)
+                    refine_steps=steps, skip_residual=rdo, predict_lead=rdo,
+                    global_motion=rdo and hasattr(inter, "compress_global"))
 
 
 def model_digest(model: nn.Module) -> str:

@@ -101,7 +101,7 @@ def fast_copy(module: nn.Module) -> nn.Module:
 
 def residual_candidates(
     prior: GainedHyperprior, residual: Tensor | None, levels: Sequence[int],
-    deadzones: Sequence[float], lead: LatentCode, lead_level: int, lead_latent: Tensor,
+    deadzones: Sequence[float], lead: LatentCode | bytes, lead_level: int, lead_latent: Any,
     shape: list[int], rebuild: Callable[[Tensor], Tensor] | None, skip: bool = False,
     lead_predicted: bool = False,
 ) -> Iterator[InterCandidate]:
@@ -109,24 +109,30 @@ def residual_candidates(
     (motion or offsets: ``lead_latent`` coded once at ``lead_level``) then ``residual``
     coded at that level with that dead zone (``lead_predicted``: the lead latent is a
     difference from the previous frame's); with ``skip`` also the lead latent alone (the
-    residual taken as all zeros: :meth:`GainedHyperprior.zeros`). Each carries
-    ``rebuild(residual_hat)``, the decoder's frame, for the encoder's choice (``None`` where
-    there is nothing to choose: ``rebuild`` is ``None``).
+    residual taken as all zeros: :meth:`GainedHyperprior.zeros`). A ``lead`` given as bytes
+    (a global motion model, ``lead_latent``) opens the payload, and the strings hold the
+    residual alone. Each carries ``rebuild(residual_hat)``, the decoder's frame, for the
+    encoder's choice (``None`` where there is nothing to choose: ``rebuild`` is ``None``).
     Yielded one at a time, so the encoder keeps only the best frame in memory."""
+    is_global = isinstance(lead, bytes)
+
+    def payload(codes: list[LatentCode]) -> bytes:
+        if isinstance(lead, bytes):
+            return lead + pack_strings(pack_codes(codes), shape)
+        return pack_strings(pack_codes([lead, *codes]), shape)
+
     for level in levels:
         for deadzone in deadzones:
             assert residual is not None
             code, residual_hat = prior.compress(residual, level, deadzone)
             yield InterCandidate(
-                pack_strings(pack_codes([lead, code]), shape),
-                rebuild(residual_hat) if rebuild is not None else None,
-                lead_level, level, deadzone, lead_latent, lead_predicted)
+                payload([code]), rebuild(residual_hat) if rebuild is not None else None,
+                lead_level, level, deadzone, lead_latent, lead_predicted, is_global)
     if skip:
         zeros = prior.zeros((shape[0], shape[1]))
         yield InterCandidate(
-            pack_strings(pack_codes([lead]), shape),
-            rebuild(zeros) if rebuild is not None else None,
-            lead_level, None, None, lead_latent, lead_predicted)
+            payload([]), rebuild(zeros) if rebuild is not None else None,
+            lead_level, None, None, lead_latent, lead_predicted, is_global)
 
 
 class IntraCodec(CompressionModel):

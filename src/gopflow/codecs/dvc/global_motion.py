@@ -1,0 +1,157 @@
+"""Global motion for DVC P frames: one affine motion model per frame, in 12 bytes.
+
+Data flow: encoder-side dense flow (:func:`~gopflow.codecs.dvc.model.dis_flow`) ->
+:func:`fit_global_motion` (robust least squares) -> :func:`refine_global_motion` (Adam on
+the warp error) -> :class:`GlobalMotion` (quantised parameters,
+:meth:`GlobalMotion.to_bytes`) -> in the stream, in place of the motion latent ->
+:meth:`GlobalMotion.flow` on both sides -> DVC's warp and motion compensation.
+
+After AV1's global motion (Chen et al. 2018, "An overview of core coding tools in the AV1
+video codec"; and MPEG-4's global motion compensation): a camera pan or zoom moves the whole
+frame in a way six numbers describe. DVC's motion auto-encoder carries a smooth pan at
+1/16 resolution at a cost of about 1.5 KB per 720p frame and still blurs it (measured on
+white_flower: a warp by the coded flow 33.9 dB, by the 12-byte affine model 35.2 dB; README).
+Written by hand: the model is six numbers and a least-squares fit (numpy), and no library
+quantises and serialises it the way a bitstream must.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gopflow.codecs.learned.bitstream import BitstreamError
+
+TRANSLATION_UNITS = 64
+"""Translation steps per pixel (1/64 px; int16 keeps +-512 px)."""
+MATRIX_UNITS = 1 << 16
+"""Steps per unit of the linear part (int16 keeps +-0.5: a zoom or rotation of up to half
+the frame's size per frame)."""
+FIT_STRIDE = 8
+"""Every how many pixels (each way) the flow is sampled for the fit."""
+FIT_ROUNDS = 10
+"""Iteratively reweighted least-squares rounds."""
+FIT_SCALE = 1.0
+"""Cauchy weights ``1 / (1 + (miss / FIT_SCALE)^2)`` (miss in pixels): flow vectors that
+miss the model by several pixels (moving objects, occlusions, flow errors) barely pull on the
+camera's motion, as they would in a plain least-squares fit."""
+REFINE_STEPS = 30
+"""Adam steps of :func:`refine_global_motion` (about 1 s at 720p on one core)."""
+REFINE_STEP = 0.02
+"""Its step size, in pixels of the translation and of the linear part's motion at the
+frame's edges."""
+_PARAMS = struct.Struct(">6h")
+SIZE = _PARAMS.size
+"""Bytes of a coded :class:`GlobalMotion`."""
+
+
+@dataclass(frozen=True)
+class GlobalMotion:
+    """Affine backward flow about the padded frame's centre ``(cx, cy)``, in quantised steps:
+    ``u = tx + a (x - cx) + b (y - cy)``, ``v = ty + c (x - cx) + d (y - cy)`` (pixels),
+    the translation in :data:`TRANSLATION_UNITS`, ``a..d`` in :data:`MATRIX_UNITS`."""
+
+    tx: int
+    ty: int
+    a: int
+    b: int
+    c: int
+    d: int
+
+    def to_bytes(self) -> bytes:
+        return _PARAMS.pack(self.tx, self.ty, self.a, self.b, self.c, self.d)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GlobalMotion:
+        if len(data) != SIZE:
+            raise BitstreamError(f"a global motion model needs {SIZE} bytes, got {len(data)}")
+        return cls(*_PARAMS.unpack(data))
+
+    def flow(self, height: int, width: int) -> Tensor:
+        """The model's flow (``1 x 2 x height x width``, pixels, float32), computed in
+        float64 so that encoder and decoder get the same field."""
+        xs = torch.arange(width, dtype=torch.float64) - (width - 1) / 2.0
+        ys = torch.arange(height, dtype=torch.float64) - (height - 1) / 2.0
+        t, m = float(TRANSLATION_UNITS), float(MATRIX_UNITS)
+        u = self.tx / t + (self.a / m) * xs[None, :] + (self.b / m) * ys[:, None]
+        v = self.ty / t + (self.c / m) * xs[None, :] + (self.d / m) * ys[:, None]
+        return torch.stack((u, v))[None].to(torch.float32)
+
+
+def _quantise(value: float, units: int) -> int:
+    return int(np.clip(np.round(value * units), -(1 << 15), (1 << 15) - 1))
+
+
+def fit_global_motion(flow: Tensor) -> GlobalMotion:
+    """The affine model closest to a dense flow (``1 x 2 x H x W``, pixels) by a robust
+    (Cauchy) least-squares fit, quantised (encoder side only: the decoder reads the model)."""
+    _, _, height, width = flow.shape
+    sampled = flow[0, :, ::FIT_STRIDE, ::FIT_STRIDE].double().numpy()
+    ys, xs = np.mgrid[0:height:FIT_STRIDE, 0:width:FIT_STRIDE].astype(np.float64)
+    design = np.stack((np.ones(xs.size), xs.ravel() - (width - 1) / 2.0,
+                       ys.ravel() - (height - 1) / 2.0), axis=1)
+    u, v = sampled[0].ravel(), sampled[1].ravel()
+    weights = np.ones(u.size)
+    for _ in range(FIT_ROUNDS):
+        root = np.sqrt(weights)[:, None]
+        pu = np.linalg.lstsq(design * root, u * root[:, 0], rcond=None)[0]
+        pv = np.linalg.lstsq(design * root, v * root[:, 0], rcond=None)[0]
+        miss = np.hypot(design @ pu - u, design @ pv - v)
+        weights = 1.0 / (1.0 + (miss / FIT_SCALE) ** 2)
+    return GlobalMotion(
+        _quantise(pu[0], TRANSLATION_UNITS), _quantise(pv[0], TRANSLATION_UNITS),
+        _quantise(pu[1], MATRIX_UNITS), _quantise(pu[2], MATRIX_UNITS),
+        _quantise(pv[1], MATRIX_UNITS), _quantise(pv[2], MATRIX_UNITS))
+
+
+def refine_global_motion(
+    motion: GlobalMotion, reference: Tensor, target: Tensor,
+    warp: Callable[[Tensor, Tensor], Tensor], steps: int = REFINE_STEPS,
+) -> GlobalMotion:
+    """Encoder side: ``motion`` moved by Adam to lower ``MSE(warp(reference, flow), target)``
+    (a fit to the dense flow weighs every flow vector alike, flat areas as much as edges;
+    the warp error weighs them by what they cost), quantised again. The parameters are
+    optimised as motion in pixels at the frame's edges, so one step size suits all six.
+    Returns the start where no iterate (quantised) warps closer."""
+    height, width = target.shape[-2:]
+    half_w, half_h = (width - 1) / 2.0, (height - 1) / 2.0
+    xs = (torch.arange(width, dtype=torch.float32) - half_w) / max(half_w, 1.0)
+    ys = (torch.arange(height, dtype=torch.float32) - half_h) / max(half_h, 1.0)
+    t, m = float(TRANSLATION_UNITS), float(MATRIX_UNITS)
+    start = [motion.tx / t, motion.ty / t, motion.a / m * half_w, motion.b / m * half_h,
+             motion.c / m * half_w, motion.d / m * half_h]
+    params = torch.tensor(start, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.Adam([params], lr=REFINE_STEP)
+
+    def quantised(values: Tensor) -> GlobalMotion:
+        p = values.detach().double().tolist()
+        return GlobalMotion(
+            _quantise(p[0], TRANSLATION_UNITS), _quantise(p[1], TRANSLATION_UNITS),
+            _quantise(p[2] / max(half_w, 1.0), MATRIX_UNITS),
+            _quantise(p[3] / max(half_h, 1.0), MATRIX_UNITS),
+            _quantise(p[4] / max(half_w, 1.0), MATRIX_UNITS),
+            _quantise(p[5] / max(half_h, 1.0), MATRIX_UNITS))
+
+    def error(candidate: GlobalMotion) -> float:
+        with torch.no_grad():
+            flow = candidate.flow(height, width)
+            return float(torch.mean((warp(reference, flow) - target) ** 2))
+
+    best, best_error = motion, error(motion)
+    with torch.enable_grad():
+        for _ in range(steps):
+            u = params[0] + params[2] * xs[None, :] + params[3] * ys[:, None]
+            v = params[1] + params[4] * xs[None, :] + params[5] * ys[:, None]
+            loss = torch.mean((warp(reference, torch.stack((u, v))[None]) - target) ** 2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    candidate = quantised(params)
+    if candidate != best and error(candidate) < best_error:
+        best = candidate
+    return best
