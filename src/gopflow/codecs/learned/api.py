@@ -29,8 +29,9 @@ DEFAULT_INTRA_OFFSETS: dict[str, int] = {"intra": 0, "dvc": 1, "fvc": 0}
 """Quality levels between intra and P frames by default, as x264's ``ipratio`` gives I frames
 a finer quantiser; measured with ``bench/codecs.py`` (README): it pays for DVC, whose P frames
 carry the intra frame's quality along the GOP (once the intra codec was retrained, 1 was at
-least as good as 2 on both benchmark clips, and better than 3 on white_flower), and costs
-FVC (its alignment barely uses the reference), so FVC keeps 0."""
+least as good as 2 on both benchmark clips, and better than 3 on white_flower; with global
+motion, 2 was 2% cheaper where their ranges overlap but starts at a higher rate, README), and
+costs FVC (its alignment barely uses the reference), so FVC keeps 0."""
 DEFAULT_MOTION_REFINEMENT: dict[str, int] = {"dvc": 20, "fvc": 0}
 """Adam steps refining each P frame's lead latent with ``--rdo``, by codec
 (:meth:`~gopflow.codecs.learned.hyperprior.GainedHyperprior.refine`): measured on DVC's
