@@ -175,7 +175,8 @@ def test_another_process_with_other_threads_decodes_the_same(name: str, tmp_path
     inter = name != "intra"
     codec = (_codec(name, [0.001] * 4, RDO_DEADZONES, adaptive_intra=True, side_search=3,
                     lead_offsets=RDO_LEAD_OFFSETS, residual_offsets=RDO_RESIDUAL_OFFSETS,
-                    refine_steps=3)
+                    refine_steps=3, skip_residual=True, predict_lead=True,
+                    global_motion=name == "dvc")
              if inter else _codec(name))
     frames = _frames(3, 64, 96)
     offset = 1 if inter else 0
