@@ -42,9 +42,9 @@ finer quantiser, propagating a fraction of each block's cost along the chain):
 - Global motion (``global_motion``; on with ``rdo``, DVC only): each P frame is also coded
   with one affine motion model (12 bytes, fitted to the dense flow and refined for the warp)
   in place of its motion latent, with each residual choice and without a residual (the lead
-  level byte of a ``Q`` or ``S`` unit flags it), after AV1's global motion. A camera pan
-  costs DVC's motion auto-encoder about 1.5 KB a 720p frame, and its flow at 1/16
-  resolution warps worse than the affine model (README).
+  level byte of a ``Q`` or ``S`` unit flags it), after AV1's global motion. On white_flower
+  at quality 6 DVC's motion auto-encoder spent about 1.5 KB a 720p frame on a slow pan and
+  its flow warped worse than the affine model (README).
 - Side-information search (``side_search``; on with ``rdo``): every latent coder searches a
   ``z`` that codes the same integers in fewer bytes (:meth:`.GainedHyperprior.compress`).
   Not a trade: the reconstruction is unchanged, only the rate can fall, so the P frame
@@ -354,7 +354,8 @@ class GopCodec:
                 x, state, leads, residuals, self.deadzones, self.refinement,
                 skip_residual=self.skip_residual, predict_lead=self.predict_lead)
             if self.global_motion:
-                candidates = itertools.chain(candidates, self._global(x, state, level, residuals))
+                candidates = itertools.chain(candidates, self._global(
+                    x, state, level, residuals, self.deadzones, self.skip_residual))
             try:
                 for candidate in candidates:
                     picture = _crop(to_uint8(candidate.recon), height, width)
@@ -386,14 +387,12 @@ class GopCodec:
 
     def _global(
         self, x: Tensor, state: Any, level: int, residuals: Sequence[int],
-        deadzones: Sequence[float] | None = None, skip: bool | None = None, motion: Any = None,
+        deadzones: Sequence[float], skip: bool, motion: Any = None,
     ) -> Iterator[InterCandidate]:
-        """The global motion candidates of a P frame (by default with the encoder's dead
-        zones and skip choice); ``motion`` re-codes a chosen candidate with its model."""
+        """The global motion candidates of a P frame; ``motion`` re-codes a chosen candidate
+        with its model."""
         model: GlobalMotionModel = self.inter  # type: ignore[assignment]
-        return model.compress_global(
-            x, state, level, residuals, self.deadzones if deadzones is None else deadzones,
-            self.skip_residual if skip is None else skip, motion)
+        return model.compress_global(x, state, level, residuals, deadzones, skip, motion)
 
     def _propagated_lambda(self, level: int, later: int) -> float:
         """The level's training lambda, weighted by ``sum(PROPAGATION**k, k = 0..later)``: a
