@@ -4,6 +4,7 @@ real CompressAI entropy coder in the evaluation), checkpoint/resume, outputs, CL
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,9 @@ def test_intra_training_writes_outputs_and_resumes_bit_exactly(clips, tmp_path, 
         (["--steps", "10,20"], "one value or one per stage", 2),
         (["--frames", "3"], "--frames applies to dvc and fvc", 2),
         (["--stride", "2"], "--stride applies to dvc and fvc", 2),
+        (["--stages", "residual"], "takes distinct stages from rd", 2),
+        (["--model", "dvc", "--stages", "rd,rd"], "takes distinct stages from motion", 2),
+        (["--model", "dvc", "--stages", "residual"], "fine-tune installed weights", 2),
     ],
 )
 def test_cli_rejects_bad_arguments_in_one_line(clips, tmp_path, capsys, arguments, message,
@@ -238,3 +242,16 @@ def test_p_models_train_staged_on_installed_intra_references(clips, tmp_path, mo
     assert all(row["inter_bpp"] > 0 and row["bpp"] > row["inter_bpp"] * 0.5
                for row in evaluation["levels"])
     assert _state(result.weights).keys() == _state(result.checkpoint)["model"].keys()
+    if model != "dvc":
+        return
+    # DVC's residual fine-tune: only the residual coder learns, on the installed weights.
+    install_codec(result, registry)
+    tuned = run_codec_training(
+        replace(config, stages=("residual",), steps=(2,), init=True, lr=0.01,
+                out_dir=str(tmp_path / "residual")), progress=False)
+    meta = json.loads(Path(tuned.metadata).read_text())
+    assert meta["stage_schedule"] == [{"stage": "residual", "steps": 2}]
+    before, after = _state(result.weights), _state(tuned.weights)
+    moved = {name for name in before if not name.endswith("quantiles")
+             and not torch.equal(before[name], after[name])}
+    assert moved and all(name.startswith(("r_a.", "r_s.", "residual_prior.")) for name in moved)

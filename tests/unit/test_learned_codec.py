@@ -224,6 +224,24 @@ def test_training_loss_has_gradients_in_every_stage(name: str) -> None:
     assert torch.isfinite(model.aux_loss())
 
 
+def test_dvc_residual_stage_trains_the_residual_coder_alone() -> None:
+    torch.manual_seed(3)
+    model = build_codec_model(INTER_ARCHS["dvc"])
+    model.train()
+    assert model.fine_tune_stages == ("residual",)
+    frames, reference = torch.rand(2, 2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    loss, metrics = model.training_loss(
+        reference, frames, torch.tensor([0, 3]), torch.tensor([0.01, 0.05]), "residual")
+    loss.backward()
+    learning = {name.split(".")[0] for name, p in model.named_parameters()
+                if p.grad is not None and float(p.grad.abs().sum()) > 0}
+    assert learning == {"r_a", "r_s", "residual_prior"}
+    assert metrics["bpp"] > 0
+    with pytest.raises(ValueError, match="no training stage"):
+        model.training_loss(reference, frames, torch.tensor([0, 3]),
+                            torch.tensor([0.01, 0.05]), "nope")
+
+
 def test_arch_rebuilds_the_same_model() -> None:
     torch.manual_seed(0)
     model = IntraCodec(**{k: v for k, v in SMALL_INTRA.items() if k != "class"})

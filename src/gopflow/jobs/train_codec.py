@@ -14,8 +14,9 @@ frame *as decoded by the shipped intra model* at the same level (``codec-intra``
 registry, eval mode, rounding), each later one against the previous reconstruction, with the
 loss back-propagated through the chain (the drift a GOP shows); so ``intra`` is trained and
 installed first. CompressAI's auxiliary loss (entropy-bottleneck
-quantiles) has its own Adam optimiser. Stages run in ``model.stages`` order, each with its
-own warm-up + cosine learning-rate schedule.
+quantiles) has its own Adam optimiser. Stages run in ``model.stages`` order (or those
+``--stages`` names, which may include a model's ``fine_tune_stages``), each with its own
+warm-up + cosine learning-rate schedule.
 
 Data: RGB crops of consecutive frames decoded with PyAV from the clips directly in each
 ``--data`` directory, minus the evaluation clips (:data:`EVAL_CLIPS`); a bounded pool of
@@ -110,6 +111,9 @@ class CodecTrainConfig:
     """P frames unrolled per sample (P models; default the model's ``frames_per_sample``).
     More frames train on the drift of a GOP: each P frame predicts from the previous
     *reconstruction*, and the loss back-propagates through the whole chain."""
+    stages: tuple[str, ...] | None = None
+    """The stages to run, in this order (default: the model's ``stages``); a model's
+    ``fine_tune_stages`` (DVC's ``residual``) run only when named here, with ``init``."""
     eval_crops: int = 12
     eval_crop: int = 256
     eval_gop: int = 4
@@ -121,7 +125,7 @@ class CodecTrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint."""
         keep = ("model", "lmbdas", "crop", "batch", "lr", "aux_lr", "seed", "pool",
-                "refresh_every", "init", "frames", "stride")
+                "refresh_every", "init", "frames", "stride", "stages")
         return {key: list(v) if isinstance(v := getattr(self, key), tuple) else v
                 for key in keep}
 
@@ -147,6 +151,16 @@ def validate(config: CodecTrainConfig) -> None:
         raise UsageError("--frames applies to dvc and fvc and must be at least 1")
     if config.stride < 1 or (config.model == "intra" and config.stride != 1):
         raise UsageError("--stride applies to dvc and fvc and must be at least 1")
+    if config.stages is not None:
+        cls = model_class(config.model)
+        known = (*cls.stages, *cls.fine_tune_stages)
+        unknown = [stage for stage in config.stages if stage not in known]
+        if unknown or not config.stages or len(set(config.stages)) != len(config.stages):
+            raise UsageError(f"--stages for {config.model} takes distinct stages from "
+                             f"{', '.join(known)}; got {','.join(config.stages) or 'none'}")
+        if not config.init and any(s in cls.fine_tune_stages for s in config.stages):
+            raise UsageError(f"the {config.model} stages {', '.join(cls.fine_tune_stages)} "
+                             "fine-tune installed weights: add --init")
     if config.batch < 1 or config.pool < 1 or config.threads < 1 or config.refresh_every < 1:
         raise UsageError("--batch, --threads, pool size and refresh interval must be positive")
 
@@ -398,14 +412,20 @@ class _Trainer:
         for group in self.optimiser.param_groups:
             group["lr"] = lr
         loss, metrics = self.model.training_loss(reference, frames, level, lmbda, stage)
+        frozen = [p for name in self.model.frozen_modules(stage)
+                  for p in getattr(self.model, name).parameters()]
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        for parameter in frozen:  # Adam leaves a parameter without a gradient as it is
+            parameter.grad = None
         torch.nn.utils.clip_grad_norm_(self.main_parameters, 1.0)
         self.updating = True  # from here until the step is recorded, the state is mixed
         self.optimiser.step()
         aux = self.model.aux_loss()
         self.aux_optimiser.zero_grad(set_to_none=True)
         aux.backward()
+        for parameter in frozen:
+            parameter.grad = None
         self.aux_optimiser.step()
         return float(loss.detach()), {**metrics, "aux": float(aux.detach())}
 
@@ -454,7 +474,7 @@ def run_codec_training(
     torch.set_num_threads(config.threads)
     try:
         cls = model_class(config.model)
-        stages = tuple(cls.stages)
+        stages = tuple(cls.stages) if config.stages is None else config.stages
         planned = stage_schedule(config, stages) if config.minutes is None else None
         span = sample_span(config)
         clips, files, skipped = training_clips(config.data_dirs, config.crop, span, say)
@@ -694,6 +714,10 @@ def _steps_arg(text: str) -> tuple[int, ...]:
     return values
 
 
+def _stages_arg(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``train codec`` to ``gopflow train``'s subcommands."""
     parser = subparsers.add_parser(
@@ -735,6 +759,10 @@ def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=int, default=1, metavar="N",
                         help="dvc/fvc: the frames of a training sample are s source frames "
                         "apart, s drawn from 1..N per sample (larger motion; default 1)")
+    parser.add_argument("--stages", type=_stages_arg, metavar="S1,S2",
+                        help="stages to run, in order (default: all of the model's: intra "
+                        "rd; dvc motion,rd; fvc align,rd); dvc also has residual, a "
+                        "fine-tune of the residual coder on frozen motion (needs --init)")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="finish after N steps of the schedule (evaluate and write the "
                         "weights; --resume later continues the schedule)")
@@ -758,7 +786,7 @@ def run_codec(args: argparse.Namespace) -> int:
         steps=tuple(args.steps), minutes=args.minutes, crop=args.crop, batch=args.batch,
         lr=args.lr, threads=args.threads, seed=args.seed, out_dir=args.out,
         registry=args.registry, checkpoint_minutes=args.checkpoint_minutes, init=args.init,
-        frames=args.frames, stride=args.stride,
+        frames=args.frames, stride=args.stride, stages=args.stages,
     )
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     result = run_codec_training(config, resume=args.resume, progress=progress, log=log,

@@ -161,6 +161,7 @@ class DvcCodec(CompressionModel):
     """DVC: flow estimation, motion auto-encoder, warping plus MC net, residual auto-encoder."""
 
     stages: tuple[str, ...] = ("motion", "rd")
+    fine_tune_stages: tuple[str, ...] = ("residual",)
     frames_per_sample = 2
     multiple = MULTIPLE
 
@@ -190,6 +191,11 @@ class DvcCodec(CompressionModel):
         self.r_s = synthesis(residual_latent, residual_channels, 3)
         self.residual_prior = GainedHyperprior(residual_latent, hyper_channels, levels)
 
+    def frozen_modules(self, stage: str) -> tuple[str, ...]:
+        """The ``"residual"`` fine-tune freezes the whole motion path (its entropy tables
+        too, so motion bits stay as they were); other stages train everything."""
+        return ("flow", "m_a", "m_s", "motion_prior", "mc") if stage == "residual" else ()
+
     def arch(self) -> dict[str, Any]:
         """JSON description the weights registry rebuilds this model from."""
         return {"class": type(self).__name__, **self._arch}
@@ -207,22 +213,43 @@ class DvcCodec(CompressionModel):
         self, reference: Tensor, frames: Tensor, level: Tensor, lmbda: Tensor, stage: str
     ) -> tuple[Tensor, dict[str, float]]:
         """Frames coded in order, each decoded frame the next reference; mean over frames.
-        Stage ``"motion"``: see :meth:`motion_warm_up_loss`."""
-        if stage not in self.stages:
+        Stage ``"motion"``: see :meth:`motion_warm_up_loss`; ``"residual"``: see
+        :meth:`residual_loss`."""
+        if stage not in self.stages + self.fine_tune_stages:
             raise ValueError(f"DvcCodec has no training stage {stage!r}")
         losses, totals = [], {}
         for t in range(frames.shape[1]):
             x = frames[:, t]
             if stage == "motion":
                 x_hat, loss, metrics = self.motion_warm_up_loss(x, reference, level, lmbda)
+            elif stage == "residual":
+                x_hat, loss, metrics = self.residual_loss(x, reference, level, lmbda)
             else:
                 x_hat, bits = self(x, reference, level)
                 loss, metrics = rd_loss(x, x_hat, bits, lmbda)
             losses.append(loss)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value / frames.shape[1]
-            reference = x_hat.clamp(0.0, 1.0) if stage == "rd" else x
+            reference = x if stage == "motion" else x_hat.clamp(0.0, 1.0)
         return torch.stack(losses).mean(), totals
+
+    def residual_loss(
+        self, x: Tensor, reference: Tensor, level: Tensor, lmbda: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """The residual fine-tune for one frame: the motion path (flow, motion coder,
+        compensation) runs frozen, without gradients, and only the residual auto-encoder and
+        its hyperprior learn, on ``R_residual + lambda * 255^2 * MSE`` (the motion bits do
+        not depend on them; ``bpp`` counts the residual alone). The motion path already
+        settled in the joint stage; the residual coder carries most of a P frame's bits
+        at the higher qualities (README), so this spends CPU time where the bits are.
+        Returns ``(decoded frame, loss, metrics)``."""
+        with torch.no_grad():
+            m_hat, _ = self.motion_prior(self.m_a(self.estimate_flow(x, reference)), level)
+            prediction = self._prediction(reference, m_hat)
+        r_hat, bits = self.residual_prior(self.r_a(x - prediction), level)
+        x_hat = prediction + self.r_s(r_hat)
+        loss, metrics = rd_loss(x, x_hat, bits, lmbda)
+        return x_hat.detach(), loss, metrics
 
     def motion_warm_up_loss(
         self, x: Tensor, reference: Tensor, level: Tensor, lmbda: Tensor

@@ -65,6 +65,7 @@ class FvcCodec(CompressionModel):
     multi-frame feature fusion from a reference buffer."""
 
     stages: tuple[str, ...] = ("align", "rd")
+    fine_tune_stages: tuple[str, ...] = ()
     frames_per_sample = 2
     multiple = MULTIPLE
 
@@ -104,6 +105,10 @@ class FvcCodec(CompressionModel):
             conv((buffer + 1) * c, c, 3, 1), nn.ReLU(inplace=True), conv(c, c, 3, 1))
         self.reconstruct = nn.Sequential(
             deconv(c, c, 3, 2), nn.ReLU(inplace=True), deconv(c, 3, 3, 2))
+
+    def frozen_modules(self, stage: str) -> tuple[str, ...]:
+        """Every stage trains the whole model."""
+        return ()
 
     def arch(self) -> dict[str, Any]:
         """JSON description the weights registry rebuilds this model from."""

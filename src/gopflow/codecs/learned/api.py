@@ -129,6 +129,14 @@ class TrainableCodec(Protocol):
 
     stages: tuple[str, ...]
     """Training stages in order, e.g. ``("rd",)`` for intra, ``("motion", "rd")`` for DVC."""
+    fine_tune_stages: tuple[str, ...]
+    """Stages run only when asked for (``gopflow train codec --stages``), on installed
+    weights: e.g. DVC's ``"residual"``."""
+
+    def frozen_modules(self, stage: str) -> tuple[str, ...]:
+        """Names of the child modules that ``stage`` leaves exactly as they are (entropy
+        model quantiles included): the trainer drops their gradients."""
+        ...
     frames_per_sample: int
     """Frames to code per training sample (after the reference): 1 for intra; the default
     chain length for P models (``gopflow train codec --frames`` overrides it)."""

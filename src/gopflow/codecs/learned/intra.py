@@ -139,6 +139,7 @@ class IntraCodec(CompressionModel):
     """Variable-rate scale-hyperprior image codec (Balle 2018 with Cui 2021 gain units)."""
 
     stages: tuple[str, ...] = ("rd",)
+    fine_tune_stages: tuple[str, ...] = ()
     frames_per_sample = 1
     multiple = MULTIPLE
 
@@ -154,6 +155,10 @@ class IntraCodec(CompressionModel):
         self.g_a = analysis(3, channels, latent_channels)
         self.g_s = synthesis(latent_channels, channels, 3)
         self.prior = GainedHyperprior(latent_channels, hyper_channels, levels)
+
+    def frozen_modules(self, stage: str) -> tuple[str, ...]:
+        """Every stage trains the whole model."""
+        return ()
 
     def arch(self) -> dict[str, Any]:
         """JSON description the weights registry rebuilds this model from."""
