@@ -49,11 +49,6 @@ finer quantiser, propagating a fraction of each block's cost along the chain):
   ``z`` that codes the same integers in fewer bytes (:meth:`.GainedHyperprior.compress`).
   Not a trade: the reconstruction is unchanged, only the rate can fall, so the P frame
   candidates are compared without it and only the chosen one is coded again with it.
-- Key frame refinement (``key_refine_steps``; on with ``rdo``): the key frame's latent is
-  refined for its own decoded frame (Campos et al. 2019; :meth:`.GainedHyperprior.refine`)
-  at the propagated Lagrangian of the P frames' level, since every frame of the GOP
-  predicts from it. Where the intra offset is capped at the top level (quality 7), that
-  weight is what still buys the key frame more quality.
 
 Intra offset (``intra_offset``, written in the stream header): the key intra frame that opens
 each GOP is coded that many quality levels above the P frames (capped at the top level), as
@@ -99,7 +94,6 @@ from gopflow.codecs.learned.bitstream import (
     UnitKind,
 )
 from gopflow.codecs.learned.hyperprior import (
-    KEY_REFINE_STEP,
     ROUNDING,
     SIDE_SEARCH_STEPS,
     Refinement,
@@ -140,10 +134,7 @@ class IntraModel(Protocol):
     levels: int
     multiple: int
 
-    def compress(
-        self, x: Tensor, level: int, refinement: Refinement | None = ...,
-        lmbda: float | None = ...,
-    ) -> bytes: ...
+    def compress(self, x: Tensor, level: int) -> bytes: ...
 
     def decompress(self, payload: bytes, padded_h: int, padded_w: int, level: int) -> Tensor: ...
 
@@ -221,8 +212,7 @@ class GopCodec:
     :meth:`.GainedHyperprior.compress`); ``refine_steps`` refines each P frame's lead latent
     (DVC motion, FVC offsets) for its prediction at every candidate level (Adam steps; 0
     off; see :meth:`.GainedHyperprior.refine`); ``global_motion`` also tries each P
-    frame with one global motion model in place of its lead latent (DVC);
-    ``key_refine_steps`` refines each key frame's latent (Adam steps; 0 off)."""
+    frame with one global motion model in place of its lead latent (DVC)."""
 
     def __init__(
         self, name: str, intra: IntraModel, inter: InterModel | None, model_id: str,
@@ -230,7 +220,7 @@ class GopCodec:
         deadzones: Sequence[float] = (ROUNDING,), side_search: int = 0,
         lead_offsets: Sequence[int] = (0,), residual_offsets: Sequence[int] = (0,),
         refine_steps: int = 0, skip_residual: bool = False, predict_lead: bool = False,
-        global_motion: bool = False, key_refine_steps: int = 0,
+        global_motion: bool = False,
     ) -> None:
         if name not in CODEC_NAMES:
             raise UsageError(f"unknown learned codec {name!r}; known: {', '.join(CODEC_NAMES)}")
@@ -268,17 +258,10 @@ class GopCodec:
         if (self.adaptive_intra or choices > 1 or refine_steps) and self.mode_lambdas is None:
             raise UsageError("adaptive intra, dead-zone, level and skip choices and the lead "
                              "refinement need the training lambdas")
-        if refine_steps < 0 or key_refine_steps < 0:
-            raise UsageError("refinement steps must be >= 0, got "
-                             f"{min(refine_steps, key_refine_steps)}")
-        if key_refine_steps and (self.mode_lambdas is None or inter is None):
-            raise UsageError("the key frame refinement is for dvc and fvc, with the "
-                             "training lambdas")
+        if refine_steps < 0:
+            raise UsageError(f"refinement steps must be >= 0, got {refine_steps}")
         self.refinement = (Refinement(self.mode_lambdas, refine_steps)
                            if refine_steps and self.mode_lambdas is not None else None)
-        self.key_refinement = (
-            Refinement(self.mode_lambdas, key_refine_steps, KEY_REFINE_STEP, relative=True)
-            if key_refine_steps and self.mode_lambdas is not None else None)
         self.side_search = side_search
         for model in (intra, inter):
             if isinstance(model, nn.Module):
@@ -443,10 +426,7 @@ class GopCodec:
                 padded = (x.shape[-2], x.shape[-1])
                 intra_only = position == 0 or self.inter is None
                 later = len(frames) - 1 - position
-                if intra_only and self.key_refinement is not None:
-                    item = CodedFrame(UnitKind.INTRA, self.intra.compress(
-                        x, key, self.key_refinement, self._propagated_lambda(index, later)))
-                elif intra_only:
+                if intra_only:
                     item = CodedFrame(UnitKind.INTRA, self.intra.compress(x, key))
                 else:
                     item = self._inter_frame(x, frame, state, index, later)
@@ -559,10 +539,6 @@ RDO_REFINED_LEAD_OFFSETS: tuple[int, ...] = (0, 1)
 on only two P frames of the white_flower benchmark, both at quality 1; without that
 candidate qualities 2-6 coded the same bytes (7 was not run) and quality 1 came within 0.3%
 (17319 against 17264 bytes, 0.01 dB better), encoding about 1.5 times faster (README)."""
-RDO_KEY_REFINEMENT = 8
-"""Adam steps of the key frame refinement with ``rdo`` (:data:`~.hyperprior.KEY_REFINE_STEP`;
-the best iterate came within the first 8 of 20 on white_flower's first frame, about 2 s a
-step at 720p)."""
 RDO_RESIDUAL_OFFSETS: tuple[int, ...] = (-1, 0, 1)
 """Levels around the stream's at which ``rdo`` also codes each P frame's residual."""
 
@@ -590,8 +566,7 @@ def load_codec(
     (:data:`RDO_DEADZONES`) and the P frame levels (:data:`RDO_LEAD_OFFSETS`, or
     :data:`RDO_REFINED_LEAD_OFFSETS` with the refinement; :data:`RDO_RESIDUAL_OFFSETS`)
     and whether to skip the residual, refines each P frame's lead latent
-    (:data:`DEFAULT_MOTION_REFINEMENT`) and each key frame's latent
-    (:data:`RDO_KEY_REFINEMENT`) and searches every latent's side information for
+    (:data:`DEFAULT_MOTION_REFINEMENT`) and searches every latent's side information for
     shorter strings
     (:data:`~.hyperprior.SIDE_SEARCH_STEPS`; same reconstruction, fewer bytes).
     ``refine_steps`` overrides the refinement's steps (:func:`refine_steps_for`)."""
@@ -618,8 +593,7 @@ def load_codec(
                     if rdo else (0,),
                     residual_offsets=RDO_RESIDUAL_OFFSETS if rdo else (0,),
                     refine_steps=steps, skip_residual=rdo, predict_lead=rdo,
-                    global_motion=rdo and hasattr(inter, "compress_global"),
-                    key_refine_steps=RDO_KEY_REFINEMENT if rdo else 0)
+                    global_motion=rdo and hasattr(inter, "compress_global"))
 
 
 def model_digest(model: nn.Module) -> str:

@@ -56,15 +56,6 @@ script, not kept): DVC's refined motion lowered each frame's cost ``bpp + lambda
 less (4.7%) at three times the time per step."""
 
 
-KEY_REFINE_STEP = 0.0075
-"""The step size of the encoder's key-frame latent refinement, in quantisation steps
-(:attr:`Refinement.relative`). On white_flower's first frame (scratch script, not kept; cost
-``bpp + lambda * MSE``, 8 Adam steps): at intra level 7 a fixed step of 0.005 latent units
-(0.0074 quantisation steps) lowered the cost by 2.3%, 0.01 by 2.1%, 0.015 by 1.8%, 0.05 not
-at all; at level 3 the fixed 0.005 gave 1.1% and the relative step 1.6%, at level 2 0.8%
-and 1.5%."""
-
-
 @dataclass(frozen=True)
 class Refinement:
     """Settings of :meth:`GainedHyperprior.refine`: the Lagrangian of each level (the
@@ -73,9 +64,6 @@ class Refinement:
     lambdas: tuple[float, ...]
     steps: int
     step: float = REFINE_STEP
-    relative: bool = False
-    """``step`` in quantisation steps of the level (divided by its mean gain) rather than
-    in latent units: one setting then suits every level."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +193,7 @@ class GainedHyperprior(nn.Module):
 
     def refine(
         self, y: Tensor, level: int, render: Callable[[Tensor], Tensor], target: Tensor,
-        refinement: Refinement, lmbda: float | None = None,
+        refinement: Refinement,
     ) -> Tensor:
         """Encoder-side latent refinement (Campos et al. 2019, "Content Adaptive Optimization
         for Neural Image Compression"): Adam on the latent ``y`` itself, minimising
@@ -215,14 +203,12 @@ class GainedHyperprior(nn.Module):
         cost (the bits of the rounded integers), the start included, so it never codes
         worse than the analysis transform's guess by that measure. The decoder is unchanged:
         it decodes whatever integers were written. ``render`` maps a decoded latent to what
-        it predicts (DVC: the reference warped by the decoded flow; intra: the synthesis).
-        ``lmbda`` replaces the level's Lagrangian (a key frame weighs the frames after it)."""
+        it predicts (DVC: the reference warped by the decoded flow)."""
         gain, inv_gain, hgain, hinv = self._gains(torch.tensor([level]))
-        lmbda = (refinement.lambdas[level] if lmbda is None else lmbda) * 255.0**2
+        lmbda = refinement.lambdas[level] * 255.0**2
         pixels = target.shape[-2] * target.shape[-1]
         latent = y.detach().clone().requires_grad_(True)
-        step = refinement.step / float(gain.mean()) if refinement.relative else refinement.step
-        optimizer = torch.optim.Adam([latent], lr=step)
+        optimizer = torch.optim.Adam([latent], lr=refinement.step)
         best, best_cost = latent.detach().clone(), math.inf
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -24,7 +24,6 @@ from gopflow.codecs.learned.hyperprior import (
     HYPER_STRIDE,
     GainedHyperprior,
     LatentCode,
-    Refinement,
     pack_codes,
     unpack_codes,
 )
@@ -184,17 +183,9 @@ class IntraCodec(CompressionModel):
         x_hat, bits = self(x, level)
         return rd_loss(x, x_hat, bits, lmbda)
 
-    def compress(
-        self, x: Tensor, level: int, refinement: Refinement | None = None,
-        lmbda: float | None = None,
-    ) -> bytes:
-        """Entropy-code one padded frame (``1 x 3 x H x W`` in [0, 1]) at 0-based ``level``;
-        with ``refinement`` the latent is first refined for ``x`` through the synthesis
-        (:meth:`GainedHyperprior.refine`, at ``lmbda`` when given)."""
-        y = self.g_a(x)
-        if refinement is not None:
-            y = self.prior.refine(y, level, self.g_s, x, refinement, lmbda)
-        code, _ = self.prior.compress(y, level)
+    def compress(self, x: Tensor, level: int) -> bytes:
+        """Entropy-code one padded frame (``1 x 3 x H x W`` in [0, 1]) at 0-based ``level``."""
+        code, _ = self.prior.compress(self.g_a(x), level)
         return pack_strings(pack_codes([code]), latent_shape(x.shape[-2], x.shape[-1]))
 
     def decompress(self, payload: bytes, padded_h: int, padded_w: int, level: int) -> Tensor:
