@@ -241,8 +241,10 @@ class DvcCodec(CompressionModel):
         its hyperprior learn, on ``R_residual + lambda * 255^2 * MSE`` (the motion bits do
         not depend on them; ``bpp`` counts the residual alone). The motion path already
         settled in the joint stage; the residual coder carries most of a P frame's bits
-        at the higher qualities (README), so this spends CPU time where the bits are.
-        Returns ``(decoded frame, loss, metrics)``."""
+        at the higher qualities. Tried on the shipped weights and not kept: better on the
+        held-out crops, worse on the white_flower benchmark with ``--rdo``, whose global
+        motion predictions it never trains on (README). Returns ``(decoded frame, loss,
+        metrics)``."""
         with torch.no_grad():
             m_hat, _ = self.motion_prior(self.m_a(self.estimate_flow(x, reference)), level)
             prediction = self._prediction(reference, m_hat)

@@ -132,15 +132,15 @@ class TrainableCodec(Protocol):
     fine_tune_stages: tuple[str, ...]
     """Stages run only when asked for (``gopflow train codec --stages``), on installed
     weights: e.g. DVC's ``"residual"``."""
+    frames_per_sample: int
+    """Frames to code per training sample (after the reference): 1 for intra; the default
+    chain length for P models (``gopflow train codec --frames`` overrides it)."""
+    levels: int
 
     def frozen_modules(self, stage: str) -> tuple[str, ...]:
         """Names of the child modules that ``stage`` leaves exactly as they are (entropy
         model quantiles included): the trainer drops their gradients."""
         ...
-    frames_per_sample: int
-    """Frames to code per training sample (after the reference): 1 for intra; the default
-    chain length for P models (``gopflow train codec --frames`` overrides it)."""
-    levels: int
 
     def training_loss(
         self, reference: Any, frames: Any, level: Any, lmbda: Any, stage: str
