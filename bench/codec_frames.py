@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gopflow.codecs.dvc.global_motion import SIZE as GLOBAL_MOTION_SIZE
+from gopflow.codecs.dvc.global_motion import GridMotion
 from gopflow.codecs.learned.bitstream import UnitKind, unpack_strings
 from gopflow.codecs.learned.engine import load_codec
 from gopflow.pipeline.learned_stage import rgb_frames
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                        rdo=args.rdo)
     gop = codec.encode_gop(sources, args.level, args.intra_offset)
     height, width = sources[0].shape[:2]
+    padded = (-(-height // codec.multiple) * codec.multiple,
+              -(-width // codec.multiple) * codec.multiple)
     print(f"{args.codec} level {args.level}, {width}x{height}, {len(sources)} frames")
     for index, (source, recon, coded) in enumerate(
             zip(sources, gop.recon, gop.frames, strict=True)):
@@ -61,9 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         strings, levels = coded.payload, ""
         if coded.kind in (UnitKind.LEVELED_INTER, UnitKind.SKIP):  # P: the stream's level
             unit = codec.inter_levels(coded, args.level - 1)
-            strings = unit.payload[GLOBAL_MOTION_SIZE:] if unit.lead_global else unit.payload
+            strings = unit.payload
+            if unit.lead_grid:
+                strings = unit.payload[GridMotion.read(unit.payload, *padded)[1]:]
+            elif unit.lead_global:
+                strings = unit.payload[GLOBAL_MOTION_SIZE:]
             residual = "-" if unit.residual is None else unit.residual + 1
-            lead = "global" if unit.lead_global else f"{unit.lead + 1}"
+            lead = ("grid" if unit.lead_grid else "global" if unit.lead_global
+                    else f"{unit.lead + 1}")
             levels = (f", levels {lead}{'p' if unit.lead_predicted else ''}/{residual}")
         groups, _ = unpack_strings(strings)
         parts = " + ".join(

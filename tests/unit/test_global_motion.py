@@ -7,11 +7,15 @@ import pytest
 import torch
 
 from gopflow.codecs.dvc.global_motion import (
+    GRID_BLOCKS,
+    GRID_UNITS,
     MATRIX_UNITS,
     SIZE,
     TRANSLATION_UNITS,
     GlobalMotion,
+    GridMotion,
     fit_global_motion,
+    fit_motion_grid,
     refine_global_motion,
 )
 from gopflow.codecs.dvc.model import DvcReference, backward_warp, dis_flow
@@ -89,11 +93,78 @@ def test_dvc_fits_the_global_motion_of_a_pan() -> None:
     previous, current = (to_tensor(frame) for frame in _pan(2, 64, 128, 2.0))
     assert float(dis_flow(current, previous)[0, 0].median()) == pytest.approx(2.0, abs=0.2)
     with torch.no_grad():
-        (candidate,) = dvc.compress_global(current, DvcReference(previous, None), 1, [], (),
-                                           skip_residual=True)
+        candidate, *gridded = dvc.compress_global(
+            current, DvcReference(previous, None), 1, [], (), skip_residual=True)
     motion = candidate.lead_latent
     assert candidate.lead_global and candidate.residual_level is None
+    assert not candidate.lead_grid
+    # Then one candidate per grid size, each correcting the first model.
+    assert [c.lead_latent.block for c in gridded] == list(GRID_BLOCKS)
+    for grid in gridded:
+        assert grid.lead_grid and grid.lead_global and grid.lead_latent.base == motion
+        assert (grid.lead_latent.rows, grid.lead_latent.cols) == (-(-64 // grid.lead_latent.block),
+                                                                  -(-128 // grid.lead_latent.block))
+        assert grid.payload.startswith(grid.lead_latent.to_bytes())
     assert abs(motion.tx - 2 * TRANSLATION_UNITS) <= 0.2 * TRANSLATION_UNITS
     assert abs(motion.ty) <= 0.2 * TRANSLATION_UNITS
     assert max(abs(motion.a), abs(motion.b), abs(motion.c), abs(motion.d)) < MATRIX_UNITS // 200
     assert candidate.payload[:SIZE] == motion.to_bytes()
+
+
+def _grid(rows: int, cols: int, seed: int) -> GridMotion:
+    values = np.random.default_rng(seed).integers(-3, 4, size=(2, rows, cols), dtype=np.int8)
+    values[0, 0, 0] = -128  # the extremes survive the row differences (mod 256)
+    values[1, -1, -1] = 127
+    return GridMotion(GlobalMotion(64, -32, 5, 0, 0, -7), 32, rows, cols, values.tobytes())
+
+
+def test_grid_codes_its_corrections_exactly_and_refuses_damaged_ones() -> None:
+    grid = _grid(3, 5, seed=1)  # a 96 x 160 padded frame in 32-px cells
+    data = grid.to_bytes()
+    assert data[:SIZE] == grid.base.to_bytes()
+    assert GridMotion.read(data + b"residual", 96, 160) == (grid, len(data))
+    assert GridMotion.read(data, 65, 129)[0] == grid  # the cell count rounds up
+    for damaged, message in ((data[:SIZE + 2], "too short"),
+                             (data[:-1], "needs"),
+                             (data[:SIZE] + bytes(3) + data[SIZE + 3:], "zero block"),
+                             (data[:SIZE + 3] + bytes([0xFF]) * (len(data) - SIZE - 3), "corrupt"),
+                             (data, "holds")):
+        with pytest.raises(BitstreamError, match=message):
+            GridMotion.read(damaged, 96 if message != "holds" else 128, 160)
+    with pytest.raises(ValueError, match="needs 30 bytes"):
+        GridMotion(grid.base, 32, 3, 5, grid.corrections[:-1])
+
+
+def test_grid_flow_adds_the_smooth_corrections_to_the_affine_flow() -> None:
+    base = GlobalMotion(64, -32, 5, 0, 0, -7)
+    constant = GridMotion(base, 32, 2, 3, np.repeat(np.int8([6, -2]), 6).tobytes())
+    difference = constant.flow(64, 96) - base.flow(64, 96)
+    assert difference.shape == (1, 2, 64, 96) and constant.flow(64, 96).dtype == torch.float32
+    assert torch.allclose(difference[0, 0], torch.full((64, 96), 6 / GRID_UNITS), atol=1e-6)
+    assert torch.allclose(difference[0, 1], torch.full((64, 96), -2 / GRID_UNITS), atol=1e-6)
+    one = np.zeros((2, 2, 3), dtype=np.int8)
+    one[0, 1, 2] = 8  # one cell's u: full in its cell's middle, fading towards the others
+    bump = (GridMotion(base, 32, 2, 3, one.tobytes()).flow(64, 96) - base.flow(64, 96))[0, 0]
+    assert float(bump[48, 80]) == pytest.approx(8 / GRID_UNITS, abs=1e-5)
+    assert float(bump[0, 0]) == pytest.approx(0.0, abs=1e-6)
+    assert 0 < float(bump[40, 64]) < 8 / GRID_UNITS
+
+
+def test_grid_fit_follows_motion_that_one_affine_model_misses() -> None:
+    # The left half pans 2 px a frame, the right half stands still: no affine model fits.
+    moving = _pan(2, 64, 128, 2.0)
+    still = _pan(1, 64, 128, 2.0)[0]
+    previous = to_tensor(np.concatenate((moving[0][:, :64], still[:, 64:]), axis=1))
+    current = to_tensor(np.concatenate((moving[1][:, :64], still[:, 64:]), axis=1))
+    dense = dis_flow(current, previous)
+    affine = refine_global_motion(fit_global_motion(dense), previous, current, backward_warp)
+    grid = fit_motion_grid(affine, dense, previous, current, backward_warp, block=16)
+
+    def error(flow: torch.Tensor) -> float:
+        return float(torch.mean((backward_warp(previous, flow) - current)[..., 8:-8, 8:-8] ** 2))
+
+    assert (grid.rows, grid.cols, grid.base) == (4, 8, affine)
+    assert error(grid.flow(64, 128)) < 0.5 * error(affine.flow(64, 128))
+    u = grid.flow(64, 128)[0, 0]
+    assert float(u[32, 16]) == pytest.approx(2.0, abs=0.5)
+    assert float(u[32, 112]) == pytest.approx(0.0, abs=0.5)

@@ -18,9 +18,11 @@ import pytest
 import torch
 from compressai.models.base import get_scale_table
 
+from gopflow.codecs.dvc.model import DvcReference
 from gopflow.codecs.learned.api import DEFAULT_MOTION_REFINEMENT, CodedFrame
 from gopflow.codecs.learned.bitstream import (
     GLOBAL_LEAD,
+    GRID_LEAD,
     PREDICTED_LEAD,
     BitstreamError,
     UnitKind,
@@ -793,11 +795,26 @@ def test_dvc_global_motion_frames_are_chosen_by_cost_and_decode_exactly() -> Non
                for f in kept.frames[1:])
     np.testing.assert_array_equal(np.stack(fine.decode_gop(kept.frames, 64, 64, 2)),
                                   np.stack(kept.recon))
-    # Malformed global units are refused in one line; FVC has no global motion.
+    # A unit with a correction grid (the second global candidate) decodes to its frame.
     first, unit = gop.frames[0], gop.frames[1]
+    assert codec.inter is not None
+    with torch.no_grad():
+        _, gridded, *_ = codec.inter.compress_global(  # type: ignore[attr-defined]
+            to_tensor(frames[1]), DvcReference(to_tensor(gop.recon[0]), None), 1, [], (),
+            skip_residual=True)
+    grid_unit = CodedFrame(UnitKind.SKIP, bytes((1 | GLOBAL_LEAD | GRID_LEAD,)) + gridded.payload)
+    assert codec.inter_levels(grid_unit, 1).lead_grid
+    decoded = codec.decode_gop((first, grid_unit), 64, 64, 2)
+    expected = torch.round(gridded.recon.clamp(0, 1) * 255)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(decoded[1], expected.astype(np.uint8))
+    # Malformed global units are refused in one line; FVC has no global motion.
     for payload, message in ((unit.payload[:6], "too short"),
                              (bytes((unit.payload[0] | PREDICTED_LEAD,)) + unit.payload[1:],
-                              "both a global and a predicted")):
+                              "both a global and a predicted"),
+                             (bytes((unit.payload[0] | GRID_LEAD,)) + unit.payload[1:],
+                              "grid motion model"),
+                             (bytes((1 | GRID_LEAD,)) + unit.payload[1:],
+                              "grid without a global")):
         with pytest.raises(BitstreamError, match=message):
             codec.decode_gop((first, CodedFrame(UnitKind.SKIP, payload)), 64, 64, 2)
     with pytest.raises(UsageError, match="no global motion"):

@@ -8,8 +8,9 @@ with the gained scale hyperprior; the reference is warped backwards with the dec
 (warped, reference, flow); the residual is coded by a second hyperprior auto-encoder. Loss
 ``R + lmbda * 255^2 * D``. Sized for the CPU: the pyramid works from half resolution, all
 channel counts are small. An encoder may code a frame's motion as one global (affine) motion
-model instead of the motion latent (:meth:`DvcCodec.compress_global`; after AV1's global
-motion, :mod:`gopflow.codecs.dvc.global_motion`).
+model instead of the motion latent, alone or with a coarse grid of corrections
+(:meth:`DvcCodec.compress_global`; after AV1's global motion and control grid interpolation,
+:mod:`gopflow.codecs.dvc.global_motion`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from gopflow.codecs.dvc.global_motion import SIZE as GLOBAL_MOTION_SIZE
 from gopflow.codecs.dvc.global_motion import (
+    GRID_BLOCKS,
     GlobalMotion,
+    GridMotion,
     fit_global_motion,
+    fit_motion_grid,
     refine_global_motion,
 )
+from gopflow.codecs.dvc.global_motion import SIZE as GLOBAL_MOTION_SIZE
 from gopflow.codecs.learned.api import InterCandidate, candidate_count
 from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
@@ -341,49 +345,67 @@ class DvcCodec(CompressionModel):
     def compress_global(
         self, x: Tensor, state: DvcReference, lead_level: int, residual_levels: Sequence[int],
         deadzones: Sequence[float] = (ROUNDING,), skip_residual: bool = False,
-        motion: GlobalMotion | None = None,
+        motion: GlobalMotion | GridMotion | None = None,
     ) -> Iterator[InterCandidate]:
-        """Code padded frame ``x`` with one global motion model in place of the motion
-        latent: one candidate per residual level and dead zone, and with ``skip_residual``
-        one without a residual (the model alone: 12 bytes), each with its reconstruction
-        when there are several. The model is fitted to :func:`dis_flow` and refined for the
-        warp (encoder side; :mod:`.global_motion`) unless ``motion`` (a candidate's
-        ``lead_latent``) is given; ``lead_level`` is only recorded (the unit's level byte
-        must name a valid level)."""
+        """Code padded frame ``x`` with a global motion model in place of the motion latent:
+        for the affine model alone and again for it with a correction grid
+        (:class:`.GridMotion`), one candidate per residual level and dead zone, and with
+        ``skip_residual`` one without a residual (the model alone: 12 bytes, or the grid's
+        few hundred), each with its reconstruction when there are several. The models are
+        fitted to :func:`dis_flow` and refined for the warp (encoder side;
+        :mod:`.global_motion`) unless ``motion`` (a candidate's ``lead_latent``) is given:
+        then that one alone. ``lead_level`` is only recorded (the unit's level byte must
+        name a valid level)."""
         reference = state.frame
         if motion is None:
-            motion = refine_global_motion(
-                fit_global_motion(dis_flow(x, reference)), reference, x, backward_warp)
-        several = candidate_count((), residual_levels, deadzones, skip_residual, True) > 1
-        prediction = self._compensate(reference, motion.flow(*x.shape[-2:]))
+            dense = dis_flow(x, reference)
+            affine = refine_global_motion(
+                fit_global_motion(dense), reference, x, backward_warp)
+            motions: list[GlobalMotion | GridMotion] = [affine] + [
+                fit_motion_grid(affine, dense, reference, x, backward_warp, block)
+                for block in GRID_BLOCKS]
+        else:
+            motions = [motion]
+        several = candidate_count(
+            (), residual_levels, deadzones, skip_residual, len(motions)) > 1
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s
-        yield from residual_candidates(
-            self.residual_prior, self.r_a(x - prediction) if residual_levels else None,
-            residual_levels, deadzones, motion.to_bytes(), lead_level, motion,
-            latent_shape(x.shape[-2], x.shape[-1]),
-            (lambda r_hat: (prediction + residual_synthesis(r_hat)).clamp(0.0, 1.0))
-            if several else None, skip_residual)
+        for candidate in motions:
+            prediction = self._compensate(reference, candidate.flow(*x.shape[-2:]))
+            yield from residual_candidates(
+                self.residual_prior, self.r_a(x - prediction) if residual_levels else None,
+                residual_levels, deadzones, candidate.to_bytes(), lead_level, candidate,
+                latent_shape(x.shape[-2], x.shape[-1]),
+                (lambda r_hat, p=prediction: (p + residual_synthesis(r_hat)).clamp(0.0, 1.0))
+                if several else None, skip_residual, lead_grid=isinstance(candidate, GridMotion))
 
     def decompress_inter(
         self, payload: bytes, state: DvcReference, motion_level: int,
         residual_level: int | None, lead_predicted: bool = False, lead_global: bool = False,
+        lead_grid: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Decode a :meth:`compress_inter` payload against the same reference (a skip
         payload, motion only, where ``residual_level`` is ``None``; a motion difference
         from the reference's motion with ``lead_predicted``), or with ``lead_global`` a
-        :meth:`compress_global` payload: ``(frame, motion latent)``, the latent ``None``
-        for a global motion frame (a later frame cannot predict its motion from it)."""
+        :meth:`compress_global` payload (its model with a correction grid where
+        ``lead_grid``): ``(frame, motion latent)``, the latent ``None`` for a global motion
+        frame (a later frame cannot predict its motion from it)."""
         h, w = state.frame.shape[-2:]
         size = (h // LATENT_STRIDE, w // LATENT_STRIDE)
         residuals = 0 if residual_level is None else 1
         m_hat: Tensor | None = None
+        if lead_grid and not lead_global:
+            raise BitstreamError("a P frame claims a motion grid without a global motion")
         if lead_global:
             if lead_predicted:
                 raise BitstreamError("a P frame claims both a global and a predicted motion")
             if len(payload) < GLOBAL_MOTION_SIZE:
                 raise BitstreamError("a global motion P frame is too short for its model")
-            motion = GlobalMotion.from_bytes(payload[:GLOBAL_MOTION_SIZE])
-            codes = unpack_payload(payload[GLOBAL_MOTION_SIZE:], h, w, residuals)
+            motion: GlobalMotion | GridMotion = GlobalMotion.from_bytes(
+                payload[:GLOBAL_MOTION_SIZE])
+            used = GLOBAL_MOTION_SIZE
+            if lead_grid:
+                motion, used = GridMotion.read(payload, h, w)
+            codes = unpack_payload(payload[used:], h, w, residuals)
             prediction = self._compensate(state.frame, motion.flow(h, w))
         else:
             codes = unpack_payload(payload, h, w, 1 + residuals)

@@ -206,6 +206,7 @@ class FvcCodec(CompressionModel):
     def decompress_inter(
         self, payload: bytes, state: tuple[Tensor, ...], offset_level: int,
         residual_level: int | None, lead_predicted: bool = False, lead_global: bool = False,
+        lead_grid: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Decode a :meth:`compress_inter` payload against the same reference buffer (a skip
         payload, offsets only, where ``residual_level`` is ``None``): ``(frame, offsets
@@ -213,7 +214,7 @@ class FvcCodec(CompressionModel):
         if lead_predicted:
             raise BitstreamError("an FVC P frame claims offsets predicted from the previous "
                                  "frame's (FVC codes its offsets directly)")
-        if lead_global:
+        if lead_global or lead_grid:
             raise BitstreamError("an FVC P frame claims a global motion model (FVC codes "
                                  "offsets)")
         h, w = (4 * size for size in state[0].shape[-2:])

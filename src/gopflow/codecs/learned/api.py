@@ -62,8 +62,8 @@ class InterCandidate:
     from the previous frame's decoded lead latent): passed back to ``compress_inter`` with
     the same choices, it codes this candidate again without estimating or refining the
     latent anew. With ``lead_global`` the frame's motion is a global motion model
-    (DVC's ``compress_global``; ``lead_latent`` is then the model) and no lead latent is
-    coded."""
+    (DVC's ``compress_global``; ``lead_latent`` is then the model, with a correction grid
+    where ``lead_grid``) and no lead latent is coded."""
 
     payload: bytes
     recon: Any
@@ -73,17 +73,19 @@ class InterCandidate:
     lead_latent: Any
     lead_predicted: bool
     lead_global: bool
+    lead_grid: bool = False
 
 
 def candidate_count(
     lead_levels: Sequence[int], residual_levels: Sequence[int], deadzones: Sequence[float],
-    skip_residual: bool, global_motion: bool = False,
+    skip_residual: bool, global_models: int = 0,
 ) -> int:
     """How many candidates ``compress_inter`` yields: per lead level, one per residual level
-    and dead zone, plus the skip candidate; with ``global_motion``, as many again for the
-    one global motion model (``compress_global``)."""
+    and dead zone, plus the skip candidate; as many again for each of ``global_models``
+    global motion models (``compress_global``: the affine model, alone and with its
+    correction grid)."""
     per_lead = len(residual_levels) * len(deadzones) + skip_residual
-    return (len(lead_levels) + global_motion) * per_lead
+    return (len(lead_levels) + global_models) * per_lead
 
 
 @dataclass(frozen=True)

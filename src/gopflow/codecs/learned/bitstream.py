@@ -26,8 +26,10 @@ and S units a flag (:data:`PREDICTED_LEAD`, bit 7): the lead latent is coded as 
 from the previous frame's decoded lead latent. Version 6 adds a second flag
 (:data:`GLOBAL_LEAD`, bit 6): the lead latent is replaced by a 12-byte global (affine) motion
 model that follows the level bytes, and the latent strings hold the residual alone (none in
-an S unit). Versions 2 to 5 (version 4 no S units; version 3 no Q units; version 2 also no
-offset and no R units) still decode.
+an S unit). Version 7 adds a third flag (:data:`GRID_LEAD`, bit 5, only with
+:data:`GLOBAL_LEAD`): a grid of motion corrections follows the global motion model
+(:class:`gopflow.codecs.dvc.global_motion.GridMotion`). Versions 2 to 6 (version 4 no S
+units; version 3 no Q units; version 2 also no offset and no R units) still decode.
 
 GOP structure (since version 2): every intra (I or R) unit starts a closed GOP and only they
 do, so scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader
@@ -57,8 +59,8 @@ from gopflow.errors import CorruptInputError, UsageError
 from gopflow.fileio import atomic_write
 
 MAGIC = b"GFLV"
-VERSION = 6
-READABLE_VERSIONS = (2, 3, 4, 5, 6)
+VERSION = 7
+READABLE_VERSIONS = (2, 3, 4, 5, 6, 7)
 _HEAD = struct.Struct(">IIIIIIIB")
 _OFFSET = struct.Struct(">B")
 _UNIT = struct.Struct(">BII")
@@ -70,6 +72,9 @@ motion) is coded as its difference from the previous frame's decoded lead latent
 GLOBAL_LEAD = 0x40
 """Version 6: set in the lead level byte of a Q or S unit where the frame's motion is a global
 motion model (DVC; :mod:`gopflow.codecs.dvc.global_motion`) instead of a lead latent."""
+GRID_LEAD = 0x20
+"""Version 7: set with :data:`GLOBAL_LEAD` where a grid of motion corrections follows the
+global motion model (:class:`gopflow.codecs.dvc.global_motion.GridMotion`)."""
 
 
 class BitstreamError(CorruptInputError):

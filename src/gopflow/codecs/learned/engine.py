@@ -89,6 +89,7 @@ from gopflow.codecs.learned.api import (
 )
 from gopflow.codecs.learned.bitstream import (
     GLOBAL_LEAD,
+    GRID_LEAD,
     PREDICTED_LEAD,
     BitstreamError,
     UnitKind,
@@ -156,7 +157,7 @@ class InterModel(Protocol):
 
     def decompress_inter(
         self, payload: bytes, state: Any, lead_level: int, residual_level: int | None,
-        lead_predicted: bool = ..., lead_global: bool = ...,
+        lead_predicted: bool = ..., lead_global: bool = ..., lead_grid: bool = ...,
     ) -> tuple[Tensor, Tensor | None]: ...
 
 
@@ -175,13 +176,14 @@ class InterLevels:
     """How an inter unit's payload is coded: the 0-based levels of its lead latent (DVC
     motion, FVC offsets) and of its residual (``None``: skipped, all zeros), whether the lead
     latent is a difference from the previous frame's, whether a global motion model stands in
-    for it, and the payload itself."""
+    for it (and whether a correction grid follows that model), and the payload itself."""
 
     lead: int
     residual: int | None
     lead_predicted: bool
     payload: bytes
     lead_global: bool = False
+    lead_grid: bool = False
 
 
 def to_tensor(frame: np.ndarray) -> Tensor:
@@ -295,7 +297,7 @@ class GopCodec:
             levels = self.inter_levels(frame, level)
             picture, lead_hat = self.inter.decompress_inter(
                 levels.payload, state, levels.lead, levels.residual, levels.lead_predicted,
-                levels.lead_global)
+                levels.lead_global, levels.lead_grid)
             recon = to_uint8(picture)
         else:
             raise BitstreamError(f"an inter frame without a reference for codec {self.name!r}")
@@ -308,20 +310,21 @@ class GopCodec:
         units, the two level bytes that open a ``Q`` unit's payload, the one lead level byte
         that opens an ``S`` unit's (no residual); in ``Q`` and ``S`` units the lead level
         byte's :data:`~.bitstream.PREDICTED_LEAD` bit says the lead latent is predicted, its
-        :data:`~.bitstream.GLOBAL_LEAD` bit that a global motion model replaces it."""
+        :data:`~.bitstream.GLOBAL_LEAD` bit that a global motion model replaces it, its
+        :data:`~.bitstream.GRID_LEAD` bit that a correction grid follows that model."""
         if frame.kind == UnitKind.INTER:
             return InterLevels(level, level, False, frame.payload)
         unit, count = ("an S unit", 1) if frame.kind == UnitKind.SKIP else ("a Q unit", 2)
         if len(frame.payload) < count:
             raise BitstreamError(f"{unit} is too short for its level bytes")
-        flags = frame.payload[0] & (PREDICTED_LEAD | GLOBAL_LEAD)
+        flags = frame.payload[0] & (PREDICTED_LEAD | GLOBAL_LEAD | GRID_LEAD)
         lead = frame.payload[0] & ~flags
         residual = frame.payload[1] if count == 2 else None
         if max(lead, residual or 0) >= self.levels:
             raise BitstreamError(f"{unit} names level {max(lead, residual or 0) + 1}; "
                                  f"codec {self.name!r} has {self.levels}")
         return InterLevels(lead, residual, bool(flags & PREDICTED_LEAD), frame.payload[count:],
-                           bool(flags & GLOBAL_LEAD))
+                           bool(flags & GLOBAL_LEAD), bool(flags & GRID_LEAD))
 
     def _around(self, level: int, offsets: tuple[int, ...]) -> list[int]:
         """The valid 0-based levels ``level + offset``, in the order of ``offsets``."""
@@ -378,7 +381,7 @@ class GopCodec:
                         lead_latent=best.lead_latent, skip_residual=best.residual_level is None,
                         predict_lead=best.lead_predicted)
         lead = (best.lead_level | (PREDICTED_LEAD if best.lead_predicted else 0)
-                | (GLOBAL_LEAD if best.lead_global else 0))
+                | (GLOBAL_LEAD if best.lead_global else 0) | (GRID_LEAD if best.lead_grid else 0))
         if best.residual_level is None:
             return CodedFrame(UnitKind.SKIP, bytes((lead,)) + best.payload)
         if (lead, best.residual_level) == (level, level):

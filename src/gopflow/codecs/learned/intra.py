@@ -103,17 +103,18 @@ def residual_candidates(
     prior: GainedHyperprior, residual: Tensor | None, levels: Sequence[int],
     deadzones: Sequence[float], lead: LatentCode | bytes, lead_level: int, lead_latent: Any,
     shape: list[int], rebuild: Callable[[Tensor], Tensor] | None, skip: bool = False,
-    lead_predicted: bool = False,
+    lead_predicted: bool = False, lead_grid: bool = False,
 ) -> Iterator[InterCandidate]:
     """A P frame's payloads, one per residual level and dead zone: the ``lead`` latent
     (motion or offsets: ``lead_latent`` coded once at ``lead_level``) then ``residual``
     coded at that level with that dead zone (``lead_predicted``: the lead latent is a
     difference from the previous frame's); with ``skip`` also the lead latent alone (the
     residual taken as all zeros: :meth:`GainedHyperprior.zeros`). A ``lead`` given as bytes
-    (a global motion model, ``lead_latent``) opens the payload, and the strings hold the
-    residual alone. Each carries ``rebuild(residual_hat)``, the decoder's frame, for the
-    encoder's choice (``None`` where there is nothing to choose: ``rebuild`` is ``None``).
-    Yielded one at a time, so the encoder keeps only the best frame in memory."""
+    (a global motion model, ``lead_latent``, with a correction grid where ``lead_grid``)
+    opens the payload, and the strings hold the residual alone. Each carries
+    ``rebuild(residual_hat)``, the decoder's frame, for the encoder's choice (``None`` where
+    there is nothing to choose: ``rebuild`` is ``None``). Yielded one at a time, so the
+    encoder keeps only the best frame in memory."""
     is_global = isinstance(lead, bytes)
 
     def payload(codes: list[LatentCode]) -> bytes:
@@ -127,12 +128,12 @@ def residual_candidates(
             code, residual_hat = prior.compress(residual, level, deadzone)
             yield InterCandidate(
                 payload([code]), rebuild(residual_hat) if rebuild is not None else None,
-                lead_level, level, deadzone, lead_latent, lead_predicted, is_global)
+                lead_level, level, deadzone, lead_latent, lead_predicted, is_global, lead_grid)
     if skip:
         zeros = prior.zeros((shape[0], shape[1]))
         yield InterCandidate(
             payload([]), rebuild(zeros) if rebuild is not None else None,
-            lead_level, None, None, lead_latent, lead_predicted, is_global)
+            lead_level, None, None, lead_latent, lead_predicted, is_global, lead_grid)
 
 
 class IntraCodec(CompressionModel):
