@@ -19,8 +19,7 @@ import av
 import numpy as np
 import torch
 
-from gopflow.codecs.dvc.global_motion import SIZE as GLOBAL_MOTION_SIZE
-from gopflow.codecs.dvc.global_motion import GridMotion
+from gopflow.codecs.dvc.global_motion import read_global_motion
 from gopflow.codecs.learned.bitstream import UnitKind, unpack_strings
 from gopflow.codecs.learned.engine import load_codec
 from gopflow.pipeline.learned_stage import rgb_frames
@@ -65,10 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         if coded.kind in (UnitKind.LEVELED_INTER, UnitKind.SKIP):  # P: the stream's level
             unit = codec.inter_levels(coded, args.level - 1)
             strings = unit.payload
-            if unit.lead_grid:
-                strings = unit.payload[GridMotion.read(unit.payload, *padded)[1]:]
-            elif unit.lead_global:
-                strings = unit.payload[GLOBAL_MOTION_SIZE:]
+            if unit.lead_global:
+                used = read_global_motion(unit.payload, unit.lead_grid, *padded)[1]
+                strings = unit.payload[used:]
             residual = "-" if unit.residual is None else unit.residual + 1
             lead = ("grid" if unit.lead_grid else "global" if unit.lead_global
                     else f"{unit.lead + 1}")

@@ -207,6 +207,9 @@ class GridMotion:
     corrections: bytes
 
     def __post_init__(self) -> None:
+        if self.block % 16 or not 16 <= self.block <= 255 * 16:
+            raise ValueError(f"a grid's block size is coded in 16-px steps (16..4080), "
+                             f"got {self.block}")
         if len(self.corrections) != 2 * self.rows * self.cols:
             raise ValueError(f"a {self.rows} x {self.cols} grid needs "
                              f"{2 * self.rows * self.cols} bytes, got {len(self.corrections)}")
@@ -253,6 +256,18 @@ class GridMotion:
         correction = _upsample(torch.from_numpy(grid.astype(np.float64)) / GRID_UNITS,
                                height, width)
         return (self.base.flow(height, width).double() + correction).to(torch.float32)
+
+
+def read_global_motion(
+    data: bytes, grid: bool, height: int, width: int
+) -> tuple[GlobalMotion | GridMotion, int]:
+    """The global motion model that opens a P frame's payload (with its correction grid
+    where ``grid``; padded frame size ``height`` x ``width``) and the bytes it took."""
+    if len(data) < SIZE:
+        raise BitstreamError("a global motion P frame is too short for its model")
+    if grid:
+        return GridMotion.read(data, height, width)
+    return GlobalMotion.from_bytes(data[:SIZE]), SIZE
 
 
 def fit_motion_grid(

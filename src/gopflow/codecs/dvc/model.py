@@ -32,9 +32,9 @@ from gopflow.codecs.dvc.global_motion import (
     GridMotion,
     fit_global_motion,
     fit_motion_grid,
+    read_global_motion,
     refine_global_motion,
 )
-from gopflow.codecs.dvc.global_motion import SIZE as GLOBAL_MOTION_SIZE
 from gopflow.codecs.learned.api import InterCandidate, candidate_count
 from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.hyperprior import ROUNDING, GainedHyperprior, Refinement
@@ -398,13 +398,7 @@ class DvcCodec(CompressionModel):
         if lead_global:
             if lead_predicted:
                 raise BitstreamError("a P frame claims both a global and a predicted motion")
-            if len(payload) < GLOBAL_MOTION_SIZE:
-                raise BitstreamError("a global motion P frame is too short for its model")
-            motion: GlobalMotion | GridMotion = GlobalMotion.from_bytes(
-                payload[:GLOBAL_MOTION_SIZE])
-            used = GLOBAL_MOTION_SIZE
-            if lead_grid:
-                motion, used = GridMotion.read(payload, h, w)
+            motion, used = read_global_motion(payload, lead_grid, h, w)
             codes = unpack_payload(payload[used:], h, w, residuals)
             prediction = self._compensate(state.frame, motion.flow(h, w))
         else:
