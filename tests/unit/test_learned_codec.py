@@ -244,6 +244,21 @@ def test_dvc_residual_stage_trains_the_residual_coder_alone() -> None:
                             torch.tensor([0.01, 0.05]), "nope")
 
 
+def test_dvc_residual_stage_codes_against_the_closer_of_latent_and_grid_motion() -> None:
+    torch.manual_seed(4)
+    model = build_codec_model(INTER_ARCHS["dvc"])
+    model.train()
+    smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 20, 20), size=(80, 80),
+                                             mode="bicubic", align_corners=False).clamp(0, 1)
+    reference = smooth[..., 8:72, 8:72]
+    frames = smooth[..., 5:69, 8:72][:, None]  # a 3 px pan: the grid motion follows it
+    grid = model.grid_prediction(frames[:, 0], reference)
+    assert grid.shape == reference.shape
+    _, metrics = model.training_loss(
+        reference, frames, torch.tensor([1, 3]), torch.tensor([0.01, 0.05]), "residual")
+    assert metrics["grid"] == 1.0
+
+
 def test_arch_rebuilds_the_same_model() -> None:
     torch.manual_seed(0)
     model = IntraCodec(**{k: v for k, v in SMALL_INTRA.items() if k != "class"})
