@@ -265,17 +265,23 @@ class DvcCodec(CompressionModel):
         return x_hat.detach(), loss, metrics
 
     def grid_prediction(self, x: Tensor, reference: Tensor) -> Tensor:
-        """The compensated prediction of each sample from its global motion model with a
-        correction grid, fitted as :meth:`compress_global` fits them (quantised; training
-        side of the ``residual`` stage)."""
+        """The compensated prediction of each sample from its global motion model with its
+        (last) correction grid, fitted as :meth:`compress_global` fits them (quantised;
+        training side of the ``residual`` stage)."""
         predictions = []
         for target, frame in zip(x.split(1), reference.split(1), strict=True):
-            dense = dis_flow(target, frame)
-            affine = refine_global_motion(
-                fit_global_motion(dense), frame, target, backward_warp)
-            motion = fit_motion_grid(affine, dense, frame, target, backward_warp)
+            motion = self.fit_global_motions(target, frame)[-1]
             predictions.append(self._compensate(frame, motion.flow(*target.shape[-2:])))
         return torch.cat(predictions)
+
+    @staticmethod
+    def fit_global_motions(x: Tensor, reference: Tensor) -> list[GlobalMotion | GridMotion]:
+        """Encoder side, one frame: the affine model fitted to :func:`dis_flow` and refined
+        for the warp, then that model with a correction grid per :data:`.GRID_BLOCKS`."""
+        dense = dis_flow(x, reference)
+        affine = refine_global_motion(fit_global_motion(dense), reference, x, backward_warp)
+        return [affine] + [fit_motion_grid(affine, dense, reference, x, backward_warp, block)
+                           for block in GRID_BLOCKS]
 
     def motion_warm_up_loss(
         self, x: Tensor, reference: Tensor, level: Tensor, lmbda: Tensor
@@ -377,15 +383,7 @@ class DvcCodec(CompressionModel):
         then that one alone. ``lead_level`` is only recorded (the unit's level byte must
         name a valid level)."""
         reference = state.frame
-        if motion is None:
-            dense = dis_flow(x, reference)
-            affine = refine_global_motion(
-                fit_global_motion(dense), reference, x, backward_warp)
-            motions: list[GlobalMotion | GridMotion] = [affine] + [
-                fit_motion_grid(affine, dense, reference, x, backward_warp, block)
-                for block in GRID_BLOCKS]
-        else:
-            motions = [motion]
+        motions = self.fit_global_motions(x, reference) if motion is None else [motion]
         several = candidate_count(
             (), residual_levels, deadzones, skip_residual, len(motions)) > 1
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s
