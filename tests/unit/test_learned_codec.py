@@ -226,7 +226,7 @@ def test_training_loss_has_gradients_in_every_stage(name: str) -> None:
     assert torch.isfinite(model.aux_loss())
 
 
-def test_dvc_residual_stage_trains_the_residual_coder_alone() -> None:
+def test_dvc_residual_stage_trains_the_residual_coder_and_compensation_alone() -> None:
     torch.manual_seed(3)
     model = build_codec_model(INTER_ARCHS["dvc"])
     model.train()
@@ -237,7 +237,8 @@ def test_dvc_residual_stage_trains_the_residual_coder_alone() -> None:
     loss.backward()
     learning = {name.split(".")[0] for name, p in model.named_parameters()
                 if p.grad is not None and float(p.grad.abs().sum()) > 0}
-    assert learning == {"r_a", "r_s", "residual_prior"}
+    assert learning == {"r_a", "r_s", "residual_prior", "mc"}
+    assert set(model.frozen_modules("residual")) == {"flow", "m_a", "m_s", "motion_prior"}
     assert metrics["bpp"] > 0
     with pytest.raises(ValueError, match="no training stage"):
         model.training_loss(reference, frames, torch.tensor([0, 3]),

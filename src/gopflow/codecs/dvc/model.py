@@ -196,9 +196,10 @@ class DvcCodec(CompressionModel):
         self.residual_prior = GainedHyperprior(residual_latent, hyper_channels, levels)
 
     def frozen_modules(self, stage: str) -> tuple[str, ...]:
-        """The ``"residual"`` fine-tune freezes the whole motion path (its entropy tables
-        too, so motion bits stay as they were); other stages train everything."""
-        return ("flow", "m_a", "m_s", "motion_prior", "mc") if stage == "residual" else ()
+        """The ``"residual"`` fine-tune freezes the motion estimation and coding path (its
+        entropy tables too, so motion bits stay as they were) and trains the compensation
+        network with the residual coder; other stages train everything."""
+        return ("flow", "m_a", "m_s", "motion_prior") if stage == "residual" else ()
 
     def arch(self) -> dict[str, Any]:
         """JSON description the weights registry rebuilds this model from."""
@@ -240,24 +241,28 @@ class DvcCodec(CompressionModel):
     def residual_loss(
         self, x: Tensor, reference: Tensor, level: Tensor, lmbda: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
-        """The residual fine-tune for one frame: the motion path (flow, motion coder,
-        compensation) runs frozen, without gradients, and only the residual auto-encoder and
+        """The residual fine-tune for one frame: flow estimation and the motion coder run
+        frozen, without gradients; the compensation network, the residual auto-encoder and
         its hyperprior learn, on ``R_residual + lambda * 255^2 * MSE`` (the motion bits do
         not depend on them; ``bpp`` counts the residual alone). The motion path already
         settled in the joint stage; the residual coder carries most of a P frame's bits
-        at the higher qualities. Each sample's prediction is the closer (in MSE) of the
-        motion latent's and the grid motion's (:meth:`grid_prediction`), as the encoder
-        with ``--rdo`` codes most P frames with the grid: a first version trained on the
-        motion latent's alone was better on the held-out crops and worse on the benchmark
-        (README). ``metrics["grid"]`` is the share of samples that took the grid. Returns
-        ``(decoded frame, loss, metrics)``."""
+        at the higher qualities, and the compensation network, trained so far on the
+        motion latent's flows alone, learns the grid's. Each sample's prediction is the
+        closer (in MSE) of the motion latent's and the grid motion's (:meth:`grid_flow`),
+        as the encoder with ``--rdo`` codes most P frames with the grid: a first version
+        trained on the motion latent's alone was better on the held-out crops and worse
+        on the benchmark (README). ``metrics["grid"]`` is the share of samples that took
+        the grid. Returns ``(decoded frame, loss, metrics)``."""
         with torch.no_grad():
             m_hat, _ = self.motion_prior(self.m_a(self.estimate_flow(x, reference)), level)
-            latent = self._prediction(reference, m_hat)
-            grid = self.grid_prediction(x, reference)
+            latent_flow = self.m_s(m_hat)
+            grid_flow = self.grid_flow(x, reference)
+        latent = self._compensate(reference, latent_flow)
+        grid = self._compensate(reference, grid_flow)
+        with torch.no_grad():
             closer = (torch.mean((grid - x) ** 2, dim=(1, 2, 3))
                       < torch.mean((latent - x) ** 2, dim=(1, 2, 3)))
-            prediction = torch.where(closer[:, None, None, None], grid, latent)
+        prediction = torch.where(closer[:, None, None, None], grid, latent)
         r_hat, bits = self.residual_prior(self.r_a(x - prediction), level)
         x_hat = prediction + self.r_s(r_hat)
         loss, metrics = rd_loss(x, x_hat, bits, lmbda)
@@ -265,14 +270,15 @@ class DvcCodec(CompressionModel):
         return x_hat.detach(), loss, metrics
 
     def grid_prediction(self, x: Tensor, reference: Tensor) -> Tensor:
-        """The compensated prediction of each sample from its global motion model with its
-        (last) correction grid, fitted as :meth:`compress_global` fits them (quantised;
-        training side of the ``residual`` stage)."""
-        predictions = []
-        for target, frame in zip(x.split(1), reference.split(1), strict=True):
-            motion = self.fit_global_motions(target, frame)[-1]
-            predictions.append(self._compensate(frame, motion.flow(*target.shape[-2:])))
-        return torch.cat(predictions)
+        """The compensated prediction of each sample from :meth:`grid_flow`."""
+        return self._compensate(reference, self.grid_flow(x, reference))
+
+    def grid_flow(self, x: Tensor, reference: Tensor) -> Tensor:
+        """The flow of each sample's global motion model with its (last) correction grid,
+        fitted as :meth:`compress_global` fits them (quantised; training side of the
+        ``residual`` stage)."""
+        return torch.cat([self.fit_global_motions(target, frame)[-1].flow(*target.shape[-2:])
+                          for target, frame in zip(x.split(1), reference.split(1), strict=True)])
 
     @staticmethod
     def fit_global_motions(x: Tensor, reference: Tensor) -> list[GlobalMotion | GridMotion]:
