@@ -244,7 +244,8 @@ def test_p_models_train_staged_on_installed_intra_references(clips, tmp_path, mo
     assert _state(result.weights).keys() == _state(result.checkpoint)["model"].keys()
     if model != "dvc":
         return
-    # DVC's residual fine-tune: only the residual coder learns, on the installed weights.
+    # DVC's residual fine-tune: only the residual coder and the compensation network learn,
+    # on the installed weights.
     install_codec(result, registry)
     tuned = run_codec_training(
         replace(config, stages=("residual",), steps=(2,), init=True, lr=0.01,
@@ -254,4 +255,6 @@ def test_p_models_train_staged_on_installed_intra_references(clips, tmp_path, mo
     before, after = _state(result.weights), _state(tuned.weights)
     moved = {name for name in before if not name.endswith("quantiles")
              and not torch.equal(before[name], after[name])}
-    assert moved and all(name.startswith(("r_a.", "r_s.", "residual_prior.")) for name in moved)
+    assert moved and all(name.startswith(("r_a.", "r_s.", "residual_prior.", "mc."))
+                         for name in moved)
+    assert any(name.startswith("mc.") for name in moved)
