@@ -8,6 +8,7 @@
 set -e
 cd "$(dirname "$0")/.."
 W=${1:-$(mktemp -d)}
+mkdir -p "$W"
 FF=$(.venv/bin/python -c "from gopflow.media.ffmpeg import find_ffmpeg; print(find_ffmpeg().path)")
 $FF -nostdin -loglevel error -y -i ../shared/media/flower_960x540.mp4 -frames:v 12 -vf format=yuv444p,crop=353:287:100:60 -c:v libx264 -qp 0 -pix_fmt yuv444p $W/flower_353x287.mkv
 for run in dvc fvc dvc-fixed fvc-fixed; do
