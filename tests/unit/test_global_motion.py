@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from gopflow.codecs.dvc.global_motion import (
     GRID_BLOCKS,
     GRID_UNITS,
     MATRIX_UNITS,
+    RANS_GRID,
     SIZE,
     TRANSLATION_UNITS,
     GlobalMotion,
@@ -18,6 +21,7 @@ from gopflow.codecs.dvc.global_motion import (
     fit_motion_grid,
     refine_global_motion,
 )
+from gopflow.codecs.dvc.grid_coding import decode_grid, encode_grid
 from gopflow.codecs.dvc.model import DvcReference, backward_warp, dis_flow
 from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.engine import build_codec_model, to_tensor
@@ -118,21 +122,57 @@ def _grid(rows: int, cols: int, seed: int) -> GridMotion:
     return GridMotion(GlobalMotion(64, -32, 5, 0, 0, -7), 32, rows, cols, values.tobytes())
 
 
-def test_grid_codes_its_corrections_exactly_and_refuses_damaged_ones() -> None:
-    grid = _grid(3, 5, seed=1)  # a 96 x 160 padded frame in 32-px cells
+def _flat_grid(rows: int, cols: int) -> GridMotion:
+    """A grid of equal corrections but for one: zlib codes it in fewer bytes than rANS."""
+    values = np.full((2, rows, cols), 3, dtype=np.int8)
+    values[1, -1, -1] = -128
+    return GridMotion(GlobalMotion(64, -32, 5, 0, 0, -7), 32, rows, cols, values.tobytes())
+
+
+@pytest.mark.parametrize("coding", ["rans", "zlib"])
+def test_grid_codes_its_corrections_exactly_and_refuses_damaged_ones(coding: str) -> None:
+    # A 96 x 160 padded frame in 32-px cells; the coder takes the shorter coding.
+    grid = _grid(3, 5, seed=1) if coding == "rans" else _flat_grid(3, 5)
     data = grid.to_bytes()
     assert data[:SIZE] == grid.base.to_bytes()
+    assert bool(data[SIZE] & RANS_GRID) == (coding == "rans")
+    assert data[SIZE] & ~RANS_GRID == 2  # 32 px in 16-px steps
     assert GridMotion.read(data + b"residual", 96, 160) == (grid, len(data))
     assert GridMotion.read(data, 65, 129)[0] == grid  # the cell count rounds up
-    for damaged, message in ((data[:SIZE + 2], "too short"),
-                             (data[:-1], "needs"),
-                             (data[:SIZE] + bytes(3) + data[SIZE + 3:], "zero block"),
-                             (data[:SIZE + 3] + bytes([0xFF]) * (len(data) - SIZE - 3), "corrupt"),
-                             (data, "holds")):
+    head = data[:SIZE + 3]
+    damaged = [(data[:SIZE + 2], "too short", 96),
+               (data[:-1], "needs", 96),
+               (data[:SIZE] + bytes([data[SIZE] & RANS_GRID]) + data[SIZE + 1:], "zero block", 96)]
+    if coding == "zlib":
+        damaged += [(head + bytes([0xFF]) * (len(data) - SIZE - 3), "corrupt", 96),
+                    (data, "holds", 128)]
+    else:
+        damaged += [(head + bytes([255]) + data[SIZE + 4:], "Laplace scale", 96),
+                    (data[:SIZE] + data[SIZE:SIZE + 1] + bytes([0, 9]) + data[SIZE + 3:SIZE + 12],
+                     "too short", 96)]
+    for bad, message, height in damaged:
         with pytest.raises(BitstreamError, match=message):
-            GridMotion.read(damaged, 96 if message != "holds" else 128, 160)
+            GridMotion.read(bad, height, 160)
     with pytest.raises(ValueError, match="needs 30 bytes"):
         GridMotion(grid.base, 32, 3, 5, grid.corrections[:-1])
+
+
+def test_rans_grid_coding_is_shorter_than_zlib_on_noisy_grids_and_exact_at_the_extremes() -> None:
+    rng = np.random.default_rng(5)
+    for rows, cols, spread in ((1, 1, 1.0), (9, 15, 0.5), (9, 15, 3.0), (18, 30, 2.5),
+                               (18, 30, 120.0)):
+        values = np.clip(np.round(rng.laplace(0.0, spread, (2, rows, cols))), -128, 127)
+        values = values.astype(np.int8)
+        values[0, 0, 0], values[1, -1, -1] = -128, 127  # escaped by rANS's bypass code
+        coded = encode_grid(values)
+        assert np.array_equal(decode_grid(coded, rows, cols), values)
+    # A noisy 32-px grid of a 960 x 576 frame (as flower's: mean |MED residual| 2.5 units).
+    values = np.round(rng.laplace(0.0, 2.5, (2, 18, 30))).astype(np.int8)
+    grid = GridMotion(GlobalMotion(0, 0, 0, 0, 0, 0), 32, 18, 30, values.tobytes())
+    differences = values.reshape(-1, 30).astype(np.uint8)
+    differences[:, 1:] = differences[:, 1:] - differences[:, :-1]
+    deflated = zlib.compress(differences.tobytes(), 9, wbits=-15)
+    assert len(grid.to_bytes()) - SIZE - 3 < 0.9 * len(deflated)
 
 
 def test_grid_flow_adds_the_smooth_corrections_to_the_affine_flow() -> None:

@@ -122,8 +122,9 @@ def test_leveled_and_skip_inter_units_continue_gops(tmp_path: Path) -> None:
         extents = scan_gops(handle, header)
         assert [e.frames for e in extents] == [3, 3]
         assert read_gop(handle, extents[1]) == units[3:]
-    # Version 4 introduced Q units, 5 S units, 6 global motion, 7 its correction grids.
-    assert path.read_bytes()[4] == 7
+    # Version 4 introduced Q units, 5 S units, 6 global motion, 7 its correction grids, 8
+    # rANS-coded grids.
+    assert path.read_bytes()[4] == 8
 
 
 def test_not_a_stream_and_wrong_version() -> None:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gopflow.codecs.dvc.grid_coding import decode_grid, encode_grid
 from gopflow.codecs.learned.bitstream import BitstreamError
 
 TRANSLATION_UNITS = 64
@@ -179,6 +180,8 @@ GRID_REFINE_STEPS = 40
 GRID_REFINE_STEP = 0.05
 """Its step size, in pixels."""
 _GRID_HEAD = struct.Struct(">BH")
+RANS_GRID = 0x80
+"""Flag (bit 7) of a grid's block size byte: the grid is rANS-coded (:mod:`.grid_coding`)."""
 
 
 def _grid_shape(height: int, width: int, block: int) -> tuple[int, int]:
@@ -200,10 +203,12 @@ class GridMotion:
     after bilinear up-sampling, so the field follows parallax and non-rigid motion that one
     affine model misses and stays smooth (no block edges in the prediction).
     ``corrections``: int8 ``2 x rows x cols`` (u then v, row-major). Coded as the 12-byte
-    model, ``block / 16`` u8, the deflated grid's length u16, then the grid, each row as
-    differences from its left neighbour (mod 256), deflated by zlib: neighbouring
-    corrections are alike, so the differences are mostly zeros. The grid's shape is not
-    coded: the padded frame size gives it."""
+    model, a u8 (bits 0-6: ``block / 16``; bit 7, :data:`RANS_GRID`, since format version
+    8: which coding), the coded grid's length u16, then the grid, coded the shorter way:
+    each row as differences from its left neighbour (mod 256) deflated by zlib (version 7's
+    only coding), or with bit 7 set by rANS under a Laplace model of its median-predicted
+    values (:mod:`.grid_coding`). The grid's shape is not coded: the padded frame size
+    gives it."""
 
     base: GlobalMotion
     block: int
@@ -212,8 +217,8 @@ class GridMotion:
     corrections: bytes
 
     def __post_init__(self) -> None:
-        if self.block % 16 or not 16 <= self.block <= 255 * 16:
-            raise ValueError(f"a grid's block size is coded in 16-px steps (16..4080), "
+        if self.block % 16 or not 16 <= self.block <= 127 * 16:
+            raise ValueError(f"a grid's block size is coded in 16-px steps (16..2032), "
                              f"got {self.block}")
         if len(self.corrections) != 2 * self.rows * self.cols:
             raise ValueError(f"a {self.rows} x {self.cols} grid needs "
@@ -223,8 +228,13 @@ class GridMotion:
         rows = np.frombuffer(self.corrections, dtype=np.uint8).reshape(-1, self.cols)
         differences = rows.copy()
         differences[:, 1:] = rows[:, 1:] - rows[:, :-1]  # uint8 wraps: inverts exactly
-        packed = zlib.compress(differences.tobytes(), 9, wbits=-15)
-        return self.base.to_bytes() + _GRID_HEAD.pack(self.block // 16, len(packed)) + packed
+        packed, flag = zlib.compress(differences.tobytes(), 9, wbits=-15), 0
+        grid = np.frombuffer(self.corrections, dtype=np.int8).reshape(2, self.rows, self.cols)
+        coded = encode_grid(grid)
+        if len(coded) < len(packed):
+            packed, flag = coded, RANS_GRID
+        return (self.base.to_bytes() + _GRID_HEAD.pack(self.block // 16 | flag, len(packed))
+                + packed)
 
     @classmethod
     def read(cls, data: bytes, height: int, width: int) -> tuple[GridMotion, int]:
@@ -234,13 +244,17 @@ class GridMotion:
         end = SIZE + _GRID_HEAD.size
         if len(data) < end:
             raise BitstreamError("a grid motion model is too short for its header")
-        block_units, length = _GRID_HEAD.unpack(data[SIZE:end])
+        head, length = _GRID_HEAD.unpack(data[SIZE:end])
+        block_units = head & ~RANS_GRID
         if block_units == 0:
             raise BitstreamError("a grid motion model has a zero block size")
         if len(data) < end + length:
             raise BitstreamError(f"a grid motion model needs {length} bytes, "
                                  f"{len(data) - end} left")
         rows, cols = _grid_shape(height, width, block_units * 16)
+        if head & RANS_GRID:
+            grid = decode_grid(data[end:end + length], rows, cols)
+            return cls(base, block_units * 16, rows, cols, grid.tobytes()), end + length
         expected = 2 * rows * cols
         inflater = zlib.decompressobj(wbits=-15)
         try:

@@ -28,8 +28,11 @@ from the previous frame's decoded lead latent. Version 6 adds a second flag
 model that follows the level bytes, and the latent strings hold the residual alone (none in
 an S unit). Version 7 adds a third flag (:data:`GRID_LEAD`, bit 5, only with
 :data:`GLOBAL_LEAD`): a grid of motion corrections follows the global motion model
-(:class:`gopflow.codecs.dvc.global_motion.GridMotion`). Versions 2 to 6 (version 4 no S
-units; version 3 no Q units; version 2 also no offset and no R units) still decode.
+(:class:`gopflow.codecs.dvc.global_motion.GridMotion`). Version 8 lets that grid be
+rANS-coded (bit 7 of its block size byte; :mod:`gopflow.codecs.dvc.grid_coding`) where
+that is shorter than version 7's deflated row differences. Versions 2 to 7 (version 6 no
+grid; version 4 no S units; version 3 no Q units; version 2 also no offset and no R units)
+still decode.
 
 GOP structure (since version 2): every intra (I or R) unit starts a closed GOP and only they
 do, so scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader
@@ -59,8 +62,8 @@ from gopflow.errors import CorruptInputError, UsageError
 from gopflow.fileio import atomic_write
 
 MAGIC = b"GFLV"
-VERSION = 7
-READABLE_VERSIONS = (2, 3, 4, 5, 6, 7)
+VERSION = 8
+READABLE_VERSIONS = (2, 3, 4, 5, 6, 7, 8)
 _HEAD = struct.Struct(">IIIIIIIB")
 _OFFSET = struct.Struct(">B")
 _UNIT = struct.Struct(">BII")
