@@ -170,9 +170,11 @@ residual candidate; rate-distortion cost picks. On white_flower (little parallax
 grid left a 4-frame quality 6 encode's cost where it was (J 0.24850 against 0.24854). On
 flower (a tree trunk passing in front of the garden) it lifts the warp of the source's
 frames 1-3 from 31.8/36.4/37.3 dB (64 px, about 200 bytes) to 34.5/38.1/39.4 dB (about
-650 bytes), and with it 8 frames at quality 7 took 11% fewer bytes at 0.05 dB more PSNR,
-quality 6 4% fewer at 0.17 dB more, quality 3 2% fewer at the same PSNR. A 16-px grid
-(about 2.2 KB) was never chosen at quality 7 (README)."""
+650 bytes). In the flower benchmark (format 7, before the longer fit) qualities 1-3 coded
+within 0.1% of the bytes they took without it, quality 6 25366 bytes at 36.32 dB against
+26389 at 36.16, quality 7 28726 at 36.67 against 32215 at 36.62; BD-rate against x264
+veryfast +12.5% to +9.4%. A 16-px grid (about 2.2 KB) was never chosen at quality 7
+(README)."""
 GRID_UNITS = 4
 """Steps per pixel of the grid's corrections (int8 keeps +-31.75 px)."""
 GRID_REFINE_STEPS = 120
@@ -180,8 +182,9 @@ GRID_REFINE_STEPS = 120
 script; steps / step size): 32-px grid 34.50 / 38.11 / 39.43 dB at 40 / 0.05 px, 35.58 /
 38.88 / 40.21 at 40 / 0.15, 36.13 / 39.24 / 40.46 at 120 / 0.1, 36.50 / 39.57 / 40.54 at
 240 / 0.1; 64-px grid 31.80 / 36.38 / 37.25, 33.51 / 36.88 / 37.81, 34.28 / 36.95 / 38.13,
-34.38 / 36.97 / 38.19; grid bytes within 10%. On white_flower and people_walking the grids
-had converged at 40 steps (within 0.03 dB, but one 32-px grid of people_walking: +2 dB)."""
+34.38 / 36.97 / 38.19; grid bytes within 10%. On white_flower's and people_walking's first
+frames 40 steps of 0.15 px came within 0.03 dB of 120 of 0.1, but for one 32-px grid of
+people_walking (66.06 against 68.09 dB)."""
 GRID_REFINE_STEP = 0.1
 """Its step size, in pixels."""
 _GRID_HEAD = struct.Struct(">BH")
