@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 
@@ -44,11 +45,12 @@ _ESCAPE_BITS = 16.0
 
 
 @functools.cache
-def _tables() -> tuple[list[list[int]], list[int], list[int]]:
+def _tables() -> tuple[list[list[int]], list[int], list[int], np.ndarray]:
     """Quantised CDFs, their sizes and offsets, one per scale: the pmf of a two-sided
     geometric (discretised Laplace) over ``-ALPHABET..ALPHABET`` plus the tail mass beyond,
     rounded to multiples of ``2^-32`` before quantisation, so that encoder and decoder build
-    the same integer tables even where libm differs in the last bit."""
+    the same integer tables even where libm differs in the last bit; and each table's code
+    lengths in bits (``scales x symbols + escape``, for the encoder's scale choice)."""
     from compressai._CXX import pmf_to_quantized_cdf
 
     ks = np.arange(-ALPHABET, ALPHABET + 1, dtype=np.float64)
@@ -59,34 +61,30 @@ def _tables() -> tuple[list[list[int]], list[int], list[int]]:
         tail = max(1.0 - float(pmf.sum()), 0.0)
         probabilities = np.round(np.append(pmf, tail) * 2.0**32) / 2.0**32
         cdfs.append(list(pmf_to_quantized_cdf(probabilities.tolist(), PRECISION)))
-    return cdfs, [2 * ALPHABET + 3] * len(SCALES), [-ALPHABET] * len(SCALES)
+    lengths = PRECISION - np.log2(np.diff(np.asarray(cdfs, dtype=np.float64), axis=1))
+    return cdfs, [2 * ALPHABET + 3] * len(SCALES), [-ALPHABET] * len(SCALES), lengths
 
 
-def _med(left: int, up: int, corner: int) -> int:
-    if corner >= max(left, up):
-        return min(left, up)
-    if corner <= min(left, up):
-        return max(left, up)
-    return left + up - corner
+def _med(left: Any, up: Any, corner: Any) -> Any:
+    """LOCO-I's median edge predictor, for scalars or element-wise for arrays."""
+    return np.where(corner >= np.maximum(left, up), np.minimum(left, up),
+                    np.where(corner <= np.minimum(left, up), np.maximum(left, up),
+                             left + up - corner))
 
 
 def _residuals(plane: np.ndarray) -> np.ndarray:
     """Each value minus its MED prediction (first row: the left value; first column: the
     upper one; the first value: 0)."""
     values = plane.astype(np.int64)
-    padded = np.zeros((values.shape[0] + 1, values.shape[1] + 1), dtype=np.int64)
-    padded[1:, 1:] = values
-    left, up, corner = padded[1:, :-1], padded[:-1, 1:], padded[:-1, :-1]
-    prediction = np.where(corner >= np.maximum(left, up), np.minimum(left, up),
-                          np.where(corner <= np.minimum(left, up), np.maximum(left, up),
-                                   left + up - corner))
+    prediction = np.zeros_like(values)
+    prediction[1:, 1:] = _med(values[1:, :-1], values[:-1, 1:], values[:-1, :-1])
     prediction[0, 1:] = values[0, :-1]
     prediction[1:, 0] = values[:-1, 0]
-    prediction[0, 0] = 0
     return values - prediction
 
 
 def _undo_residuals(residuals: np.ndarray) -> np.ndarray:
+    """:func:`_residuals` inverted, in raster order (each prediction needs decoded values)."""
     rows, cols = residuals.shape
     values = np.zeros((rows, cols), dtype=np.int64)
     for i in range(rows):
@@ -96,8 +94,7 @@ def _undo_residuals(residuals: np.ndarray) -> np.ndarray:
             elif j == 0:
                 prediction = int(values[i - 1, 0])
             else:
-                prediction = _med(int(values[i, j - 1]), int(values[i - 1, j]),
-                                  int(values[i - 1, j - 1]))
+                prediction = int(_med(values[i, j - 1], values[i - 1, j], values[i - 1, j - 1]))
             values[i, j] = prediction + int(residuals[i, j])
     return values
 
@@ -105,17 +102,11 @@ def _undo_residuals(residuals: np.ndarray) -> np.ndarray:
 def _best_scale(residuals: np.ndarray) -> tuple[int, float]:
     """The scale index whose table codes ``residuals`` in the fewest (ideal) bits, and
     those bits."""
-    cdfs, _, _ = _tables()
+    lengths = _tables()[3]
     inside = np.abs(residuals) <= ALPHABET
-    symbols = residuals[inside] + ALPHABET
     escapes = int(np.count_nonzero(~inside))
-    costs = []
-    for cdf in cdfs:
-        table = np.asarray(cdf, dtype=np.float64)
-        frequencies = table[1:] - table[:-1]
-        bits = -np.log2(frequencies[symbols] / 2.0**PRECISION).sum()
-        bits += escapes * (_ESCAPE_BITS - math.log2(frequencies[-1] / 2.0**PRECISION))
-        costs.append(bits)
+    costs = (lengths[:, residuals[inside] + ALPHABET].sum(axis=1)
+             + escapes * (_ESCAPE_BITS + lengths[:, -1]))
     best = int(np.argmin(costs))
     return best, float(costs[best])
 
@@ -136,7 +127,7 @@ def encode_grid(corrections: np.ndarray) -> bytes:
     """Code ``2 x rows x cols`` int8 corrections (see the module docstring)."""
     from compressai.ans import RansEncoder
 
-    cdfs, sizes, offsets = _tables()
+    cdfs, sizes, offsets, _ = _tables()
     headers, planes, scales = zip(*(_component(plane) for plane in corrections), strict=True)
     symbols = np.concatenate([residuals.ravel() for residuals in planes])
     indexes = np.repeat(np.asarray(scales), [residuals.size for residuals in planes])
@@ -172,7 +163,7 @@ def decode_grid(data: bytes, rows: int, cols: int) -> np.ndarray:
     if max(scales) >= len(SCALES):
         raise BitstreamError(f"a grid motion model names Laplace scale {max(scales)}; "
                              f"there are {len(SCALES)}")
-    cdfs, sizes, offsets = _tables()
+    cdfs, sizes, offsets, _ = _tables()
     indexes = [scales[0]] * (rows * cols) + [scales[1]] * (rows * cols)
     decoded = RansDecoder().decode_with_indexes(data[position:], indexes, cdfs, sizes, offsets)
     residuals = np.asarray(decoded, dtype=np.int64).reshape(2, rows, cols)
