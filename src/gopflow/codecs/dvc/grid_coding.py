@@ -17,8 +17,8 @@ Format (version 8 streams), per component u then v: scale index u8 with bit 7
 
 Written by hand around CompressAI's coder: its entropy models code CNN latents with learned
 or Gaussian tables; a two-parameter static model of a few hundred small integers needs no
-network, and zlib (the version 7 coding, still chosen where it is shorter) spends about a
-fifth more on these noisy grids (README).
+network, and zlib (the version 7 coding, still chosen where it is shorter) spent 15-47%
+more on the grids of flower's and white_flower's first frames (README).
 """
 
 from __future__ import annotations
