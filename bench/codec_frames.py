@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     padded = (-(-height // codec.multiple) * codec.multiple,
               -(-width // codec.multiple) * codec.multiple)
     print(f"{args.codec} level {args.level}, {width}x{height}, {len(sources)} frames")
+    total, mse_sum = 0, 0.0
     for index, (source, recon, coded) in enumerate(
             zip(sources, gop.recon, gop.frames, strict=True)):
         mse = float(np.mean((source.astype(np.float64) - recon) ** 2))
+        total, mse_sum = total + len(coded.payload), mse_sum + mse
         psnr = 10 * math.log10(255.0**2 / mse) if mse else float("inf")
         bpp = 8 * len(coded.payload) / (width * height)
         strings, levels = coded.payload, ""
@@ -75,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         parts = " + ".join(
             "/".join(f"{8 * len(string) / (width * height):.4f}" for string in group)
             for group in groups)
-        print(f"frame {index} {chr(coded.kind)}: {bpp:.3f} bpp, {psnr:.2f} dB PSNR-RGB "
+        print(f"frame {index} {chr(coded.kind)}: {len(coded.payload)} bytes, {bpp:.3f} bpp, "
+              f"{psnr:.2f} dB PSNR-RGB "
               f"(latents y/z bpp: {parts}{levels})")
+    mean_mse = mse_sum / len(sources)
+    gop_psnr = 10 * math.log10(255.0**2 / mean_mse) if mean_mse else float("inf")
+    print(f"GOP: {total} payload bytes, {gop_psnr:.3f} dB "
+          f"PSNR-RGB of the mean MSE")
     return 0
 
 

@@ -21,7 +21,7 @@ from gopflow.codecs.dvc.global_motion import (
     fit_motion_grid,
     refine_global_motion,
 )
-from gopflow.codecs.dvc.grid_coding import decode_grid, encode_grid
+from gopflow.codecs.dvc.grid_coding import decode_grid, encode_grid, rate_proxy
 from gopflow.codecs.dvc.model import DvcReference, backward_warp, dis_flow
 from gopflow.codecs.learned.bitstream import BitstreamError
 from gopflow.codecs.learned.engine import build_codec_model, to_tensor
@@ -190,14 +190,20 @@ def test_grid_flow_adds_the_smooth_corrections_to_the_affine_flow() -> None:
     assert 0 < float(bump[40, 64]) < 8 / GRID_UNITS
 
 
-def test_grid_fit_follows_motion_that_one_affine_model_misses() -> None:
-    # The left half pans 2 px a frame, the right half stands still: no affine model fits.
+def _half_pan() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, GlobalMotion]:
+    """The left half pans 2 px a frame, the right half stands still: no affine model fits.
+    ``(previous, current, their dense flow, the refined affine model)``."""
     moving = _pan(2, 64, 128, 2.0)
     still = _pan(1, 64, 128, 2.0)[0]
     previous = to_tensor(np.concatenate((moving[0][:, :64], still[:, 64:]), axis=1))
     current = to_tensor(np.concatenate((moving[1][:, :64], still[:, 64:]), axis=1))
     dense = dis_flow(current, previous)
     affine = refine_global_motion(fit_global_motion(dense), previous, current, backward_warp)
+    return previous, current, dense, affine
+
+
+def test_grid_fit_follows_motion_that_one_affine_model_misses() -> None:
+    previous, current, dense, affine = _half_pan()
     grid = fit_motion_grid(affine, dense, previous, current, backward_warp, block=16)
 
     def error(flow: torch.Tensor) -> float:
@@ -208,3 +214,30 @@ def test_grid_fit_follows_motion_that_one_affine_model_misses() -> None:
     u = grid.flow(64, 128)[0, 0]
     assert float(u[32, 16]) == pytest.approx(2.0, abs=0.5)
     assert float(u[32, 112]) == pytest.approx(0.0, abs=0.5)
+
+
+def test_rate_proxy_charges_what_the_neighbours_do_not_predict() -> None:
+    flat = torch.full((1, 2, 4, 6), 3.0)
+    spike = flat.clone()
+    spike[0, 0, 2, 3] = 7.0
+    assert float(rate_proxy(flat)) == 0.0
+    assert float(rate_proxy(spike)) > 0.0
+    grid = spike.clone().requires_grad_(True)
+    rate_proxy(grid).backward()
+    assert grid.grad is not None and float(grid.grad[0, 0, 2, 3]) > 0.0
+
+
+def test_rate_aware_grid_fit_spends_fewer_bytes_where_bits_are_dear() -> None:
+    previous, current, dense, affine = _half_pan()
+    plain = fit_motion_grid(affine, dense, previous, current, backward_warp, block=16)
+    cheap = fit_motion_grid(affine, dense, previous, current, backward_warp, block=16,
+                            rate_lambda=1e-5)
+    generous = fit_motion_grid(affine, dense, previous, current, backward_warp, block=16,
+                               rate_lambda=1e3)
+
+    def error(flow: torch.Tensor) -> float:
+        return float(torch.mean((backward_warp(previous, flow) - current)[..., 8:-8, 8:-8] ** 2))
+
+    assert generous == plain  # bits all but free: the plain fit
+    assert len(cheap.to_bytes()) < len(plain.to_bytes())
+    assert error(cheap.flow(64, 128)) >= error(plain.flow(64, 128))

@@ -281,12 +281,16 @@ class DvcCodec(CompressionModel):
                           for target, frame in zip(x.split(1), reference.split(1), strict=True)])
 
     @staticmethod
-    def fit_global_motions(x: Tensor, reference: Tensor) -> list[GlobalMotion | GridMotion]:
+    def fit_global_motions(
+        x: Tensor, reference: Tensor, rate_lambda: float | None = None
+    ) -> list[GlobalMotion | GridMotion]:
         """Encoder side, one frame: the affine model fitted to :func:`dis_flow` and refined
-        for the warp, then that model with a correction grid per :data:`.GRID_BLOCKS`."""
+        for the warp, then that model with a correction grid per :data:`.GRID_BLOCKS`
+        (rate-aware for ``rate_lambda``: :func:`.fit_motion_grid`)."""
         dense = dis_flow(x, reference)
         affine = refine_global_motion(fit_global_motion(dense), reference, x, backward_warp)
-        return [affine] + [fit_motion_grid(affine, dense, reference, x, backward_warp, block)
+        return [affine] + [fit_motion_grid(affine, dense, reference, x, backward_warp, block,
+                                           rate_lambda=rate_lambda)
                            for block in GRID_BLOCKS]
 
     def motion_warm_up_loss(
@@ -377,7 +381,7 @@ class DvcCodec(CompressionModel):
     def compress_global(
         self, x: Tensor, state: DvcReference, lead_level: int, residual_levels: Sequence[int],
         deadzones: Sequence[float] = (ROUNDING,), skip_residual: bool = False,
-        motion: GlobalMotion | GridMotion | None = None,
+        motion: GlobalMotion | GridMotion | None = None, rate_lambda: float | None = None,
     ) -> Iterator[InterCandidate]:
         """Code padded frame ``x`` with a global motion model in place of the motion latent:
         for the affine model alone and again for it with a correction grid
@@ -386,10 +390,12 @@ class DvcCodec(CompressionModel):
         few hundred), each with its reconstruction when there are several. The models are
         fitted to :func:`dis_flow` and refined for the warp (encoder side;
         :mod:`.global_motion`) unless ``motion`` (a candidate's ``lead_latent``) is given:
-        then that one alone. ``lead_level`` is only recorded (the unit's level byte must
-        name a valid level)."""
+        then that one alone; the grids are fitted rate-aware for ``rate_lambda``, the
+        frame's lambda. ``lead_level`` is only recorded (the unit's level byte must name a
+        valid level)."""
         reference = state.frame
-        motions = self.fit_global_motions(x, reference) if motion is None else [motion]
+        motions = (self.fit_global_motions(x, reference, rate_lambda) if motion is None
+                   else [motion])
         several = candidate_count(
             (), residual_levels, deadzones, skip_residual, len(motions)) > 1
         residual_synthesis = fast_copy(self.r_s) if several else self.r_s

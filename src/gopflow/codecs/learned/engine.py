@@ -168,6 +168,7 @@ class GlobalMotionModel(InterModel, Protocol):
     def compress_global(
         self, x: Tensor, state: Any, lead_level: int, residual_levels: Sequence[int],
         deadzones: Sequence[float] = ..., skip_residual: bool = ..., motion: Any = ...,
+        rate_lambda: float | None = ...,
     ) -> Iterator[InterCandidate]: ...
 
 
@@ -358,7 +359,8 @@ class GopCodec:
                 skip_residual=self.skip_residual, predict_lead=self.predict_lead)
             if self.global_motion:
                 candidates = itertools.chain(candidates, self._global(
-                    x, state, level, residuals, self.deadzones, self.skip_residual))
+                    x, state, level, residuals, self.deadzones, self.skip_residual,
+                    rate_lambda=lmbda))
             try:
                 for candidate in candidates:
                     picture = _crop(to_uint8(candidate.recon), height, width)
@@ -391,11 +393,13 @@ class GopCodec:
     def _global(
         self, x: Tensor, state: Any, level: int, residuals: Sequence[int],
         deadzones: Sequence[float], skip: bool, motion: Any = None,
+        rate_lambda: float | None = None,
     ) -> Iterator[InterCandidate]:
-        """The global motion candidates of a P frame; ``motion`` re-codes a chosen candidate
-        with its model."""
+        """The global motion candidates of a P frame, their grids fitted rate-aware for
+        ``rate_lambda``; ``motion`` re-codes a chosen candidate with its model."""
         model: GlobalMotionModel = self.inter  # type: ignore[assignment]
-        return model.compress_global(x, state, level, residuals, deadzones, skip, motion)
+        return model.compress_global(x, state, level, residuals, deadzones, skip, motion,
+                                     rate_lambda)
 
     def _propagated_lambda(self, level: int, later: int) -> float:
         """The level's training lambda, weighted by ``sum(PROPAGATION**k, k = 0..later)``: a
