@@ -276,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default="veryfast,medium")
     parser.add_argument("--no-x265", action="store_true")
     parser.add_argument("--registry", help="weights registry (default: shipped weights)")
+    parser.add_argument("--levels", help="comma-separated quality levels of the learned "
+                        "codecs (default: all)")
+    parser.add_argument("--add-points", type=Path, action="append", default=[],
+                        metavar="RESULTS", help="learned-codec points of another run (its "
+                        "results.json: the same clips, frames and GOP) to add to this run's "
+                        "table, for a benchmark split across processes by --levels")
     parser.add_argument("--quick", action="store_true", help="flower, 4 frames, GOP 4")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "codecs")
     args = parser.parse_args(argv)
@@ -299,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         fps = av.open(str(ref_path)).streams.video[0].average_rate
         print(f"{clip}: {ref[0].width}x{ref[0].height}, {len(ref)} frames", file=sys.stderr)
         for label, codec in codecs.items():
-            for level in range(1, codec.levels + 1):
+            levels = (range(1, codec.levels + 1) if args.levels is None
+                      else [int(level) for level in args.levels.split(",")])
+            for level in levels:
                 points.append(_learned_point(clip, label, codec, level, ref, ref_rgb, args.gop,
                                              fps, args.out))
                 print(f"  {points[-1]}", file=sys.stderr)
@@ -312,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
                     points.append(_ffmpeg_point(clip, ref_path, ref, ref_rgb, name, preset, gop,
                                                 crf, args.out))
                     print(f"  {points[-1]}", file=sys.stderr)
+    for path in args.add_points:
+        ours = {(p.clip, p.codec, p.setting) for p in points}
+        points += [Point(**row) for row in json.loads(path.read_text())["points"]
+                   if row["setting"].startswith("q")
+                   and (row["clip"], row["codec"], row["setting"]) not in ours]
     bd = _bd_table(points)
     sizes = _model_sizes(args.registry)
     plots = _plot(points, args.out)
