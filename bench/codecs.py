@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in (item for item in args.codecs.split(",") if item):
         name, adaptive, rdo, _ = parse_label(label)
         codecs[label] = load_codec(name, args.registry, adaptive_intra=adaptive, rdo=rdo)
+    levels = None if args.levels is None else [int(level) for level in args.levels.split(",")]
     points: list[Point] = []
     for clip in args.clips.split(","):
         ref_path = _reference(clip, args.frames, args.out)
@@ -305,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         fps = av.open(str(ref_path)).streams.video[0].average_rate
         print(f"{clip}: {ref[0].width}x{ref[0].height}, {len(ref)} frames", file=sys.stderr)
         for label, codec in codecs.items():
-            levels = (range(1, codec.levels + 1) if args.levels is None
-                      else [int(level) for level in args.levels.split(",")])
-            for level in levels:
+            for level in range(1, codec.levels + 1) if levels is None else levels:
                 points.append(_learned_point(clip, label, codec, level, ref, ref_rgb, args.gop,
                                              fps, args.out))
                 print(f"  {points[-1]}", file=sys.stderr)

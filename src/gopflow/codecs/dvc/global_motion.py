@@ -192,7 +192,8 @@ GRID_RATE_WEIGHT = 1.0
 the frame's lambda. Flower's first GOP at quality 6 (``bench/codec_frames.py ... --level 6
 --intra-offset 1 --rdo --adaptive-intra``, through a scratch script): 23589 bytes at
 36.318 dB without the rate term, 22859 at 36.287 with weight 1, 22207 at 36.226 with 3; at
-quality 2 weight 1 cost 0.03 dB for 5% fewer bytes, weight 3 0.17 dB for 7% (README)."""
+quality 2 (per-frame bpp as printed, to 0.001, summed) weight 1 cost 0.03 dB for 5% fewer
+bits, weight 3 0.17 dB for 7% (README)."""
 _GRID_HEAD = struct.Struct(">BH")
 RANS_GRID = 0x80
 """Flag (bit 7) of a grid's block size byte: the grid is rANS-coded (:mod:`.grid_coding`)."""

@@ -67,11 +67,11 @@ def _tables() -> tuple[list[list[int]], list[int], list[int], np.ndarray]:
     return cdfs, [2 * ALPHABET + 3] * len(SCALES), [-ALPHABET] * len(SCALES), lengths
 
 
-def _med(left: Any, up: Any, corner: Any) -> Any:
-    """LOCO-I's median edge predictor, for scalars or element-wise for arrays."""
-    return np.where(corner >= np.maximum(left, up), np.minimum(left, up),
-                    np.where(corner <= np.minimum(left, up), np.maximum(left, up),
-                             left + up - corner))
+def _med(left: Any, up: Any, corner: Any, xp: Any = np) -> Any:
+    """LOCO-I's median edge predictor: the plane through the three neighbours,
+    ``left + up - corner``, clipped to the range of ``left`` and ``up``; element-wise for
+    numpy scalars and arrays, or with ``xp=torch`` for tensors."""
+    return (left + up - corner).clip(xp.minimum(left, up), xp.maximum(left, up))
 
 
 MIN_PROXY_SCALE = 0.25
@@ -87,10 +87,7 @@ def rate_proxy(grid: Tensor) -> Tensor:
     gradient of ``n log2 b`` in each ``|r|``, ``b`` held fixed: shrinking every residual
     lets the encoder pick a narrower table)."""
     plane = grid[0]
-    left, up, corner = plane[:, 1:, :-1], plane[:, :-1, 1:], plane[:, :-1, :-1]
-    low, high = torch.minimum(left, up), torch.maximum(left, up)
-    prediction = torch.where(corner >= high, low, torch.where(corner <= low, high,
-                                                              left + up - corner))
+    prediction = _med(plane[:, 1:, :-1], plane[:, :-1, 1:], plane[:, :-1, :-1], torch)
     residuals = torch.cat([(plane[:, 1:, 1:] - prediction).flatten(1),
                            (plane[:, 0, 1:] - plane[:, 0, :-1]).flatten(1),
                            (plane[:, 1:, 0] - plane[:, :-1, 0]).flatten(1)], dim=1).abs()
