@@ -22,7 +22,7 @@ import torch
 from gopflow.codecs.dvc.global_motion import read_global_motion
 from gopflow.codecs.learned.bitstream import UnitKind, unpack_strings
 from gopflow.codecs.learned.engine import load_codec
-from gopflow.pipeline.learned_stage import rgb_frames
+from gopflow.pipeline.stages import rgb_frames
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ from gopflow.codecs.learned.bitstream import (
 )
 from gopflow.errors import BdRateError
 from gopflow.media.ffmpeg import find_ffmpeg
-from gopflow.pipeline.learned_stage import rgb_frames
+from gopflow.pipeline.stages import rgb_frames
 from gopflow.quality.bd import bd_rate
 from gopflow.quality.metrics import compare_frames
 
@@ -254,7 +254,7 @@ def _plot(points: list[Point], out: Path) -> list[str]:
 
 def _model_sizes(registry: str | None) -> dict[str, int]:
     from gopflow.codecs.learned.engine import registry_name
-    from gopflow.precoders.weights import WEIGHTS_DIR, read_registry
+    from gopflow.zoo.registry import WEIGHTS_DIR, read_registry
 
     root = Path(registry) if registry else WEIGHTS_DIR
     entries = read_registry(registry)

@@ -20,7 +20,7 @@ for run in dvc fvc dvc-fixed fvc-fixed; do
   .venv/bin/python - $W/$run.json $W/$run.y4m <<'PY'
 import json, sys
 from gopflow.media.y4m import read_y4m_rgb
-from gopflow.pipeline.learned_stage import frames_digest
+from gopflow.pipeline.stages import frames_digest
 report = json.load(open(sys.argv[1]))
 with open(sys.argv[2], "rb") as handle:
     width, height, fps, frames = read_y4m_rgb(handle)

@@ -20,7 +20,7 @@ import torch
 
 from gopflow.codecs.dvc.model import backward_warp, dis_flow
 from gopflow.codecs.learned.engine import load_codec
-from gopflow.pipeline.learned_stage import rgb_frames
+from gopflow.pipeline.stages import rgb_frames
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from gopflow.precoders.inference import MODEL_CACHE, plane_array, torch_settings
 from gopflow.precoders.resample import scaled_size
 from gopflow.precoders.restore import RestoreTarget
 from gopflow.precoders.vistra import FrameInterpolator, LearnedRestorer, Upsampler
-from gopflow.precoders.weights import (
+from gopflow.zoo.registry import (
     INTERPOLATOR_NAME,
     dvp_name,
     has_model,

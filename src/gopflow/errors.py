@@ -46,6 +46,15 @@ class ToolMissingError(GopflowError, OSError):
     """ffmpeg, or an encoder/filter gopflow needs, is not available."""
 
 
+class ModelMissingError(ToolMissingError):
+    """A learned model is not in the registry, or its weights file is not installed."""
+
+
+class ModelIntegrityError(InputError):
+    """A weights file does not match the sha256 the registry records (tampered or corrupt),
+    or cannot be loaded as a state dict of the registered architecture."""
+
+
 class EncoderError(GopflowError, RuntimeError):
     """An external encoder process failed on a GOP (worth a retry)."""
 

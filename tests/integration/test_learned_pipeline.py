@@ -25,7 +25,7 @@ from conftest import make_clip, media
 from gopflow.codecs.learned.api import DEFAULT_MOTION_REFINEMENT
 from gopflow.codecs.learned.bitstream import read_header, scan_gops
 from gopflow.media.y4m import read_y4m_rgb
-from gopflow.pipeline.learned_stage import frames_digest, psnr_rgb
+from gopflow.pipeline.stages import frames_digest, psnr_rgb
 
 WIDTH, HEIGHT, FRAMES = 177, 143, 12
 SMALL = {
@@ -45,7 +45,7 @@ def _install(registry: Path, name: str, seed: int) -> None:
     import torch
 
     from gopflow.codecs.learned.engine import build_codec_model, registry_name
-    from gopflow.precoders.weights import install_model
+    from gopflow.zoo.registry import install_model
 
     torch.manual_seed(seed)
     model = build_codec_model(SMALL[name])

@@ -15,9 +15,9 @@ from conftest import ffmpeg_exe, media
 from gopflow.errors import UsageError
 from gopflow.jobs.restore import run_restore
 from gopflow.jobs.transcode import TranscodeConfig, run_transcode
-from gopflow.pipeline.qro_stage import QroSettings
 from gopflow.pipeline.runner import RayRunner
-from gopflow.quality.qro import QroTarget
+from gopflow.qro.stage import QroSettings
+from gopflow.qro.target import QroTarget
 from gopflow.types import EncodeSettings
 
 CLIP = "asl_again_640x480.mkv"  # 77 frames at 30 fps: two GOPs of 2 s
@@ -143,7 +143,7 @@ def test_learned_precoders_restore_from_the_file_alone(tmp_path: Path, precoder:
 
 
 def test_predicted_mode_searches_one_scale_per_gop(tmp_path: Path) -> None:
-    from gopflow.precoders.mode_predictor import DEFAULT_PATH
+    from gopflow.qro.mode_predictor import DEFAULT_PATH
 
     if not DEFAULT_PATH.exists():
         pytest.skip("no mode predictor shipped in this checkout")

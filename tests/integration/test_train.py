@@ -12,11 +12,18 @@ import torch
 
 from conftest import make_clip
 from gopflow.errors import UsageError
-from gopflow.jobs.train import add_train_parser, data_hash, list_clips, run_train, train_precoder
-from gopflow.precoders import nets, weights
 from gopflow.precoders.dvp import DvpDownscaler
 from gopflow.precoders.restore import RestoreTarget
 from gopflow.precoders.vistra import FrameInterpolator, LearnedRestorer
+from gopflow.training.precoders import (
+    add_train_parser,
+    data_hash,
+    list_clips,
+    run_train,
+    train_precoder,
+)
+from gopflow.zoo import registry as weights
+from gopflow.zoo.registry import build_model
 
 FAST = {"crop": 64, "batch": 4, "pool": 3, "threads": 1}
 
@@ -57,7 +64,7 @@ def test_training_writes_outputs_and_resumes_exactly(clips, tmp_path):
     assert [c["name"] for c in meta["clips"]] == ["mandel.264", "pattern.mkv"]
     assert meta["final_loss"] > 0 and meta["wall_seconds"] > 0
     assert meta["weights_sha256"] == weights.sha256_file(straight.weights)
-    model = nets.build(meta["arch"])
+    model = build_model(meta["arch"])
     model.load_state_dict(_state(straight.weights))
 
     # The same run, interrupted after step 10 (last checkpoint at step 8), then resumed.
@@ -138,7 +145,7 @@ def test_x264_coded_pairs_are_aligned_real_codings_and_training_resumes(clips, t
     """--proxy x264: low-res crops are really x264-coded versions of the source crops."""
     import numpy as np
 
-    from gopflow.jobs.train import CodedPairPool, index_clip
+    from gopflow.training.precoders import CodedPairPool, index_clip
 
     clip = index_clip(clips / "pattern.mkv")
     scale = Fraction(1, 2)
@@ -220,7 +227,7 @@ def test_init_fine_tunes_a_registered_model(clips, tmp_path, monkeypatch):
     path = tmp_path / "w.pt"
     torch.save(net.state_dict(), path)
     weights.install_model("dvp-1_2", path, net.arch(), directory=registry)
-    from gopflow.jobs.train import TrainConfig, build_model
+    from gopflow.training.precoders import TrainConfig, build_model
 
     config = TrainConfig(kind="dvp", data_dir=str(clips), init="dvp-1_2")
     original = weights.load_model

@@ -16,14 +16,14 @@ from gopflow.cli import main
 from gopflow.codecs.learned.engine import load_codec
 from gopflow.codecs.learned.hyperprior import resample_gains
 from gopflow.codecs.learned.intra import IntraCodec
-from gopflow.jobs.train import data_hash, list_clips
-from gopflow.jobs.train_codec import (
+from gopflow.training.codecs import (
     CodecTrainConfig,
     install_codec,
     model_class,
     run_codec_training,
 )
-from gopflow.precoders import weights
+from gopflow.training.precoders import data_hash, list_clips
+from gopflow.zoo import registry as weights
 
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013)
 FAST = {"lmbdas": LAMBDAS, "crop": 64, "batch": 2, "threads": 1, "pool": 2, "refresh_every": 2,

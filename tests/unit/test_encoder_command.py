@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from gopflow.codecs.ffmpeg_encoder import build_command, coded_size
+from gopflow.codecs.x26x import build_command, coded_size
 from gopflow.errors import UsageError
 from gopflow.media.reader import feed_format
 from gopflow.types import EncodeSettings, SourceFormat

@@ -50,7 +50,7 @@ from gopflow.codecs.learned.hyperprior import (
 )
 from gopflow.codecs.learned.intra import IntraCodec
 from gopflow.errors import UsageError
-from gopflow.precoders.weights import (
+from gopflow.zoo.registry import (
     ModelIntegrityError,
     ModelMissingError,
     install_model,

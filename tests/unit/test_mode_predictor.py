@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gopflow.errors import InputError
-from gopflow.precoders.mode_predictor import (
+from gopflow.qro.mode_predictor import (
     GopFeatures,
     ModePredictor,
     ModeSample,
@@ -55,7 +55,7 @@ def test_file_round_trip_and_integrity(tmp_path: Path) -> None:
 
 
 def test_shipped_predictor_verifies() -> None:
-    from gopflow.precoders.mode_predictor import DEFAULT_PATH, shipped_sha256
+    from gopflow.qro.mode_predictor import DEFAULT_PATH, shipped_sha256
 
     if not DEFAULT_PATH.exists():
         pytest.skip("no mode predictor shipped in this checkout")

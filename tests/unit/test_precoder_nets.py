@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from gopflow.errors import GopflowError, InputError, ToolMissingError
-from gopflow.precoders import nets, weights
+from gopflow.precoders import nets
 from gopflow.precoders.dvp import DvpDownscaler, DvpPrecoder
 from gopflow.precoders.proxy import CodecProxy, dct_matrix, qstep
 from gopflow.precoders.resample import scaled_size
@@ -25,6 +25,8 @@ from gopflow.precoders.vistra import (
     scale_between,
     warp,
 )
+from gopflow.zoo import registry as weights
+from gopflow.zoo.registry import build_model
 
 SCALES = (Fraction(3, 4), Fraction(2, 3), Fraction(1, 2))
 
@@ -148,7 +150,7 @@ def test_strips_equal_whole_frame(scale):
 def test_build_roundtrips_arch():
     for net in (DvpDownscaler(Fraction(2, 3)), DvpDownscaler(Fraction(1, 2), base="lanczos"),
                 Upsampler(Fraction(3, 4)), FrameInterpolator()):
-        rebuilt = nets.build(net.arch())
+        rebuilt = build_model(net.arch())
         assert type(rebuilt) is type(net)
         assert nets.parameter_count(rebuilt) == nets.parameter_count(net)
         assert rebuilt.arch() == net.arch()

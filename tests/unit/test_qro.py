@@ -18,20 +18,10 @@ from fractions import Fraction
 import pytest
 
 from gopflow.errors import GopflowError, UsageError
-from gopflow.quality.qro import (
-    METRICS,
-    SCALES,
-    Candidate,
-    Decision,
-    ProbeResult,
-    QroTarget,
-    decide,
-    load_decisions,
-    save_decisions,
-    search_budget,
-    search_crf,
-    stricter,
-)
+from gopflow.precoders.resample import SCALES
+from gopflow.qro.decisions import load_decisions, save_decisions
+from gopflow.qro.search import decide, search_budget, search_crf, stricter
+from gopflow.qro.target import Candidate, Decision, ProbeResult, QroTarget
 
 STEP = 0.5
 K = math.log(2.0) / 6.0
@@ -449,7 +439,7 @@ def test_qro_target_validation() -> None:
         ({"target": 93.0, "max_bitrate_kbps": 1000.0}, "exactly one"),
         ({"metric": "butteraugli", "target": 3.0}, "cannot target"),
         ({"target": 120.0}, "within"),
-        ({"metric": "ssim", "target": 1.5}, "within"),
+        ({"metric": "ssim", "target": 0.9}, "cannot target metric"),
         ({"max_bitrate_kbps": -5.0}, "positive"),
         ({"target": float("nan")}, "finite"),
     ]:
@@ -459,10 +449,13 @@ def test_qro_target_validation() -> None:
         QroTarget(target=93.0).budget_bits(48, 24.0)
 
 
-def test_qro_metrics_are_gopflow_metric_names() -> None:
-    from gopflow.quality.metrics import ALL_METRICS
+def test_qro_targets_only_metrics_a_worker_measures() -> None:
+    from gopflow.quality.names import ALL_METRICS, GOP_METRICS
 
-    assert set(METRICS) <= set(ALL_METRICS)
+    assert set(GOP_METRICS) <= set(ALL_METRICS)
+    assert QroTarget("PSNR", target=40.0).metric == "psnr_y"
+    with pytest.raises(UsageError, match="cannot target metric 'ssim_y'"):
+        QroTarget("ssim_y", target=0.9)
 
 
 def _decision(crf: float, scale: Fraction = Fraction(3, 4), half: bool = False) -> Decision:

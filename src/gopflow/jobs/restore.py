@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
-from gopflow.codecs.ffmpeg_encoder import colour_args
+from gopflow.codecs.x26x import colour_args
 from gopflow.errors import FrameCountError, InputError, OutputError, UsageError
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.probe import open_input, probe

@@ -18,18 +18,19 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from gopflow.codecs.ffmpeg_encoder import ENCODER_NAMES, PRESETS, coded_size
+from gopflow.codecs.x26x import ENCODER_NAMES, PRESETS, coded_size
 from gopflow.errors import OutputError, UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.probe import probe_with_timestamps
 from gopflow.pipeline.assemble import assemble, container_for
 from gopflow.pipeline.plan import DEFAULT_SCENE_THRESHOLD, detect_scene_cuts, plan_gops
-from gopflow.pipeline.qro_stage import QroGopStage, QroGopTask, QroSettings
 from gopflow.pipeline.runner import RayRunner
-from gopflow.pipeline.stage import GopEncodeStage
+from gopflow.pipeline.stages import GopEncodeStage
 from gopflow.pipeline.workdir import WorkDir
-from gopflow.quality.qro import Candidate, Decision, load_decisions, save_decisions
+from gopflow.qro.decisions import load_decisions, save_decisions
+from gopflow.qro.stage import QroGopStage, QroGopTask, QroSettings
+from gopflow.qro.target import Candidate, Decision
 from gopflow.types import (
     EncodeSettings,
     GopRecord,
@@ -41,7 +42,7 @@ from gopflow.types import (
 )
 
 if TYPE_CHECKING:
-    from gopflow.jobs.learned import LearnedSettings
+    from gopflow.jobs.decode import LearnedSettings
 
 PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 
@@ -166,7 +167,7 @@ def run_transcode(
         phases[phase] = round(time.perf_counter() - started, 3)
     config.validate()
     if config.learned is not None:
-        from gopflow.jobs.learned import run_learned_transcode
+        from gopflow.jobs.decode import run_learned_transcode
 
         return run_learned_transcode(config, log)
     tool = find_ffmpeg()

@@ -192,6 +192,32 @@ class GopReader:
         self.close()
 
 
+
+class ReaderCache:
+    """One open :class:`GopReader` per stage, reused while consecutive GOPs come from the
+    same stream (an actor sees a contiguous lane of GOPs and decodes it in one pass)."""
+
+    def __init__(self) -> None:
+        self._reader: GopReader | None = None
+
+    def reader(
+        self, path: str, stream_index: int, read_mode: ReadMode, threads: int = 1
+    ) -> GopReader:
+        """The open reader of that stream; replaces (and closes) one of another stream."""
+        wanted = (path, stream_index, read_mode, threads)
+        reader = self._reader
+        if reader is None or (
+            reader.path, reader.stream_index, reader.read_mode, reader.threads
+        ) != wanted:
+            self.close()
+            reader = self._reader = GopReader(*wanted)
+        return reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
 def iter_gop_frames(
     path: str, stream_index: int, read_mode: ReadMode, gop: GopSpec, threads: int = 1
 ) -> Iterator[Any]:

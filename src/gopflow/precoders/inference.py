@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from gopflow.errors import FrameCountError, UsageError
-from gopflow.precoders.weights import load_model
+from gopflow.zoo.registry import load_model
 
 # JPEG-range twins share the planes' layout (the range is signalled, not converted).
 LAYOUT = {"yuv420p": "yuv420p", "yuvj420p": "yuv420p"}
@@ -133,6 +133,10 @@ class _ModelCache:
         key = (name, directory)
         with _LOCK:
             if key not in self._models:
+                # The precoder networks register their architectures when imported.
+                import gopflow.precoders.dvp.net
+                import gopflow.precoders.vistra.net  # noqa: F401
+
                 self._models[key] = load_model(name, directory)
             return self._models[key]
 

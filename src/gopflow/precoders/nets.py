@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import math
 from fractions import Fraction
-from typing import Any
 
 import numpy as np
 import torch
@@ -165,25 +164,6 @@ def lanczos_resize(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def fast_path(module: nn.Module) -> bool:
     return not module.training and not torch.is_grad_enabled()
-
-
-def build(arch: dict[str, Any]) -> nn.Module:
-    """A network from its ``arch()`` description (as stored in the weights registry)."""
-    from gopflow.precoders.dvp.net import DvpDownscaler
-    from gopflow.precoders.vistra.net import FrameInterpolator, Upsampler
-
-    classes: dict[str, type[nn.Module]] = {
-        "DvpDownscaler": DvpDownscaler,
-        "Upsampler": Upsampler,
-        "FrameInterpolator": FrameInterpolator,
-    }
-    spec = dict(arch)
-    name = spec.pop("class", None)
-    if name not in classes:
-        raise UsageError(f"unknown network class {name!r}; known: {sorted(classes)}")
-    if "scale" in spec:
-        spec["scale"] = Fraction(spec["scale"])
-    return classes[name](**spec)
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -23,19 +23,12 @@ import numpy as np
 
 from gopflow.errors import FrameCountError, MetricError, UsageError
 from gopflow.media.probe import open_input, probe
-
-# Metric names, grouped the way a user asks for them (``--metrics psnr,ssim``).
-PSNR_METRICS = ("psnr_y", "psnr_u", "psnr_v", "psnr_yuv")
-METRIC_GROUPS: Mapping[str, tuple[str, ...]] = {
-    "psnr": PSNR_METRICS,
-    "ssim": ("ssim_y",),
-    "msssim": ("msssim_y",),
-    "vmaf": ("vmaf",),
-    "vmaf_neg": ("vmaf_neg",),
-}
-FRAME_METRICS = (*PSNR_METRICS, "ssim_y", "msssim_y")  # computed here, frame by frame
-VMAF_METRICS = ("vmaf", "vmaf_neg")  # computed by libvmaf
-ALL_METRICS = (*FRAME_METRICS, *VMAF_METRICS)
+from gopflow.quality.names import (
+    ALL_METRICS,
+    FRAME_METRICS,
+    METRIC_GROUPS,
+    VMAF_METRICS,
+)
 
 # PSNR of identical planes (MSE 0) is infinite; it is reported as this, as before.
 PSNR_CAP_DB = 100.0

@@ -101,7 +101,7 @@ from gopflow.codecs.learned.hyperprior import (
     set_side_search,
 )
 from gopflow.errors import UsageError
-from gopflow.precoders.weights import (
+from gopflow.zoo.registry import (
     ModelIntegrityError,
     ModelMissingError,
     load_model,

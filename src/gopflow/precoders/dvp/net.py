@@ -29,8 +29,10 @@ from gopflow.precoders.nets import (
     run_stack,
 )
 from gopflow.precoders.resample import scaled_size
+from gopflow.zoo.registry import register_architecture
 
 
+@register_architecture
 class DvpDownscaler(nn.Module):
     """Learned luma downscaler for one scale factor (Deep Video Precoding, arXiv 1908.00812).
 

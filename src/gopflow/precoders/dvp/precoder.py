@@ -26,7 +26,7 @@ from gopflow.precoders.inference import (
     torch_settings,
 )
 from gopflow.precoders.resample import scaled_size
-from gopflow.precoders.weights import dvp_name
+from gopflow.zoo.registry import dvp_name
 
 
 class DvpPrecoder:

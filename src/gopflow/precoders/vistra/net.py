@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gopflow.precoders.nets import check_scale, conv_stack, fast_path, integer_factor, run_stack
+from gopflow.zoo.registry import register_architecture
 
 
+@register_architecture
 class Upsampler(nn.Module):
     """Learned luma up-sampler for one scale factor (ViSTRA decoder-side CNN up-sampling).
 
@@ -95,6 +97,7 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+@register_architecture
 class FrameInterpolator(nn.Module):
     """The middle frame from two neighbours (ViSTRA frame-rate up-sampling), luma.
 

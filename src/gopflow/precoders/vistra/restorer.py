@@ -34,7 +34,7 @@ from gopflow.precoders.inference import (
 )
 from gopflow.precoders.resample import SCALES, scaled_size
 from gopflow.precoders.restore import RestoreTarget, restore_frames
-from gopflow.precoders.weights import INTERPOLATOR_NAME, has_model, upsampler_name
+from gopflow.zoo.registry import INTERPOLATOR_NAME, has_model, upsampler_name
 
 
 def scale_between(width: int, height: int, target_w: int, target_h: int) -> Fraction | None:

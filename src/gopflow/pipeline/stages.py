@@ -1,19 +1,24 @@
-"""Per-GOP stages of the learned codecs (DVC, Lu et al. CVPR 2019; FVC, Hu et al. CVPR 2021;
-the scale-hyperprior intra codec, Balle et al. 2018), with no knowledge of Ray.
+"""The per-GOP stages: pure Python, with no knowledge of Ray.
 
-Encode: :class:`LearnedGopTask` -> frame-accurate decode of the source GOP (PyAV, in this
-process) -> RGB24 -> ``LearnedVideoCodec.encode_gop`` -> the GOP's bitstream units (bytes, as
-they go into the .gflv file), the encoder-side PSNR and a digest of the reconstruction.
-Decode: :class:`GopDecodeTask` (file path + byte extent) -> the GOP's units, checksums checked
--> ``decode_gop`` -> RGB frames. The runner hosts either stage in an actor, which loads the
-model once and keeps its source decoder open across consecutive GOPs.
+The runner hosts one stage per actor; each stage keeps its source decoder open
+(:class:`~gopflow.media.reader.ReaderCache`) so that a lane of consecutive GOPs is decoded in
+one pass, and a learned stage loads its model once.
+
+- :class:`GopEncodeStage`: :class:`GopTask` -> frame-accurate decode (PyAV) -> x264/x265 in
+  ffmpeg -> an MP4 segment (:class:`EncodedGop`).
+- :class:`LearnedEncodeStage`: :class:`LearnedGopTask` -> RGB24 frames -> a learned codec
+  (DVC, Lu et al. CVPR 2019; FVC, Hu et al. CVPR 2021; the scale-hyperprior intra codec,
+  Balle et al. 2018) -> the GOP's .gflv units, the encoder-side PSNR and a digest of the
+  reconstruction.
+- :class:`LearnedDecodeStage`: :class:`GopDecodeTask` (file path + byte extent) -> the GOP's
+  units, checksums checked -> RGB frames.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +26,52 @@ import numpy as np
 
 from gopflow.codecs.learned.api import CodedFrame, LearnedVideoCodec
 from gopflow.codecs.learned.bitstream import GopExtent, Unit, read_gop
+from gopflow.codecs.x26x import FfmpegEncoder
 from gopflow.errors import FrameCountError
-from gopflow.media.reader import GopReader
-from gopflow.types import EncodedGop, GopSpec, ReadMode
+from gopflow.media.reader import ReaderCache
+from gopflow.types import EncodedGop, GopSpec, GopTask, ReadMode
+
+
+class _Counter:
+    """Counts frames while passing them through to the encoder."""
+
+    def __init__(self, frames: Iterable[Any]) -> None:
+        self.frames = frames
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for frame in self.frames:
+            self.count += 1
+            yield frame
+
+
+class GopEncodeStage:
+    """Encodes GOPs one after another, reusing the decoder between consecutive GOPs."""
+
+    def __init__(self) -> None:
+        self._readers = ReaderCache()
+
+    def __call__(self, task: GopTask) -> EncodedGop:
+        started = time.perf_counter()
+        tail = task.settings.lookahead_tail
+        reader = self._readers.reader(
+            task.input_path, task.stream_index, task.read_mode, task.settings.threads
+        )
+        frames = _Counter(reader.read(task.gop, tail=tail))
+        data = FfmpegEncoder(task.settings).encode_gop(
+            frames, task.source, keep=task.gop.frame_count if tail else None
+        )
+        if not task.gop.frame_count <= frames.count <= task.gop.frame_count + tail:
+            raise FrameCountError(f"encoded {frames.count} frames, planned {task.gop.frame_count}")
+        return EncodedGop(
+            index=task.gop.index,
+            data=data,
+            frames=task.gop.frame_count,
+            encode_seconds=time.perf_counter() - started,
+        )
+
+    def close(self) -> None:
+        self._readers.close()
 
 
 @dataclass(frozen=True)
@@ -88,21 +136,13 @@ class LearnedEncodeStage:
 
     def __init__(self, ref: LearnedCodecRef) -> None:
         self.codec = open_codec(ref)
-        self._reader: GopReader | None = None
-
-    def _reader_for(self, task: LearnedGopTask) -> GopReader:
-        wanted = (task.input_path, task.stream_index, task.read_mode)
-        reader = self._reader
-        if reader is None or (reader.path, reader.stream_index, reader.read_mode) != wanted:
-            if reader is not None:
-                reader.close()
-            reader = self._reader = GopReader(*wanted)
-        return reader
+        self._readers = ReaderCache()
 
     def __call__(self, task: LearnedGopTask) -> EncodedGop:
         started = time.perf_counter()
         gop = task.gop
-        sources = rgb_frames(self._reader_for(task).read(gop))
+        reader = self._readers.reader(task.input_path, task.stream_index, task.read_mode)
+        sources = rgb_frames(reader.read(gop))
         coded = self.codec.encode_gop(sources, task.level, task.intra_offset)
         if len(coded.frames) != gop.frame_count or len(coded.recon) != gop.frame_count:
             raise FrameCountError(
@@ -129,9 +169,7 @@ class LearnedEncodeStage:
         )
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._readers.close()
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def build_command(
 
 
 class FfmpegEncoder:
-    """A :class:`~gopflow.codecs.base.GopEncoder` running libx264/libx265 in ffmpeg."""
+    """Runs libx264/libx265 in ffmpeg."""
 
     def __init__(self, settings: EncodeSettings) -> None:
         if settings.codec not in ENCODER_NAMES:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from gopflow.errors import EncoderError, MetricError, UsageError
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.precoders.restore import RestoreTarget
+from gopflow.quality.names import GOP_METRICS, canonical_metric
 from gopflow.quality.vmaf import VMAF_MODELS, read_vmaf_log
 
-GOP_METRICS = ("vmaf", "vmaf_neg", "psnr")
 _PSNR_Y = re.compile(r"psnr_y:(\S+)")
 
 
@@ -52,11 +52,12 @@ def score_restored(
     full_range: bool = False,
 ) -> GopScore:
     """Score restored frames against the source GOP's raw file with ``metric``."""
+    metric = canonical_metric(metric)
     if metric not in GOP_METRICS:
         raise UsageError(f"unknown quality metric {metric!r}; use {', '.join(GOP_METRICS)}")
     tool = find_ffmpeg()
     with tempfile.TemporaryDirectory(prefix="gopflow-score-") as scratch:
-        if metric == "psnr":
+        if metric == "psnr_y":
             log = os.path.join(scratch, "psnr.log")
             sink = f"psnr=stats_file={os.path.basename(log)}"
         else:
@@ -69,7 +70,7 @@ def score_restored(
         # VMAF's models expect limited ("tv") range: full-range sources are converted, both
         # sides alike, exactly as `gopflow compare` does.
         convert = ""
-        if full_range and metric != "psnr":
+        if full_range and metric != "psnr_y":
             convert = "setparams=range=pc,scale=out_range=tv,"
         graph = f"[0:v]{convert}null[dist];[1:v]{convert}null[ref];[dist][ref]{sink}"
         command = [
@@ -83,7 +84,7 @@ def score_restored(
         )
         if code != 0:
             raise EncoderError(f"quality measurement failed: {reason}")
-        if metric == "psnr":
+        if metric == "psnr_y":
             with open(log, encoding="utf-8") as handle:
                 values = [float(m.group(1)) for m in _PSNR_Y.finditer(handle.read())]
             values = [100.0 if math.isinf(v) else v for v in values]

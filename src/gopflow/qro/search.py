@@ -15,9 +15,7 @@ This module only decides which candidates to probe and what to choose:
 - :func:`search_crf`: the highest CRF (lowest rate) of one mode whose quality >= a target;
 - :func:`search_budget`: the lowest CRF (best quality) of one mode whose bits <= a budget;
 - :func:`decide`: both over every (scale, frame rate) mode, with pruning -> :class:`Decision`;
-- :func:`stricter`: the next candidate when the final encode fails its post-encode check;
-- :func:`save_decisions` / :func:`load_decisions`: the decisions as a human-editable JSON file
-  (``--decisions``), written atomically and validated on load.
+- :func:`stricter`: the next candidate when the final encode fails its post-encode check.
 
 Assumptions (documented because the pruning relies on them): at a fixed mode quality falls
 and bits fall as CRF rises (up to measurement noise); at a fixed CRF a coarser mode (smaller
@@ -27,25 +25,24 @@ scale, or half rate at the same scale) has no more quality and no more bits than
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal
 
 from gopflow.errors import UsageError
-from gopflow.fileio import atomic_write_bytes
 from gopflow.precoders.resample import SCALES
-
-"""Spatial scales a GOP may be coded at (of the source's width and height)."""
-
-CRF_LIMITS: tuple[float, float] = (0.0, 51.0)
-"""Valid CRF values of x264 / x265."""
-
-DECISIONS_VERSION = 1
+from gopflow.qro.target import (
+    Candidate,
+    Decision,
+    ProbeResult,
+    QroTarget,
+    as_boolean,
+    as_crf,
+    as_integer,
+    as_number,
+    parse_scale,
+)
+from gopflow.quality.names import METRIC_RANGES
 
 BITS_SLOPE = math.log(2.0) / 6.0
 """Default d(log bits)/d(CRF): +6 CRF roughly halves the rate of x264/x265."""
@@ -56,296 +53,6 @@ _MAX_JUMP = 12.0  # largest CRF move of one extrapolated probe
 _DOWN_OVERSHOOT = 1.3
 _SLACK = 1.25  # how far pruning rules 4 and 5 let a measured slope be off, either way
 _EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """Range of a metric's values and its default drop per CRF unit (first extrapolation)."""
-
-    low: float
-    high: float
-    slope: float
-
-
-METRICS: Mapping[str, MetricInfo] = {
-    "vmaf": MetricInfo(0.0, 100.0, 0.8),
-    "vmaf_neg": MetricInfo(0.0, 100.0, 0.8),
-    "psnr_y": MetricInfo(0.0, 200.0, 0.3),
-    "psnr_u": MetricInfo(0.0, 200.0, 0.3),
-    "psnr_v": MetricInfo(0.0, 200.0, 0.3),
-    "psnr_yuv": MetricInfo(0.0, 200.0, 0.3),
-    "ssim_y": MetricInfo(0.0, 1.0, 0.002),
-    "msssim_y": MetricInfo(0.0, 1.0, 0.002),
-}
-"""Metrics QRO can target (names as in :mod:`gopflow.quality.metrics`)."""
-
-METRIC_ALIASES: Mapping[str, str] = {
-    "psnr": "psnr_y",
-    "ssim": "ssim_y",
-    "msssim": "msssim_y",
-    "ms_ssim": "msssim_y",
-    "ms-ssim": "msssim_y",
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation helpers (shared by constructors and the decisions file).
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{what} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise UsageError(f"{what} must be finite, got {value!r}")
-    return number + 0.0  # no -0.0
-
-
-def _integer(value: Any, what: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise UsageError(f"{what} must be an integer, got {value!r}")
-    if value < minimum:
-        raise UsageError(f"{what} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _boolean(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise UsageError(f"{what} must be true or false, got {value!r}")
-    return value
-
-
-def _scale_names() -> str:
-    return ", ".join(str(s) for s in SCALES)
-
-
-def parse_scale(value: Any, what: str = "scale") -> Fraction:
-    """``"3/4"``, ``Fraction(3, 4)``, ``1`` or ``0.75`` -> the allowed :data:`SCALES` entry."""
-    if isinstance(value, bool):
-        raise UsageError(f"{what} must be one of {_scale_names()}, got {value!r}")
-    try:
-        if isinstance(value, Fraction):
-            fraction = value
-        elif isinstance(value, (int, float, str)):
-            fraction = Fraction(str(value).strip())
-        else:
-            raise TypeError
-    except (TypeError, ValueError, ZeroDivisionError):
-        raise UsageError(
-            f'{what} must be one of {_scale_names()} (as a string such as "3/4"), got {value!r}'
-        ) from None
-    for allowed in SCALES:
-        if abs(fraction - allowed) < Fraction(1, 1000):
-            return allowed
-    raise UsageError(f"{what} must be one of {_scale_names()}, got {value!r}")
-
-
-def _crf(value: Any, what: str = "crf") -> float:
-    crf = _number(value, what)
-    low, high = CRF_LIMITS
-    if not low <= crf <= high:
-        raise UsageError(f"{what} must be within {low:g}..{high:g}, got {crf:g}")
-    return crf
-
-
-def _fields(data: Any, what: str, required: Sequence[str]) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise UsageError(f"{what} must be a JSON object, got {type(data).__name__}")
-    missing = [name for name in required if name not in data]
-    if missing:
-        raise UsageError(f"{what} lacks {', '.join(repr(m) for m in missing)}")
-    return data
-
-
-# ---------------------------------------------------------------------------------------------
-# Data types.
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One way to code a GOP: spatial scale, half frame rate (restored at the decoder), CRF."""
-
-    scale: Fraction
-    half_rate: bool
-    crf: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", parse_scale(self.scale))
-        object.__setattr__(self, "half_rate", _boolean(self.half_rate, "half_rate"))
-        object.__setattr__(self, "crf", _crf(self.crf))
-
-    @property
-    def mode(self) -> tuple[Fraction, bool]:
-        return (self.scale, self.half_rate)
-
-    @property
-    def key(self) -> str:
-        """A short stable, file-name-safe cache key, e.g. ``"s3_4-r1-c27.5"`` (``r2``: half)."""
-        scale = f"{self.scale.numerator}_{self.scale.denominator}" if self.scale != 1 else "1"
-        return f"s{scale}-r{2 if self.half_rate else 1}-c{self.crf:g}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scale": str(self.scale), "half_rate": self.half_rate, "crf": self.crf}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], what: str = "candidate") -> Candidate:
-        data = _fields(data, what, ("scale", "half_rate", "crf"))
-        return cls(
-            parse_scale(data["scale"], f"{what}: scale"),
-            _boolean(data["half_rate"], f"{what}: half_rate"),
-            _crf(data["crf"], f"{what}: crf"),
-        )
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What a real encode of a candidate gave: bits written, pooled (mean) and min quality."""
-
-    candidate: Candidate
-    bits: int
-    quality: float
-    min_quality: float
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.candidate, Candidate):
-            raise UsageError(f"candidate must be a Candidate, got {self.candidate!r}")
-        object.__setattr__(self, "bits", _integer(self.bits, "bits"))
-        object.__setattr__(self, "quality", _number(self.quality, "quality"))
-        object.__setattr__(self, "min_quality", _number(self.min_quality, "min_quality"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.candidate.to_dict(),
-            "bits": self.bits,
-            "quality": self.quality,
-            "min_quality": self.min_quality,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], what: str = "probe") -> ProbeResult:
-        data = _fields(data, what, ("scale", "half_rate", "crf", "bits", "quality"))
-        quality = _number(data["quality"], f"{what}: quality")
-        return cls(
-            Candidate.from_dict(data, what),
-            _integer(data["bits"], f"{what}: bits"),
-            quality,
-            _number(data.get("min_quality", quality), f"{what}: min_quality"),
-        )
-
-
-@dataclass(frozen=True)
-class QroTarget:
-    """What QRO optimises: a quality ``target`` (cheapest candidate meeting it) or a
-    ``max_bitrate_kbps`` budget (best quality within it); exactly one of the two."""
-
-    metric: str = "vmaf"
-    target: float | None = None
-    max_bitrate_kbps: float | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.metric, str):
-            raise UsageError(f"QRO metric must be a name, got {self.metric!r}")
-        metric = METRIC_ALIASES.get(self.metric.lower(), self.metric.lower())
-        if metric not in METRICS:
-            raise UsageError(
-                f"QRO cannot target metric {self.metric!r}; choose from {', '.join(METRICS)}"
-            )
-        object.__setattr__(self, "metric", metric)
-        if (self.target is None) == (self.max_bitrate_kbps is None):
-            raise UsageError(
-                "QRO needs exactly one of a quality target (--target-vmaf / --target-psnr) "
-                "or a bitrate budget (--max-bitrate)"
-            )
-        if self.target is not None:
-            target = _number(self.target, f"target {metric}")
-            info = METRICS[metric]
-            if not info.low < target <= info.high:
-                raise UsageError(
-                    f"target {metric} must be within {info.low:g}..{info.high:g} "
-                    f"(above {info.low:g}), got {target:g}"
-                )
-            object.__setattr__(self, "target", target)
-        else:
-            kbps = _number(self.max_bitrate_kbps, "max bitrate (kbit/s)")
-            if kbps <= 0:
-                raise UsageError(f"max bitrate must be positive, got {kbps:g} kbit/s")
-            object.__setattr__(self, "max_bitrate_kbps", kbps)
-
-    @property
-    def mode(self) -> Literal["quality", "bitrate"]:
-        return "quality" if self.target is not None else "bitrate"
-
-    def budget_bits(self, frames: int, fps: float) -> int:
-        """The GOP's bit budget: ``kbps * 1000 * frames / fps``."""
-        if self.max_bitrate_kbps is None:
-            raise UsageError("this QRO target has no bitrate budget")
-        return int(self.max_bitrate_kbps * 1000.0 * frames / fps)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The candidate QRO chose for one GOP, the probes it took, and what it expects."""
-
-    gop_index: int
-    scale: Fraction
-    half_rate: bool
-    crf: float
-    probes: tuple[ProbeResult, ...]
-    expected_bits: int
-    expected_quality: float
-    meets_target: bool
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "gop_index", _integer(self.gop_index, "gop index"))
-        object.__setattr__(self, "scale", parse_scale(self.scale))
-        object.__setattr__(self, "half_rate", _boolean(self.half_rate, "half_rate"))
-        object.__setattr__(self, "crf", _crf(self.crf))
-        object.__setattr__(self, "probes", tuple(self.probes))
-        object.__setattr__(self, "expected_bits", _integer(self.expected_bits, "expected_bits"))
-        object.__setattr__(
-            self, "expected_quality", _number(self.expected_quality, "expected_quality")
-        )
-        object.__setattr__(self, "meets_target", _boolean(self.meets_target, "meets_target"))
-
-    @property
-    def candidate(self) -> Candidate:
-        return Candidate(self.scale, self.half_rate, self.crf)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.gop_index,
-            "scale": str(self.scale),
-            "half_rate": self.half_rate,
-            "crf": self.crf,
-            "expected_bits": self.expected_bits,
-            "expected_quality": self.expected_quality,
-            "meets_target": self.meets_target,
-            "probes": [p.to_dict() for p in self.probes],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], what: str = "decision") -> Decision:
-        """Validate one entry; only ``index``, ``scale``, ``half_rate``, ``crf`` are required
-        (a hand-written entry: ``expected_*`` default to 0, ``meets_target`` to false)."""
-        data = _fields(data, what, ("index", "scale", "half_rate", "crf"))
-        index = _integer(data["index"], f"{what}: index")
-        what = f"{what} (GOP {index})"
-        probes = data.get("probes", [])
-        if not isinstance(probes, list):
-            raise UsageError(f"{what}: probes must be a list")
-        return cls(
-            index,
-            parse_scale(data["scale"], f"{what}: scale"),
-            _boolean(data["half_rate"], f"{what}: half_rate"),
-            _crf(data["crf"], f"{what}: crf"),
-            tuple(ProbeResult.from_dict(p, f"{what}: probes[{i}]") for i, p in enumerate(probes)),
-            _integer(data.get("expected_bits", 0), f"{what}: expected_bits"),
-            _number(data.get("expected_quality", 0.0), f"{what}: expected_quality"),
-            _boolean(data.get("meets_target", False), f"{what}: meets_target"),
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,14 +171,14 @@ def _next_x(
 def _check_search_args(
     crf_min: float, crf_max: float, start: float, max_probes: int, step: float
 ) -> None:
-    _crf(crf_min, "crf_min")
-    _crf(crf_max, "crf_max")
-    _number(start, "start CRF")
+    as_crf(crf_min, "crf_min")
+    as_crf(crf_max, "crf_max")
+    as_number(start, "start CRF")
     if crf_min > crf_max:
         raise UsageError(f"CRF range is empty: {crf_min:g} > {crf_max:g}")
-    if _integer(max_probes, "max_probes") < 1:
+    if as_integer(max_probes, "max_probes") < 1:
         raise UsageError("max_probes must be at least 1")
-    if not _number(step, "CRF step") > 0:
+    if not as_number(step, "CRF step") > 0:
         raise UsageError(f"CRF step must be positive, got {step:g}")
 
 
@@ -483,7 +190,7 @@ def search_crf(
     start: float,
     max_probes: int = 6,
     step: float = 0.5,
-    default_slope: float = METRICS["vmaf"].slope,
+    default_slope: float = METRIC_RANGES["vmaf"].slope,
 ) -> tuple[float | None, list[ProbeResult]]:
     """The highest CRF in [crf_min, crf_max] whose measured quality >= ``target``.
 
@@ -520,7 +227,7 @@ def search_budget(
     probes exist). Same search as :func:`search_crf` on the mirrored axis ``-crf``; None when
     nothing probed fits (even crf_max is too expensive, or the probes ran out first)."""
     _check_search_args(crf_min, crf_max, start, max_probes, step)
-    if _integer(max_bits, "max_bits") < 1:
+    if as_integer(max_bits, "max_bits") < 1:
         raise UsageError("the bit budget must be at least 1 bit")
 
     def measure(x: float) -> tuple[float, ProbeResult]:
@@ -656,16 +363,16 @@ def decide(
     The result depends only on the probe results (no randomness, fixed visiting order); a
     candidate is never probed twice within one call.
     """
-    gop_index = _integer(gop_index, "gop index")
+    gop_index = as_integer(gop_index, "gop index")
     if not isinstance(target, QroTarget):
         raise UsageError(f"target must be a QroTarget, got {target!r}")
-    frames = _integer(frames, "frames", minimum=1)
-    if not _number(fps, "fps") > 0:
+    frames = as_integer(frames, "frames", minimum=1)
+    if not as_number(fps, "fps") > 0:
         raise UsageError(f"fps must be positive, got {fps!r}")
-    crf_min, crf_max = (_crf(crf_range[0], "crf_min"), _crf(crf_range[1], "crf_max"))
+    crf_min, crf_max = (as_crf(crf_range[0], "crf_min"), as_crf(crf_range[1], "crf_max"))
     _check_search_args(crf_min, crf_max, start_crf, max_probes_per_mode, step)
     modes = sorted(
-        {(parse_scale(s), _boolean(r, "half_rate")) for s in scales for r in rates},
+        {(parse_scale(s), as_boolean(r, "half_rate")) for s in scales for r in rates},
         key=lambda m: (-m[0], m[1]),
     )
     if not modes:
@@ -696,7 +403,7 @@ def decide(
             start_crf,
             max_probes_per_mode,
             step,
-            METRICS[target.metric].slope,
+            METRIC_RANGES[target.metric].slope,
             prune,
         )
     else:
@@ -710,7 +417,7 @@ def decide(
             start_crf,
             max_probes_per_mode,
             step,
-            METRICS[target.metric].slope,
+            METRIC_RANGES[target.metric].slope,
             prune,
         )
     return Decision(
@@ -955,7 +662,7 @@ def stricter(
     nothing stricter is left (scale 1, full rate, crf_min): the GOP is then flagged.
     """
     current = decision.candidate if isinstance(decision, Decision) else decision
-    if not _number(step, "step") > 0:
+    if not as_number(step, "step") > 0:
         raise UsageError(f"step must be positive, got {step!r}")
     if current.crf > crf_min + _EPS:
         return Candidate(current.scale, current.half_rate, max(crf_min, current.crf - step))
@@ -965,65 +672,3 @@ def stricter(
     if larger:
         return Candidate(min(larger), False, current.crf)
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# The decisions file.
-
-
-def save_decisions(
-    path: str | os.PathLike[str],
-    decisions: Iterable[Decision] | Mapping[int, Decision],
-    metric: str = "vmaf",
-) -> None:
-    """Write decisions (sorted by GOP index) as a human-editable JSON file, atomically: a
-    temp file in the same directory, fsync, then ``os.replace``."""
-    items = list(decisions.values()) if isinstance(decisions, Mapping) else list(decisions)
-    items.sort(key=lambda d: d.gop_index)
-    for before, after in itertools.pairwise(items):
-        if before.gop_index == after.gop_index:
-            raise UsageError(f"two decisions for GOP {after.gop_index}")
-    document = {
-        "version": DECISIONS_VERSION,
-        "metric": metric,
-        "gops": [d.to_dict() for d in items],
-    }
-    atomic_write_bytes(path, (json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
-
-
-def load_decisions(path: str | os.PathLike[str]) -> dict[int, Decision]:
-    """Read and validate a decisions file (as written by :func:`save_decisions`, possibly
-    edited by hand) -> {GOP index: Decision}; a :class:`UsageError` names what is wrong."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise UsageError(f"decisions file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read decisions file {path}: {error}") from error
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(
-            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
-        ) from None
-    if not isinstance(document, dict):
-        raise UsageError(f"{path}: expected a JSON object with 'version', 'metric' and 'gops'")
-    if document.get("version") != DECISIONS_VERSION:
-        raise UsageError(
-            f"{path}: unsupported decisions file version {document.get('version')!r} "
-            f"(this gopflow reads version {DECISIONS_VERSION})"
-        )
-    if not isinstance(document.get("metric", "vmaf"), str):
-        raise UsageError(f"{path}: 'metric' must be a metric name")
-    gops = document.get("gops")
-    if not isinstance(gops, list):
-        raise UsageError(f"{path}: 'gops' must be a list of per-GOP decisions")
-    decisions: dict[int, Decision] = {}
-    for position, entry in enumerate(gops):
-        decision = Decision.from_dict(entry, f"{path}: gops[{position}]")
-        if decision.gop_index in decisions:
-            raise UsageError(f"{path}: gops[{position}]: GOP {decision.gop_index} listed twice")
-        decisions[decision.gop_index] = decision
-    return decisions

@@ -50,7 +50,8 @@ from gopflow.fileio import atomic_write, atomic_write_json
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.probe import probe_with_timestamps
 from gopflow.media.y4m import y4m_frame, y4m_header
-from gopflow.pipeline.learned_stage import (
+from gopflow.pipeline.runner import RayRunner
+from gopflow.pipeline.stages import (
     DecodedGop,
     GopDecodeTask,
     LearnedCodecRef,
@@ -59,7 +60,6 @@ from gopflow.pipeline.learned_stage import (
     LearnedGopTask,
     open_codec,
 )
-from gopflow.pipeline.runner import RayRunner
 from gopflow.pipeline.workdir import WorkDir
 from gopflow.types import GopRecord, TranscodeReport
 

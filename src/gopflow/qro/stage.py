@@ -30,28 +30,26 @@ from typing import Any
 import av
 import numpy as np
 
-from gopflow.codecs.ffmpeg_encoder import build_command
+from gopflow.codecs.x26x import build_command
 from gopflow.errors import EncoderError
 from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
-from gopflow.media.reader import feed_format, frame_bytes
-from gopflow.pipeline.stage import GopEncodeStage
+from gopflow.media.reader import ReaderCache, feed_format, frame_bytes
 from gopflow.precoders.dvp import DvpPrecoder
-from gopflow.precoders.mode_predictor import (
+from gopflow.precoders.resample import SCALES, ResampleMode, down_filters
+from gopflow.precoders.restore import RestoreTarget, restore_frames
+from gopflow.precoders.vistra import LearnedRestorer
+from gopflow.qro.mode_predictor import (
     ModePredictor,
     gop_features,
     luma_planes,
     shipped_sha256,
 )
-from gopflow.precoders.resample import ResampleMode, down_filters
-from gopflow.precoders.restore import RestoreTarget, restore_frames
-from gopflow.precoders.vistra import LearnedRestorer
-from gopflow.quality.gop_quality import GopScore, score_restored
-from gopflow.quality.qro import SCALES, Candidate, Decision, ProbeResult, QroTarget, decide
-from gopflow.quality.qro import stricter as stricter_candidate
+from gopflow.qro.search import decide
+from gopflow.qro.search import stricter as stricter_candidate
+from gopflow.qro.target import Candidate, Decision, ProbeResult, QroTarget
+from gopflow.quality.gop_score import GopScore, score_restored
 from gopflow.types import EncodedGop, GopTask
-
-_METRIC_FOR_SCORING = {"vmaf": "vmaf", "vmaf_neg": "vmaf_neg", "psnr_y": "psnr", "psnr": "psnr"}
 
 
 @dataclass(frozen=True)
@@ -162,10 +160,10 @@ class QroGopStage:
     """Decides, encodes and checks GOPs one after another (keeps its decoder open)."""
 
     def __init__(self) -> None:
-        self._frames = GopEncodeStage()
+        self._readers = ReaderCache()
 
     def close(self) -> None:
-        self._frames.close()
+        self._readers.close()
 
     # -- building blocks -------------------------------------------------------------
     @staticmethod
@@ -207,13 +205,12 @@ class QroGopStage:
     @staticmethod
     def _score(task: QroGopTask, path: str, raw: str, target: RestoreTarget) -> GopScore:
         """Decode, restore and score the encoded GOP at ``path``."""
-        metric = _METRIC_FOR_SCORING.get(task.qro.target.metric, task.qro.target.metric)
         restore = restore_frames
         if task.qro.precoder == "vistra":
             restore = LearnedRestorer(threads=max(1, task.base.settings.threads)).restore_frames
         with av.open(path) as container:
             return score_restored(
-                restore(container.decode(video=0), target), raw, target, metric,
+                restore(container.decode(video=0), target), raw, target, task.qro.target.metric,
                 threads=task.measure_threads, full_range=task.base.source.color_range == "pc",
             )
 
@@ -264,7 +261,9 @@ class QroGopStage:
         target = RestoreTarget(
             base.source.width, base.source.height, base.source.fps, gop.frame_count, raw_fmt
         )
-        reader = self._frames._reader_for(base)
+        reader = self._readers.reader(
+            base.input_path, base.stream_index, base.read_mode, base.settings.threads
+        )
         with tempfile.TemporaryDirectory(prefix="gopflow-qro-") as scratch:
             raw = os.path.join(scratch, "source.yuv")
             with open(raw, "wb") as handle:

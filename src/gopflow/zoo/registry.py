@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from gopflow.errors import InputError, ToolMissingError
+from gopflow.errors import ModelIntegrityError, ModelMissingError
 from gopflow.fileio import atomic_write_json
 
 REGISTRY_FORMAT = 1
@@ -34,13 +34,26 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 REGISTRY_NAME = "registry.json"
 
 
-class ModelMissingError(ToolMissingError):
-    """A learned model is not in the registry, or its weights file is not installed."""
+_ARCHITECTURES: dict[str, Callable[..., Any]] = {}
+Model = TypeVar("Model")
 
 
-class ModelIntegrityError(InputError):
-    """A weights file does not match the sha256 the registry records (tampered or corrupt),
-    or cannot be loaded as a state dict of the registered architecture."""
+def register_architecture(cls: type[Model]) -> type[Model]:
+    """Class decorator: the registry's ``arch["class"]`` name ``cls.__name__`` builds ``cls``
+    (its constructor takes the other ``arch`` entries as keyword arguments)."""
+    _ARCHITECTURES[cls.__name__] = cls
+    return cls
+
+
+def build_model(arch: dict[str, Any]) -> Any:
+    """A network from its registry ``arch`` description, by its registered class."""
+    spec = dict(arch)
+    name = spec.pop("class", None)
+    if name not in _ARCHITECTURES:
+        raise ModelIntegrityError(
+            f"unknown network class {name!r}; registered: {sorted(_ARCHITECTURES)}"
+        )
+    return _ARCHITECTURES[name](**spec)
 
 
 @dataclass(frozen=True)
@@ -162,16 +175,14 @@ def load_model(
     builder: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Any:
     """The registered network ``name`` with its verified weights, in eval mode (CPU).
-    ``builder`` makes the network from the registry's ``arch`` (default: the precoder nets;
-    the learned codecs pass theirs)."""
+    ``builder`` makes the network from the registry's ``arch`` (default: the class registered
+    under ``arch["class"]`` by :func:`register_architecture`)."""
     import torch
-
-    from gopflow.precoders.nets import build
 
     path = model_path(name, directory)
     entry = read_registry(directory)[name]
     try:
-        model = (builder or build)(entry.arch)
+        model = (builder or build_model)(entry.arch)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError, KeyError, OSError) as exc:

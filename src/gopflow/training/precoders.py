@@ -27,7 +27,7 @@ kind, scale, architecture, steps, final loss, held-out-crop evaluation vs the pl
 resampler, seed, data hash = sha256 over the sorted clip names and sizes, torch version,
 wall time), ``<name>-loss.png`` and ``checkpoint-<name>.pt`` (every ``checkpoint_every``
 steps, atomically; ``resume=True`` continues from it). ``--install`` copies the weights
-into the package registry (:mod:`gopflow.precoders.weights`).
+into the package registry (:mod:`gopflow.zoo.registry`).
 """
 
 from __future__ import annotations
@@ -450,7 +450,7 @@ def build_model(config: TrainConfig) -> Any:
     from gopflow.precoders.vistra import FrameInterpolator, Upsampler
 
     if config.init:  # fine-tune a registered model (same architecture)
-        from gopflow.precoders.weights import load_model
+        from gopflow.zoo.registry import load_model
 
         model = load_model(config.init)
         for parameter in model.parameters():
@@ -875,7 +875,7 @@ def provenance(
     """The metadata every training job records about its data, software, time and output."""
     import torch
 
-    from gopflow.precoders.weights import sha256_file
+    from gopflow.zoo.registry import sha256_file
 
     return {
         "clips": [{"name": c.name, "bytes": c.size_bytes, "frames": c.frames} for c in clips],
@@ -890,7 +890,7 @@ def provenance(
 
 def install(result: TrainResult, directory: str | None = None) -> None:
     """Register a training run's weights (and metadata, loss plot) in the weights registry."""
-    from gopflow.precoders.weights import install_model
+    from gopflow.zoo.registry import install_model
 
     arch = json.loads(Path(result.metadata).read_text())["arch"]
     install_model(result.name, result.weights, arch, (result.metadata, result.plot), directory)
@@ -1206,8 +1206,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         "decoded luma, through a differentiable H.264-like codec proxy). Writes NAME.pt, "
         "NAME.json (metadata), NAME-loss.png and a checkpoint into --out.",
     )
-    from gopflow.jobs.train_codec import add_codec_parser
-    from gopflow.jobs.train_mode import add_mode_parser
+    from gopflow.training.codecs import add_codec_parser
+    from gopflow.training.mode import add_mode_parser
 
     add_mode_parser(sub)
     add_codec_parser(sub)
@@ -1275,11 +1275,11 @@ def run_train(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr)
 
     if args.train_command == "mode-predictor":
-        from gopflow.jobs.train_mode import run_mode
+        from gopflow.training.mode import run_mode
 
         return run_mode(args)
     if args.train_command == "codec":
-        from gopflow.jobs.train_codec import run_codec
+        from gopflow.training.codecs import run_codec
 
         return run_codec(args)
     if args.train_command == "evaluate":

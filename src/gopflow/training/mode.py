@@ -23,7 +23,7 @@ from gopflow.errors import UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.media.probe import probe_with_timestamps
 from gopflow.media.reader import GopReader
-from gopflow.precoders.mode_predictor import (
+from gopflow.qro.mode_predictor import (
     DEFAULT_PATH,
     ModePredictor,
     ModeSample,
@@ -52,9 +52,9 @@ def train_mode_predictor(
     """Run QRO on every clip at every target; fit and write the predictor; return it and
     its SHA-256."""
     from gopflow.jobs.transcode import TranscodeConfig, run_transcode
-    from gopflow.pipeline.qro_stage import QroSettings
     from gopflow.pipeline.runner import RayRunner
-    from gopflow.quality.qro import QroTarget
+    from gopflow.qro.stage import QroSettings
+    from gopflow.qro.target import QroTarget
     from gopflow.types import EncodeSettings
 
     say = log or (lambda message: None)

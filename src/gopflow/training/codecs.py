@@ -20,7 +20,7 @@ warm-up + cosine learning-rate schedule.
 
 Data: RGB crops of consecutive frames decoded with PyAV from the clips directly in each
 ``--data`` directory, minus the evaluation clips (:data:`EVAL_CLIPS`); a bounded pool of
-decoded frame runs (:class:`gopflow.jobs.train.FramePool`, one slot re-decoded every
+decoded frame runs (:class:`gopflow.training.precoders.FramePool`, one slot re-decoded every
 ``refresh_every`` steps), random crop positions, flips and time reversal. The last
 :data:`HOLDOUT_FRACTION` of every clip is never trained on: the final evaluation codes crops
 of it with the real entropy coder (``compress()`` bytes, never likelihoods). Every random
@@ -31,7 +31,7 @@ before evaluation; the CDF tables from ``update()`` are shipped in the file, so 
 never rebuilds them), ``codec-<model>.json``
 (metadata), ``codec-<model>-loss.png`` and ``checkpoint-codec-<model>.pt`` (every
 ``checkpoint_minutes`` and at the end; Ctrl-C saves one too). ``--install`` copies them into
-the weights registry (:func:`gopflow.precoders.weights.install_model`).
+the weights registry (:func:`gopflow.zoo.registry.install_model`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import numpy as np
 from gopflow.codecs.learned.api import CODEC_NAMES
 from gopflow.errors import InputError, UsageError
 from gopflow.fileio import atomic_write_json
-from gopflow.jobs.train import (
+from gopflow.training.precoders import (
     Clip,
     FramePool,
     TrainResult,
@@ -370,7 +370,7 @@ class _Trainer:
         """Copy the installed ``codec-<model>`` weights (hash-checked) into the model, so a
         run continues an earlier one's training (the optimiser starts fresh)."""
         from gopflow.codecs.learned.engine import build_codec_model
-        from gopflow.precoders.weights import load_model, model_metadata, read_registry
+        from gopflow.zoo.registry import load_model, model_metadata, read_registry
 
         installed = load_model(self.config.name, self.config.registry, builder=build_codec_model)
         # Steps behind the installed weights (their own run's and that run's own start).
@@ -696,7 +696,7 @@ def _code_gop(
 
 def install_codec(result: CodecTrainResult, registry: str | None = None) -> None:
     """Register the weights (with metadata and loss plot) as ``codec-<model>``."""
-    from gopflow.precoders.weights import install_model
+    from gopflow.zoo.registry import install_model
 
     arch = json.loads(Path(result.metadata).read_text())["arch"]
     install_model(result.name, result.weights, arch, (result.metadata, result.plot), registry)

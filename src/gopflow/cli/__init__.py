@@ -19,11 +19,11 @@ from gopflow import __version__
 from gopflow.codecs.learned.api import DEFAULT_INTRA_OFFSETS, DEFAULT_MOTION_REFINEMENT
 from gopflow.errors import GopflowError, UsageError
 from gopflow.jobs.compare import add_compare_parser, run_compare
-from gopflow.jobs.train import add_train_parser, run_train
+from gopflow.training.precoders import add_train_parser, run_train
 
 if TYPE_CHECKING:
-    from gopflow.jobs.learned import LearnedSettings
-    from gopflow.pipeline.qro_stage import QroSettings
+    from gopflow.jobs.decode import LearnedSettings
+    from gopflow.qro.stage import QroSettings
 
 LEARNED = ("dvc", "fvc", "intra")
 
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _learned_settings(args: argparse.Namespace) -> LearnedSettings | None:
     """The learned codec asked for, after refusing options that belong to x264/x265."""
-    from gopflow.jobs.learned import LearnedSettings
+    from gopflow.jobs.decode import LearnedSettings
 
     if args.codec not in LEARNED:
         for flag, value in (("--quality", args.quality), ("--registry", args.registry),
@@ -385,8 +385,8 @@ def _transcode(args: argparse.Namespace) -> int:
 def _qro_settings(args: argparse.Namespace) -> QroSettings | None:
     from fractions import Fraction
 
-    from gopflow.pipeline.qro_stage import QroSettings
-    from gopflow.quality.qro import QroTarget, parse_scale
+    from gopflow.qro.stage import QroSettings
+    from gopflow.qro.target import QroTarget, parse_scale
 
     if args.mode_select == "predict" and args.target_vmaf is None and args.target_vmaf_neg is None:
         raise UsageError("--mode-select predict needs --target-vmaf or --target-vmaf-neg")
@@ -401,7 +401,7 @@ def _qro_settings(args: argparse.Namespace) -> QroSettings | None:
     else:
         target = None
     if target is not None and args.mode_select == "predict":
-        from gopflow.precoders.mode_predictor import ModePredictor, shipped_sha256
+        from gopflow.qro.mode_predictor import ModePredictor, shipped_sha256
 
         trained_for = ModePredictor.load(sha256=shipped_sha256()).metric
         if trained_for != target.metric:
@@ -443,7 +443,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from gopflow.jobs.learned import DecodeConfig, run_decode
+    from gopflow.jobs.decode import DecodeConfig, run_decode
 
     result = run_decode(
         DecodeConfig(

@@ -1,0 +1,1 @@
+"""Quality-resolution optimisation: targets and decisions, the search, the GOP stage."""

@@ -1,0 +1,1 @@
+"""Training jobs of the learned models (precoders, codecs, the mode predictor)."""

@@ -1,0 +1,1 @@
+"""The weights registry and loading of every learned model (codecs and precoders)."""
