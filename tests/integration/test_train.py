@@ -11,17 +11,13 @@ import pytest
 import torch
 
 from conftest import make_clip
+from gopflow.cli.train import add_train_parser, run_train
 from gopflow.errors import UsageError
 from gopflow.precoders.dvp import DvpDownscaler
 from gopflow.precoders.restore import RestoreTarget
 from gopflow.precoders.vistra import FrameInterpolator, LearnedRestorer
-from gopflow.training.precoders import (
-    add_train_parser,
-    data_hash,
-    list_clips,
-    run_train,
-    train_precoder,
-)
+from gopflow.training.data import data_hash, list_clips
+from gopflow.training.precoders import train_precoder
 from gopflow.zoo import registry as weights
 from gopflow.zoo.registry import build_model
 
@@ -145,7 +141,8 @@ def test_x264_coded_pairs_are_aligned_real_codings_and_training_resumes(clips, t
     """--proxy x264: low-res crops are really x264-coded versions of the source crops."""
     import numpy as np
 
-    from gopflow.training.precoders import CodedPairPool, index_clip
+    from gopflow.training.data import index_clip
+    from gopflow.training.x264 import CodedPairPool
 
     clip = index_clip(clips / "pattern.mkv")
     scale = Fraction(1, 2)

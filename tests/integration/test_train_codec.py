@@ -22,7 +22,7 @@ from gopflow.training.codecs import (
     model_class,
     run_codec_training,
 )
-from gopflow.training.precoders import data_hash, list_clips
+from gopflow.training.data import data_hash, list_clips
 from gopflow.zoo import registry as weights
 
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013)

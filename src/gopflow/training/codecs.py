@@ -1,4 +1,4 @@
-"""``gopflow train codec``: train the learned video codecs (issue 5) on CPU.
+"""Train the learned video codecs on CPU (``gopflow train codec``).
 
 Models (registry names ``codec-intra``, ``codec-dvc``, ``codec-fvc``):
 
@@ -8,42 +8,39 @@ Models (registry names ``codec-intra``, ``codec-dvc``, ``codec-fvc``):
 
 Each is one variable-rate model (:class:`~gopflow.codecs.learned.api.TrainableCodec`): every
 training sample draws a quality level ``l`` and is trained with loss
-``R + lambda_l * 255^2 * MSE`` (``--lmbda`` gives ``lambda_1..lambda_L``). P-frame models code
-``frames_per_sample`` (or ``--frames``) P frames in a chain: the first against the previous
+``R + lambda_l * 255^2 * MSE`` (``lmbdas`` gives ``lambda_1..lambda_L``). P-frame models code
+``frames_per_sample`` (or ``frames``) P frames in a chain: the first against the previous
 frame *as decoded by the shipped intra model* at the same level (``codec-intra`` from the
 registry, eval mode, rounding), each later one against the previous reconstruction, with the
 loss back-propagated through the chain (the drift a GOP shows); so ``intra`` is trained and
-installed first. CompressAI's auxiliary loss (entropy-bottleneck
-quantiles) has its own Adam optimiser. Stages run in ``model.stages`` order (or those
-``--stages`` names, which may include a model's ``fine_tune_stages``), each with its own
-warm-up + cosine learning-rate schedule.
+installed first. CompressAI's auxiliary loss (entropy-bottleneck quantiles) has its own Adam
+optimiser. Stages run in ``model.stages`` order (or those ``stages`` names, which may include
+a model's ``fine_tune_stages``), each with its own warm-up + cosine learning-rate schedule.
 
 Data: RGB crops of consecutive frames decoded with PyAV from the clips directly in each
-``--data`` directory, minus the evaluation clips (:data:`EVAL_CLIPS`); a bounded pool of
-decoded frame runs (:class:`gopflow.training.precoders.FramePool`, one slot re-decoded every
+``data_dirs`` directory, minus the evaluation clips (:data:`EVAL_CLIPS`); a bounded pool of
+decoded frame runs (:class:`gopflow.training.data.FramePool`, one slot re-decoded every
 ``refresh_every`` steps), random crop positions, flips and time reversal. The last
 :data:`HOLDOUT_FRACTION` of every clip is never trained on: the final evaluation codes crops
 of it with the real entropy coder (``compress()`` bytes, never likelihoods). Every random
-choice is a function of ``(seed, step)``, so ``--resume`` continues bit-exactly.
+choice is a function of ``(seed, step)``, so ``resume=True`` continues bit-exactly.
 
-Outputs in ``--out``: ``codec-<model>.pt`` (parameters in float16, the model rounded to them
+Outputs in ``out_dir``: ``codec-<model>.pt`` (parameters in float16, the model rounded to them
 before evaluation; the CDF tables from ``update()`` are shipped in the file, so a decoder
-never rebuilds them), ``codec-<model>.json``
-(metadata), ``codec-<model>-loss.png`` and ``checkpoint-codec-<model>.pt`` (every
-``checkpoint_minutes`` and at the end; Ctrl-C saves one too). ``--install`` copies them into
-the weights registry (:func:`gopflow.zoo.registry.install_model`).
+never rebuilds them), ``codec-<model>.json`` (metadata), ``codec-<model>-loss.png`` and
+``checkpoint-codec-<model>.pt`` (every ``checkpoint_minutes`` and at the end; Ctrl-C saves one
+too). :func:`install_codec` copies them into the weights registry
+(:func:`gopflow.zoo.registry.install_model`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +49,15 @@ import numpy as np
 from gopflow.codecs.learned.api import CODEC_NAMES
 from gopflow.errors import InputError, UsageError
 from gopflow.fileio import atomic_write_json
-from gopflow.training.precoders import (
-    Clip,
-    FramePool,
+from gopflow.training.common import (
     TrainResult,
-    _psnr,
-    _save_torch,
-    data_hash,
-    index_clip,
-    list_clips,
     plot_losses,
     provenance,
-    read_rgb,
+    psnr_from_mse,
+    save_torch,
     warmup_cosine,
 )
+from gopflow.training.data import Clip, FramePool, data_hash, index_clip, list_clips, read_rgb
 
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.00025, 0.0005, 0.001, 0.0018, 0.0035, 0.0067, 0.013)
 EVAL_CLIPS = frozenset({
@@ -163,14 +155,6 @@ def validate(config: CodecTrainConfig) -> None:
                              "fine-tune installed weights: add --init")
     if config.batch < 1 or config.pool < 1 or config.threads < 1 or config.refresh_every < 1:
         raise UsageError("--batch, --threads, pool size and refresh interval must be positive")
-
-
-def parse_lambdas(text: str) -> tuple[float, ...]:
-    """``"0.0018,0.0035"`` -> ``(0.0018, 0.0035)``."""
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"--lmbda must be comma-separated numbers, got {text!r}") from None
 
 
 # ----------------------------------------------------------------------------- models
@@ -282,7 +266,7 @@ def _to_frames(batch: np.ndarray) -> Any:
 
 # ----------------------------------------------------------------------------- schedule
 def stage_schedule(config: CodecTrainConfig, stages: Sequence[str]) -> list[tuple[str, int]]:
-    """``[(stage, steps), ...]`` from ``--steps`` (``--minutes`` is resolved by timing)."""
+    """``[(stage, steps), ...]`` from ``steps`` (``minutes`` is resolved by timing)."""
     steps = config.steps
     if len(steps) == 1:
         steps = steps * len(stages)
@@ -321,7 +305,7 @@ class CodecTrainResult(TrainResult):
 
 
 def frames_per_sample(config: CodecTrainConfig) -> int:
-    """Frames coded per training sample: ``--frames`` or the model's default."""
+    """Frames coded per training sample: ``frames`` or the model's default."""
     return config.frames or model_class(config.model).frames_per_sample
 
 
@@ -509,7 +493,7 @@ def run_codec_training(
         total = sum(n for _, n in schedule)
 
         def save_checkpoint(step: int, elapsed: float) -> None:
-            _save_torch(checkpoint, {
+            save_torch(checkpoint, {
                 "format": CHECKPOINT_FORMAT, "identity": config.identity(),
                 "data_hash": digest, "step": step, "losses": losses, "history": history,
                 "wall": elapsed, "schedule": [list(item) for item in schedule],
@@ -570,7 +554,7 @@ def _finish(
     model.eval()
     state = shipped_state(model)
     weights_path = Path(config.out_dir) / f"{config.name}.pt"
-    _save_torch(weights_path, state)
+    save_torch(weights_path, state)
     evaluation = evaluate_codec(config, trainer, clips)
     plot_path = Path(config.out_dir) / f"{config.name}-loss.png"
     stages = ", ".join(f"{s} {n}" for s, n in schedule)
@@ -667,9 +651,9 @@ def evaluate_codec(
             for key in ("all", "inter") if trainer.inter else ("all",):
                 prefix = "" if key == "all" else "inter_"
                 row[f"{prefix}bpp"] = round(bits[key] / pixels[key], 4)
-                row[f"{prefix}psnr"] = round(_psnr(float(np.mean(mse[key]))), 3)
+                row[f"{prefix}psnr"] = round(psnr_from_mse(float(np.mean(mse[key]))), 3)
                 row[f"{prefix}psnr_frame_mean"] = round(
-                    float(np.mean([_psnr(e) for e in mse[key]])), 3)
+                    float(np.mean([psnr_from_mse(e) for e in mse[key]])), 3)
             rows.append(row)
     size = tuple(crops[0].shape[-2:])
     return {"crops": len(crops), "crop_size": list(size), "frames_per_crop": span,
@@ -700,99 +684,3 @@ def install_codec(result: CodecTrainResult, registry: str | None = None) -> None
 
     arch = json.loads(Path(result.metadata).read_text())["arch"]
     install_model(result.name, result.weights, arch, (result.metadata, result.plot), registry)
-
-
-# ----------------------------------------------------------------------------- CLI
-def _steps_arg(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a step count: {text!r} (e.g. 800, or 200,800 per stage)") from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError("step counts must be positive")
-    return values
-
-
-def _stages_arg(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def add_codec_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``train codec`` to ``gopflow train``'s subcommands."""
-    parser = subparsers.add_parser(
-        "codec",
-        help="train a learned video codec (intra, dvc, fvc)",
-        description="Train one variable-rate learned codec on RGB crops of the clips in "
-        "--data (staged; P-frame models use the installed codec-intra as reference). "
-        "Writes codec-MODEL.pt, .json (metadata with real-bytes bpp/PSNR per level), "
-        "-loss.png and a checkpoint into --out.",
-    )
-    parser.add_argument("--model", required=True, choices=CODEC_NAMES)
-    parser.add_argument("--lmbda", default=",".join(map(str, DEFAULT_LAMBDAS)),
-                        metavar="L1,L2,..",
-                        help="lambda per quality level, increasing (default: "
-                        f"{','.join(map(str, DEFAULT_LAMBDAS))}; with --init, levels whose "
-                        "lambda the installed model lacks start from resampled gains)")
-    parser.add_argument("--data", required=True, action="append", metavar="DIR",
-                        help="directory of video clips (repeatable)")
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=_steps_arg, default=(1000,),
-                        help="steps per stage: N, or N1,N2 for each stage (1000)")
-    budget.add_argument("--minutes", type=float, help="wall-clock budget instead of --steps")
-    parser.add_argument("--crop", type=int, default=128, help="crop size, multiple of 64 (128)")
-    parser.add_argument("--batch", type=int, default=8, help="samples per step (8)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--out", default="train-out", metavar="DIR", help="output dir (train-out)")
-    parser.add_argument("--checkpoint-minutes", type=float, default=3.0,
-                        help="minutes between checkpoints (3)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--init", action="store_true",
-                        help="start from the installed codec-MODEL weights (fine-tune) "
-                        "instead of a random initialisation")
-    parser.add_argument("--frames", type=int, metavar="N",
-                        help="dvc/fvc: P frames unrolled per training sample, each predicted "
-                        "from the previous reconstruction (default 2); more frames train "
-                        "against drift over a GOP")
-    parser.add_argument("--stride", type=int, default=1, metavar="N",
-                        help="dvc/fvc: the frames of a training sample are s source frames "
-                        "apart, s drawn from 1..N per sample (larger motion; default 1)")
-    parser.add_argument("--stages", type=_stages_arg, metavar="S1,S2",
-                        help="stages to run, in order (default: all of the model's: intra "
-                        "rd; dvc motion,rd; fvc align,rd); dvc also has residual, a "
-                        "fine-tune of the residual coder on frozen motion (needs --init)")
-    parser.add_argument("--stop-after", type=int, metavar="N",
-                        help="finish after N steps of the schedule (evaluate and write the "
-                        "weights; --resume later continues the schedule)")
-    parser.add_argument("--install", action="store_true",
-                        help="register the result in the weights registry (see --registry)")
-    parser.add_argument("--registry", metavar="DIR",
-                        help="weights registry: where codec-intra is read from and --install "
-                        "writes (default: the one inside gopflow)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar (default: when stderr is a terminal)")
-    return parser
-
-
-def run_codec(args: argparse.Namespace) -> int:
-    """``gopflow train codec``."""
-    def log(message: str) -> None:
-        print(message, file=sys.stderr)
-
-    config = CodecTrainConfig(
-        model=args.model, data_dirs=tuple(args.data), lmbdas=parse_lambdas(args.lmbda),
-        steps=tuple(args.steps), minutes=args.minutes, crop=args.crop, batch=args.batch,
-        lr=args.lr, threads=args.threads, seed=args.seed, out_dir=args.out,
-        registry=args.registry, checkpoint_minutes=args.checkpoint_minutes, init=args.init,
-        frames=args.frames, stride=args.stride, stages=args.stages,
-    )
-    progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    result = run_codec_training(config, resume=args.resume, progress=progress, log=log,
-                                stop_after=args.stop_after)
-    if args.install:
-        install_codec(result, args.registry)
-        log(f"installed {result.name} in the weights registry")
-    print(json.dumps(asdict(result), indent=2))
-    return 0

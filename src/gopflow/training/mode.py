@@ -1,20 +1,20 @@
-"""``gopflow train mode-predictor``: learn fast mode selection from real QRO probe searches.
+"""Learn fast mode selection from real QRO probe searches (``gopflow train mode-predictor``).
 
-Data flow: for every clip in ``--data`` and every ``--targets`` value: a QRO transcode
-(probe encodes, spatial modes only, real x264 + libvmaf on a local Ray cluster) -> each GOP's
-chosen scale from the report + the GOP's SI/TI from the source frames -> ModeSample rows ->
-``ModePredictor`` JSON (written atomically) + its SHA-256 in ``weights/registry.json`` when
-``--install``. Train only on ``../shared/media/train`` (or synthetic clips).
+Data flow: for every clip in ``data_dir`` and every target: a QRO transcode (probe encodes,
+spatial modes only, real x264 + libvmaf on a local Ray cluster) -> each GOP's chosen scale
+from the report + the GOP's SI/TI from the source frames -> ModeSample rows ->
+``ModePredictor`` JSON (written atomically) and, with ``install``, the file in the package
+with its SHA-256 in ``weights/registry.json``, where ``transcode --mode-select predict``
+finds it. Train only on ``../shared/media/train`` (or synthetic clips).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,13 @@ def train_mode_predictor(
 ) -> tuple[ModePredictor, str]:
     """Run QRO on every clip at every target; fit and write the predictor; return it and
     its SHA-256."""
-    from gopflow.jobs.transcode import TranscodeConfig, run_transcode
+    from gopflow.codecs.x26x import EncodeSettings
+    from gopflow.jobs.config import TranscodeConfig
+    from gopflow.jobs.transcode import run_transcode
+    from gopflow.pipeline.driver import RunOptions
     from gopflow.pipeline.runner import RayRunner
     from gopflow.qro.stage import QroSettings
     from gopflow.qro.target import QroTarget
-    from gopflow.types import EncodeSettings
 
     say = log or (lambda message: None)
     clips = sorted(
@@ -75,7 +77,7 @@ def train_mode_predictor(
                         QroTarget(metric, target=target), half_rate=False, precoder=precoder,
                         refinements=0,
                     ),
-                    progress=False,
+                    run=RunOptions(progress=False),
                 ))
                 info, stamps = probe_with_timestamps(str(clip))
                 with GopReader(info.path, info.stream_index, info.read_mode) as reader:
@@ -92,38 +94,41 @@ def train_mode_predictor(
     return predictor, digest
 
 
-def add_mode_parser(sub: Any) -> None:
-    parser = sub.add_parser(
-        "mode-predictor",
-        help="learn fast QRO/DVP mode selection from real probe searches",
-        description=(
-            "Run QRO (real probe encodes) on every clip in --data at every --targets value, "
-            "record the scale chosen for each GOP with the GOP's SI/TI, and write a "
-            "k-nearest-neighbour mode predictor (JSON). --install puts it in the package "
-            "(gopflow/weights/mode_predictor.json, SHA-256 in registry.json), where "
-            "`transcode --mode-select predict` finds it."
-        ),
-    )
-    parser.add_argument("--data", required=True, metavar="DIR", help="directory of clips")
-    parser.add_argument("--targets", default="90,94", help="QRO targets to learn (90,94)")
-    parser.add_argument("--metric", default="vmaf", choices=["vmaf", "vmaf_neg"])
-    parser.add_argument("--precoder", default="none", choices=["none", "dvp"])
-    parser.add_argument("--out", default="mode_predictor.json", metavar="FILE")
-    parser.add_argument("--install", action="store_true", help="install into the package")
+@dataclass(frozen=True)
+class ModeTrainConfig:
+    """A mode-predictor training run."""
+
+    data_dir: str
+    targets: tuple[float, ...] = (90.0, 94.0)
+    metric: str = "vmaf"
+    precoder: str = "none"
+    out: str = "mode_predictor.json"
+    install: bool = False
+    """Write the predictor into the package (``DEFAULT_PATH``, ``out`` unused) and record
+    its SHA-256 in ``registry.json`` next to it."""
 
 
-def run_mode(args: argparse.Namespace) -> int:
-    targets = [float(t) for t in args.targets.split(",") if t.strip()]
-    out = str(DEFAULT_PATH) if args.install else args.out
+@dataclass(frozen=True)
+class ModeTrainResult:
+    """Where the predictor went, its sample count and its SHA-256."""
+
+    path: str
+    samples: int
+    sha256: str
+
+
+def run_mode_training(
+    config: ModeTrainConfig, log: Callable[[str], None] | None = None
+) -> ModeTrainResult:
+    """Train as ``config`` says; with ``install``, register the file in ``registry.json``."""
+    out = str(DEFAULT_PATH) if config.install else config.out
     predictor, digest = train_mode_predictor(
-        args.data, targets, out, args.metric, args.precoder,
-        log=lambda m: print(m, file=sys.stderr),
+        config.data_dir, list(config.targets), out, config.metric, config.precoder, log=log,
     )
-    if args.install:
+    if config.install:
         registry = DEFAULT_PATH.parent / "registry.json"
         data = json.loads(registry.read_text())
         data["mode_predictor"] = {"file": DEFAULT_PATH.name, "sha256": digest,
                                   "samples": len(predictor.samples)}
         atomic_write_json(registry, data)
-    print(f"wrote {out}: {len(predictor.samples)} GOP samples, sha256 {digest}", file=sys.stderr)
-    return 0
+    return ModeTrainResult(out, len(predictor.samples), digest)
