@@ -1,25 +1,30 @@
-"""``gopflow compare REF DIST``: per-frame quality of a distorted video against its reference.
+"""Per-frame quality of a distorted video against its reference (``gopflow compare``).
 
-Data flow: arguments -> :func:`gopflow.quality.metrics.measure` (PSNR/SSIM/MS-SSIM streamed
-with PyAV in lockstep, VMAF through libvmaf) -> :class:`FrameScores` -> a summary table on
-stdout (metric x pooling) and, when asked, per-frame scores as JSON and/or CSV and a plot of
-the scores over time (matplotlib, Agg canvas). Each file is written under a temporary name
-in the target's directory and moved into place with ``os.replace``, so a reader never sees
-a half-written file. Heavy imports (PyAV, torch, matplotlib) happen only when it runs.
+Data flow: :class:`CompareConfig` -> :func:`gopflow.quality.measure.measure` (PSNR/SSIM/MS-SSIM
+streamed with PyAV in lockstep, VMAF through libvmaf) -> :class:`FrameScores` (returned) and,
+when asked, per-frame scores as JSON and/or CSV and a plot of the scores over time
+(matplotlib, Agg canvas); :func:`format_summary` renders the metric x pooling table. Each file
+is written under a temporary name in the target's directory and moved into place with
+``os.replace``, so a reader never sees a half-written file. Settings are checked before the
+(long) measurement starts. Heavy imports (PyAV, torch, matplotlib) happen only when it runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
 import os
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from gopflow.errors import OutputError, UsageError
 from gopflow.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from gopflow.quality.metrics import FrameScores
 
 DEFAULT_METRICS = "psnr,ssim,vmaf"
 _POOLING_HEADERS = (("mean", "mean"), ("harmonic_mean", "h.mean"), ("min", "min"), ("p5", "p5"))
@@ -36,61 +41,41 @@ _RESIZE_WORDS = {
 }
 
 
-def _metric_list(text: str) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class CompareConfig:
+    """One comparison: inputs, metrics, optional output files and decoding options."""
+
+    reference: str
+    distorted: str
+    metrics: str | Sequence[str] = DEFAULT_METRICS
+    """Metric groups or single names, as a sequence or comma-separated."""
+    json: str | None = None
+    """Write the summary and per-frame scores here."""
+    csv: str | None = None
+    """Write per-frame scores here, one row a frame."""
+    plot: str | None = None
+    """Plot the scores over time here (.png, .pdf or .svg)."""
+    scale: bool = False
+    """Scale the distorted video to the reference's size (bicubic) when sizes differ."""
+    allow_length_mismatch: bool = False
+    """Score the frames both have instead of failing when frame counts differ."""
+    threads: int | None = None
+    """Decoder/libvmaf/torch threads (``None``: cores, at most 4)."""
+
+
+def parse_metrics(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Canonical metric names from groups and single names (a comma-separated string or a
+    sequence); :class:`UsageError` for an unknown name or none at all."""
     from gopflow.quality.metrics import expand_metrics
 
-    try:
-        return expand_metrics(text.split(","))
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return expand_metrics(names.split(",") if isinstance(names, str) else names)
 
 
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("threads must be at least 1")
-    return value
-
-
-def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``compare`` subcommand to an ``add_subparsers()`` object."""
-    parser = subparsers.add_parser(
-        "compare",
-        help="per-frame quality (PSNR, SSIM, MS-SSIM, VMAF) of a video against its reference",
-        description=(
-            "Score every frame of DIST against the same frame of REF (frames paired in "
-            "order) at REF's size and print each metric pooled by mean, harmonic mean, "
-            "minimum and 5th percentile. A DIST a few pixels larger than REF (encoder "
-            "padding) is cropped; a DIST of another size needs --scale (bicubic). Metrics: "
-            "psnr (Y, U, V and YUV 6:1:1), ssim (Y, as ffmpeg's ssim filter), msssim (Y), "
-            "vmaf (libvmaf vmaf_v0.6.1), vmaf_neg (vmaf_v0.6.1neg: use it when "
-            "pre-processing may enhance the picture)."
-        ),
-    )
-    parser.add_argument("reference", metavar="REF", help="reference (source) video")
-    parser.add_argument("distorted", metavar="DIST", help="distorted (decoded output) video")
-    parser.add_argument(
-        "--metrics", type=_metric_list, default=DEFAULT_METRICS,
-        help=f"comma-separated: psnr,ssim,msssim,vmaf,vmaf_neg (default: {DEFAULT_METRICS})",
-    )
-    parser.add_argument("--json", metavar="FILE", help="write summary and per-frame scores")
-    parser.add_argument("--csv", metavar="FILE", help="write per-frame scores, one row a frame")
-    parser.add_argument("--plot", metavar="FILE", help="plot scores over time (.png/.pdf/.svg)")
-    parser.add_argument(
-        "--scale", action="store_true",
-        help="scale DIST to REF's size with bicubic when their sizes differ",
-    )
-    parser.add_argument(
-        "--allow-length-mismatch", action="store_true",
-        help="score the frames both have instead of failing when frame counts differ",
-    )
-    parser.add_argument(
-        "--threads", type=_threads, help="decoder/libvmaf/torch threads (default: cores, max 4)"
-    )
-    return parser
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` unchanged, or :class:`UsageError` when it is below 1."""
+    if threads is not None and threads < 1:
+        raise UsageError("threads must be at least 1")
+    return threads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,25 +179,26 @@ def _check_writable(paths: list[str]) -> None:
             raise OutputError(f"cannot write {path}: it is a directory")
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    """Measure, print the summary, write the asked-for files; 0 on success."""
-    from gopflow.quality.metrics import measure
+def run_compare(config: CompareConfig) -> FrameScores:
+    """Check the settings, measure, write the asked-for files; return the scores."""
+    from gopflow.quality.measure import measure
 
-    outputs = [p for p in (args.json, args.csv, args.plot) if p]
+    metrics = parse_metrics(config.metrics)
+    check_threads(config.threads)
+    outputs = [p for p in (config.json, config.csv, config.plot) if p]
     _check_writable(outputs)
-    if args.plot:
-        _plot_format(args.plot)
+    if config.plot:
+        _plot_format(config.plot)
     scores = measure(
-        args.reference, args.distorted, args.metrics, scale=args.scale,
-        allow_length_mismatch=args.allow_length_mismatch, threads=args.threads,
+        config.reference, config.distorted, metrics, scale=config.scale,
+        allow_length_mismatch=config.allow_length_mismatch, threads=config.threads,
     )
-    print(format_summary(scores))
-    if args.json:
+    if config.json:
         data = scores_json(scores)
-        atomic_write(args.json, lambda handle: handle.write(data))
-    if args.csv:
+        atomic_write(config.json, lambda handle: handle.write(data))
+    if config.csv:
         data_csv = scores_csv(scores)
-        atomic_write(args.csv, lambda handle: handle.write(data_csv))
-    if args.plot:
-        write_plot(args.plot, scores)
-    return 0
+        atomic_write(config.csv, lambda handle: handle.write(data_csv))
+    if config.plot:
+        write_plot(config.plot, scores)
+    return scores
