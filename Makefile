@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: setup
-	$(PY) -m gopflow.jobs.demo --out-dir $(DEMO) $(if $(INPUT),--input "$(INPUT)",)
+	$(PY) -m gopflow demo --out-dir $(DEMO) $(if $(INPUT),--input "$(INPUT)",)
 
 test: setup
 	$(PY) -m ruff check src tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: setup

@@ -1,7 +1,7 @@
 """Frozen dataclasses that cross module (and process) boundaries.
 
 Data flow: ``probe`` -> :class:`VideoInfo`; ``plan`` -> [:class:`GopSpec`]; a worker turns a
-:class:`GopSpec` plus :class:`EncodeSettings` into an :class:`EncodedGop`; the driver records a
+:class:`GopSpec` plus its codec settings into an :class:`EncodedGop`; the driver records a
 :class:`GopRecord` per finished GOP and returns a :class:`TranscodeReport`.
 All of them are plain values: picklable, JSON-serialisable through ``to_dict``/``from_dict``.
 """
@@ -109,25 +109,6 @@ class GopSpec:
 
 
 @dataclass(frozen=True)
-class EncodeSettings:
-    """Encoder settings, identical for every GOP of a job (part of the work-dir key)."""
-
-    codec: Literal["x264", "x265"] = "x264"
-    preset: str = "medium"
-    crf: float | None = 23.0
-    bitrate_kbps: int | None = None
-    maxrate_kbps: int | None = None
-    bufsize_kbps: int | None = None
-    pix_fmt: str = "yuv420p"
-    threads: int = 1
-    keyint: int = 250
-    lookahead_tail: int = 10
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
 class SourceFormat:
     """How raw frames are laid out when handed from the reader to an encoder."""
 
@@ -139,18 +120,6 @@ class SourceFormat:
     color_space: str
     color_primaries: str
     color_trc: str
-
-
-@dataclass(frozen=True)
-class GopTask:
-    """Everything a worker needs for one GOP; paths and numbers only (no PyAV objects)."""
-
-    input_path: str
-    stream_index: int
-    read_mode: ReadMode
-    gop: GopSpec
-    source: SourceFormat
-    settings: EncodeSettings
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from conftest import media
 
 def gopflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gopflow.cli", *args],
+        [sys.executable, "-m", "gopflow", *args],
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -89,3 +89,34 @@ def test_bad_options(tmp_path: Path) -> None:
     done = gopflow("transcode", media("asl_again_640x480.mkv"), "-o", str(output),
                    "--target-vmaf-neg", "80", "--mode-select", "predict")
     _assert_clean_failure(done, output, "trained on vmaf targets")
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--crf", "20", "--target-vmaf", "93"], "cannot both apply"),
+        (["--bitrate", "abc"], "not a bitrate"),
+        (["--bitrate", "0"], "positive"),
+        (["--retries", "-1"], "--retries"),
+        (["--crf", "x"], "invalid float"),
+        (["--codec", "x264", "--quality", "3"], "learned codecs"),
+        (["--codec", "dvc", "--crf", "20"], "x264/x265"),
+    ],
+)
+def test_bad_option_values_fail_with_one_line(
+    options: list[str], words: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.mkv"
+    done = gopflow("transcode", media("asl_again_640x480.mkv"), "-o", str(output), *options)
+    _assert_clean_failure(done, output, words.lower())
+
+
+def test_library_refuses_what_the_cli_refuses(tmp_path: Path) -> None:
+    import gopflow as api
+    from gopflow.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot both apply"):
+        api.transcode(media("asl_again_640x480.mkv"), str(tmp_path / "o.mkv"), crf=20,
+                      target_vmaf=93)
+    with pytest.raises(UsageError, match="unknown transcode option"):
+        api.transcode(media("asl_again_640x480.mkv"), str(tmp_path / "o.mkv"), crf_value=20)

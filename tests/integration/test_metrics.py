@@ -38,7 +38,8 @@ from gopflow.errors import (
     UsageError,
 )
 from gopflow.media.ffmpeg import find_ffmpeg
-from gopflow.quality.metrics import compute_metrics, measure, psnr_y
+from gopflow.quality.measure import measure
+from gopflow.quality.metrics import compute_metrics, psnr_y
 from gopflow.quality.vmaf import vmaf_scores
 
 MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
@@ -254,7 +255,7 @@ def test_vmaf_agrees_with_libvmaf(ffmpeg, clips):
 
 
 def test_compare_job_writes_table_json_csv_plot(clips, scores, tmp_path, capsys):
-    from gopflow.jobs.compare import add_compare_parser, run_compare
+    from gopflow.cli.compare import add_compare_parser, run_compare
 
     parser = argparse.ArgumentParser(prog="gopflow")
     add_compare_parser(parser.add_subparsers(dest="command"))

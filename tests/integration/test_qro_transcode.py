@@ -12,13 +12,15 @@ import av
 import pytest
 
 from conftest import ffmpeg_exe, media
+from gopflow.codecs.x26x import EncodeSettings
 from gopflow.errors import UsageError
+from gopflow.jobs.config import TranscodeConfig
 from gopflow.jobs.restore import run_restore
-from gopflow.jobs.transcode import TranscodeConfig, run_transcode
+from gopflow.jobs.transcode import run_transcode
+from gopflow.pipeline.driver import RunOptions
 from gopflow.pipeline.runner import RayRunner
 from gopflow.qro.stage import QroSettings
 from gopflow.qro.target import QroTarget
-from gopflow.types import EncodeSettings
 
 CLIP = "asl_again_640x480.mkv"  # 77 frames at 30 fps: two GOPs of 2 s
 
@@ -37,7 +39,7 @@ def _qro(src: str, out: Path, **extra: object) -> dict:
     )
     config = TranscodeConfig(
         input=src, output=str(out), settings=EncodeSettings(preset="faster"),
-        qro=settings, report=str(out) + ".json", progress=False, **extra,  # type: ignore[arg-type]
+        qro=settings, report=str(out) + ".json", run=RunOptions(progress=False), **extra,  # type: ignore[arg-type]
     )
     return run_transcode(config).to_dict()
 
@@ -127,7 +129,7 @@ def test_learned_precoders_restore_from_the_file_alone(tmp_path: Path, precoder:
     settings = QroSettings(QroTarget("vmaf", target=60.0), precoder=precoder)
     report = run_transcode(TranscodeConfig(
         input=src, output=str(out), settings=EncodeSettings(preset="veryfast"), qro=settings,
-        decisions_in=str(decisions), progress=False,
+        decisions_in=str(decisions), run=RunOptions(progress=False),
     )).to_dict()
     assert [g["decision"]["scale"] for g in report["gops"]] == ["1/2", "1/2"]
     assert _decoded_sizes(str(out))[0] == (320, 240)
@@ -151,7 +153,7 @@ def test_predicted_mode_searches_one_scale_per_gop(tmp_path: Path) -> None:
     settings = QroSettings(QroTarget("vmaf", target=90.0), mode_select="predict")
     report = run_transcode(TranscodeConfig(
         input=media(CLIP), output=str(out), settings=EncodeSettings(preset="faster"),
-        qro=settings, progress=False,
+        qro=settings, run=RunOptions(progress=False),
     )).to_dict()
     for gop in report["gops"]:
         decision = gop["decision"]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import gopflow
 from conftest import media
-from gopflow.jobs.transcode import TranscodeConfig, run_transcode
 from gopflow.media.probe import probe
 from gopflow.pipeline.runner import RayRunner
 from gopflow.quality.metrics import psnr_y
-from gopflow.types import EncodeSettings
 from integration.helpers import inspect, plain_ffmpeg
 
 
@@ -24,16 +24,10 @@ def ray_cluster() -> Iterator[None]:
         yield
 
 
-def _transcode(src: str, out: Path, **settings: object) -> dict:
-    report = run_transcode(
-        TranscodeConfig(
-            input=src,
-            output=str(out),
-            settings=EncodeSettings(**settings),  # type: ignore[arg-type]
-            report=str(out) + ".json",
-            progress=False,
-        )
-    )
+def _transcode(src: str, out: Path, **options: object) -> dict:
+    """Through the public API, as a library user calls it."""
+    report = gopflow.transcode(src, str(out), report=str(out) + ".json", progress=False,
+                               **options)
     return report.to_dict()
 
 
@@ -99,3 +93,23 @@ def test_two_audio_streams_and_extra_video_stream(tmp_path: Path) -> None:
     _transcode(src, out, crf=20, preset="veryfast")
     got = inspect(str(out))
     assert (got.frames, got.width, got.height, got.audio) == (325, 320, 180, 2)
+
+
+def test_library_and_cli_give_the_same_file(tmp_path: Path) -> None:
+    """Same request, same bytes: x265 with its own default CRF (28) through both doors."""
+    import subprocess
+    import sys
+
+    src = media("asl_again_640x480.mkv")
+    cli_out, api_out = tmp_path / "cli.mkv", tmp_path / "api.mkv"
+    done = subprocess.run(
+        [sys.executable, "-m", "gopflow", "transcode", src, "-o", str(cli_out), "--codec",
+         "x265", "--preset", "ultrafast", "--report", str(cli_out) + ".json", "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    report = _transcode(src, api_out, codec="x265", preset="ultrafast")
+    assert report["settings"]["encode"]["crf"] == 28.0
+    with open(str(cli_out) + ".json", encoding="utf-8") as handle:
+        assert json.load(handle)["settings"]["encode"]["crf"] == 28.0
+    assert cli_out.read_bytes() == api_out.read_bytes()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gopflow.training.precoders import Clip, FramePool
+from gopflow.training.data import Clip, FramePool
 
 
 def _reader(clip: Clip, index: int, count: int) -> list[np.ndarray]:

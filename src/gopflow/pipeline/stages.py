@@ -26,10 +26,10 @@ import numpy as np
 
 from gopflow.codecs.learned.api import CodedFrame, LearnedVideoCodec
 from gopflow.codecs.learned.bitstream import GopExtent, Unit, read_gop
-from gopflow.codecs.x26x import FfmpegEncoder
+from gopflow.codecs.x26x import FfmpegEncoder, GopTask
 from gopflow.errors import FrameCountError
 from gopflow.media.reader import ReaderCache
-from gopflow.types import EncodedGop, GopSpec, GopTask, ReadMode
+from gopflow.types import EncodedGop, GopSpec, ReadMode
 
 
 class _Counter:

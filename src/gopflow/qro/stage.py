@@ -30,7 +30,7 @@ from typing import Any
 import av
 import numpy as np
 
-from gopflow.codecs.x26x import build_command
+from gopflow.codecs.x26x import GopTask, build_command
 from gopflow.errors import EncoderError
 from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
@@ -49,7 +49,7 @@ from gopflow.qro.search import decide
 from gopflow.qro.search import stricter as stricter_candidate
 from gopflow.qro.target import Candidate, Decision, ProbeResult, QroTarget
 from gopflow.quality.gop_score import GopScore, score_restored
-from gopflow.types import EncodedGop, GopTask
+from gopflow.types import EncodedGop, GopSpec
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,10 @@ class QroGopTask:
     probe_cache: str | None = None
     forced: Candidate | None = None
     measure_threads: int = 1
+
+    @property
+    def gop(self) -> GopSpec:
+        return self.base.gop
 
 
 @functools.lru_cache(maxsize=1)

@@ -27,7 +27,6 @@ from gopflow.quality.names import (
     ALL_METRICS,
     FRAME_METRICS,
     METRIC_GROUPS,
-    VMAF_METRICS,
 )
 
 # PSNR of identical planes (MSE 0) is infinite; it is reported as this, as before.
@@ -583,38 +582,6 @@ def compute_metrics(
     finally:
         ref_frames.close()
         dist_frames.close()
-
-
-def measure(
-    reference: str,
-    distorted: str,
-    metrics: Iterable[str] = ("psnr", "ssim", "vmaf"),
-    *,
-    scale: bool = False,
-    allow_length_mismatch: bool = False,
-    threads: int | None = None,
-    device: str = "cpu",
-) -> FrameScores:
-    """Every asked-for metric, PyAV ones and libvmaf ones, merged into one :class:`FrameScores`."""
-    wanted = expand_metrics(metrics)
-    frame_metrics = [m for m in wanted if m in FRAME_METRICS]
-    vmaf_models = [m for m in wanted if m in VMAF_METRICS]
-    scores: FrameScores | None = None
-    if frame_metrics:
-        scores = compute_metrics(
-            reference, distorted, frame_metrics, scale=scale,
-            allow_length_mismatch=allow_length_mismatch, threads=threads, device=device,
-        )
-    if vmaf_models:
-        from gopflow.quality.vmaf import vmaf_scores
-
-        vmaf = vmaf_scores(
-            reference, distorted, vmaf_models, scale=scale,
-            allow_length_mismatch=allow_length_mismatch, threads=threads,
-        )
-        scores = vmaf if scores is None else scores.merged(vmaf)
-    assert scores is not None
-    return scores
 
 
 def psnr_y(reference: str, distorted: str, allow_length_mismatch: bool = False) -> PsnrSummary:

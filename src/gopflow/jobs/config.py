@@ -1,0 +1,382 @@
+"""Every option of a job, its default and its checks, in one place.
+
+A request arrives as :class:`TranscodeOptions`: flat, with the command line's names (``--crf``
+is ``crf``, ``--no-audio`` is ``audio=False``); ``None`` means "not given". The command line
+fills it from its flags and ``gopflow.transcode(input, output, **options)`` from keyword
+arguments, so both resolve the same request the same way: :meth:`TranscodeOptions.resolve`
+applies the defaults (each codec's own CRF among them), refuses options that cannot apply
+together, and returns the :class:`TranscodeConfig` the job runs. Value checks live with the
+value types they guard (:class:`~gopflow.codecs.x26x.EncodeSettings`,
+:class:`~gopflow.pipeline.plan.PlanOptions`, :class:`~gopflow.pipeline.driver.RunOptions`,
+:class:`~gopflow.qro.target.QroTarget`, :class:`LearnedSettings`), so a library caller who
+builds those directly is checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from gopflow.codecs.learned.api import CODEC_NAMES, DEFAULT_INTRA_OFFSETS
+from gopflow.codecs.x26x import ENCODER_NAMES, EncodeSettings
+from gopflow.errors import UsageError
+from gopflow.pipeline.assemble import container_for
+from gopflow.pipeline.driver import RunOptions
+from gopflow.pipeline.plan import DEFAULT_SCENE_THRESHOLD, PlanOptions
+from gopflow.pipeline.stages import LearnedCodecRef
+from gopflow.qro.stage import QroSettings
+from gopflow.qro.target import QroTarget, parse_scale
+
+LEARNED_CODECS = CODEC_NAMES
+"""Learned codecs (``--codec dvc|fvc|intra``): they write a .gflv stream."""
+CODECS = (*ENCODER_NAMES, *LEARNED_CODECS)
+LEARNED_EXTENSION = ".gflv"
+PRECODERS = ("none", "dvp", "vistra")
+MODE_SELECTS = ("probe", "predict")
+
+
+def parse_bitrate(value: int | float | str, flag: str = "--bitrate") -> int:
+    """kbit/s from ``3000``, ``"3000"``, ``"3000k"`` or ``"3M"``; one-line error otherwise."""
+    if isinstance(value, bool):
+        raise UsageError(f"{flag}: not a bitrate: {value!r} (e.g. 3000k or 3M)")
+    if isinstance(value, (int, float)):
+        kbps = float(value)
+    else:
+        raw, scale = value.strip().lower(), 1.0
+        if raw.endswith("k"):
+            raw = raw[:-1]
+        elif raw.endswith("m"):
+            raw, scale = raw[:-1], 1000.0
+        try:
+            kbps = float(raw) * scale
+        except ValueError:
+            raise UsageError(f"{flag}: not a bitrate: {value!r} (e.g. 3000k or 3M)") from None
+    if not kbps > 0 or kbps != kbps or kbps == float("inf"):
+        raise UsageError(f"{flag} must be a positive bitrate, got {value!r}")
+    return round(kbps)
+
+
+@dataclass(frozen=True)
+class LearnedSettings:
+    """The learned codec of a transcode: name, quality, weights and encoder decisions."""
+
+    codec: str
+    quality: int | None = None
+    """1 (lowest rate) .. the model's quality count; None: the one above the middle."""
+    registry: str | None = None
+    """Weights registry directory; None: the shipped weights."""
+    adaptive_intra: bool | None = None
+    """dvc/fvc: code each P frame as intra too and keep the cheaper (R + lambda D); None:
+    on for dvc and fvc (intra has no P frames)."""
+    rdo: bool | None = None
+    """dvc/fvc: choose each P frame's levels and residual dead zone by R + lambda D; None:
+    on for dvc and fvc."""
+    intra_offset: int | None = None
+    """dvc/fvc: key frames this many quality steps above ``quality``; None: the codec's
+    :data:`~gopflow.codecs.learned.api.DEFAULT_INTRA_OFFSETS` entry."""
+    motion_refinement: int | None = None
+    """dvc/fvc: Adam steps refining each P frame's motion latent; None: the codec's default
+    with ``rdo``."""
+
+    def __post_init__(self) -> None:
+        if self.codec not in LEARNED_CODECS:
+            raise UsageError(
+                f"unknown learned codec {self.codec!r}; choose from {', '.join(LEARNED_CODECS)}"
+            )
+        if self.codec == "intra" and (self.adaptive_intra or self.rdo or self.intra_offset
+                                      or self.motion_refinement):
+            raise UsageError("--adaptive-intra, --rdo, --intra-offset and --motion-refinement "
+                             "are for dvc and fvc; --codec intra codes every frame as intra "
+                             "already")
+        if self.intra_offset is not None and not 0 <= self.intra_offset < 256:
+            raise UsageError(f"--intra-offset must be 0 to 255, got {self.intra_offset}")
+        if self.motion_refinement is not None and self.motion_refinement < 0:
+            raise UsageError(f"--motion-refinement must be 0 or more, got "
+                             f"{self.motion_refinement}")
+        if self.quality is not None and self.quality < 1:
+            raise UsageError(f"--quality must be 1 or more, got {self.quality}")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the encoder decides intra or inter per P frame."""
+        return self.codec != "intra" if self.adaptive_intra is None else self.adaptive_intra
+
+    @property
+    def rdo_on(self) -> bool:
+        """Whether the encoder makes its per-P-frame rate-distortion choices."""
+        return self.codec != "intra" if self.rdo is None else self.rdo
+
+    @property
+    def offset(self) -> int:
+        """Quality steps between the key frames and the P frames."""
+        if self.intra_offset is not None:
+            return self.intra_offset
+        return DEFAULT_INTRA_OFFSETS.get(self.codec, 0)
+
+    def ref(self) -> LearnedCodecRef:
+        """What a worker loads."""
+        registry = os.path.abspath(self.registry) if self.registry else None
+        return LearnedCodecRef(self.codec, registry, self.adaptive, self.rdo_on,
+                               self.motion_refinement)
+
+
+@dataclass(frozen=True)
+class TranscodeConfig:
+    """A resolved, checked transcode: what the job runs."""
+
+    input: str
+    output: str
+    settings: EncodeSettings = field(default_factory=EncodeSettings)
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+    copy_audio: bool = True
+    report: str | None = None
+    plot: str | None = None
+    qro: QroSettings | None = None
+    decisions_in: str | None = None
+    decisions_out: str | None = None
+    learned: LearnedSettings | None = None
+    """A learned codec instead of x264/x265: a .gflv output."""
+
+    def __post_init__(self) -> None:
+        if os.path.abspath(self.input) == os.path.abspath(self.output):
+            raise UsageError("the output must not overwrite the input")
+        if self.learned is not None:
+            if self.qro is not None or self.decisions_in or self.decisions_out or self.plot:
+                raise UsageError("QRO, --decisions, --save-decisions and --plot work with "
+                                 "x264/x265, not a learned codec")
+            if not self.output.lower().endswith(LEARNED_EXTENSION):
+                raise UsageError(f"a learned codec writes a {LEARNED_EXTENSION} file; name the "
+                                 f"output *{LEARNED_EXTENSION}")
+            return
+        container = container_for(self.output)
+        if self.qro is not None and container != "matroska":
+            raise UsageError(
+                "QRO may change resolution and frame rate from GOP to GOP: write .mkv "
+                "(in-band parameter sets), then `gopflow restore` for full size and rate"
+            )
+        if self.qro is None and (self.decisions_in or self.decisions_out):
+            raise UsageError("--decisions/--save-decisions need a QRO target (--target-vmaf, "
+                             "--target-vmaf-neg, --target-psnr or --max-bitrate)")
+
+
+@dataclass(frozen=True)
+class TranscodeOptions:
+    """A transcode request with the command line's names; ``None``: not given (default).
+
+    Defaults: codec x264; CRF 23 for x264 and 28 for x265 unless ``bitrate``; preset medium;
+    pixel format yuv420p; one encoder thread per GOP; a 10-frame look-ahead tail; GOPs of at
+    most 2 s, at least 0.5 s, cut at scene changes (scdet threshold 10); two retries per GOP;
+    the source's audio copied. QRO (``target_vmaf``, ``target_vmaf_neg``, ``target_psnr`` or
+    ``max_bitrate``) tries scales 1, 3/4, 2/3, 1/2 and half rate with veryfast probes and
+    passes a GOP at 0.5 below target, with up to 3 stricter re-encodes.
+    """
+
+    codec: str = "x264"
+    crf: float | None = None
+    bitrate: int | float | str | None = None
+    maxrate: int | float | str | None = None
+    bufsize: int | float | str | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+    encoder_threads: int = 1
+    lookahead_tail: int | None = None
+    quality: int | None = None
+    registry: str | None = None
+    adaptive_intra: bool | None = None
+    rdo: bool | None = None
+    motion_refinement: int | None = None
+    intra_offset: int | None = None
+    gop_seconds: float = 2.0
+    min_gop_seconds: float = 0.5
+    scene_threshold: float = DEFAULT_SCENE_THRESHOLD
+    scene_detect: bool = True
+    ray_address: str | None = None
+    workers: int | None = None
+    retries: int = 2
+    work_dir: str | None = None
+    resume: bool = False
+    keep_work: bool = False
+    audio: bool = True
+    target_vmaf: float | None = None
+    target_vmaf_neg: float | None = None
+    target_psnr: float | None = None
+    max_bitrate: int | float | str | None = None
+    qro_scales: str = "1,3/4,2/3,1/2"
+    half_rate: bool = True
+    precoder: str = "none"
+    probe_preset: str = "veryfast"
+    mode_select: str = "probe"
+    qro_tolerance: float = 0.5
+    max_reencodes: int = 3
+    decisions: str | None = None
+    save_decisions: str | None = None
+    report: str | None = None
+    progress: bool | None = None
+    plot: str | None = None
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> TranscodeOptions:
+        """Options from keyword arguments; an unknown name is a one-line error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UsageError(f"unknown transcode option(s): {', '.join(unknown)}")
+        return cls(**options)
+
+    def resolve(self, input_path: str, output: str) -> TranscodeConfig:
+        """The checked :class:`TranscodeConfig` of this request (defaults applied)."""
+        if self.codec not in CODECS:
+            raise UsageError(f"unknown codec {self.codec!r}; choose from {', '.join(CODECS)}")
+        learned = self._learned()
+        qro = self._qro()
+        if qro is not None and self.crf is not None:
+            raise UsageError("--crf and a QRO target cannot both apply: QRO chooses each GOP's "
+                             "CRF; drop --crf")
+        if qro is not None and self.bitrate is not None:
+            raise UsageError("--bitrate and a QRO target cannot both apply; for a rate budget "
+                             "use --max-bitrate")
+        settings = EncodeSettings()
+        if learned is None:
+            settings = EncodeSettings(
+                codec=self.codec,  # type: ignore[arg-type]
+                preset=self.preset or "medium",
+                crf=self.crf,
+                bitrate_kbps=None if self.bitrate is None else parse_bitrate(self.bitrate),
+                maxrate_kbps=None if self.maxrate is None else parse_bitrate(self.maxrate,
+                                                                              "--maxrate"),
+                bufsize_kbps=None if self.bufsize is None else parse_bitrate(self.bufsize,
+                                                                              "--bufsize"),
+                pix_fmt=self.pix_fmt or "yuv420p",
+                threads=self.encoder_threads,
+                lookahead_tail=10 if self.lookahead_tail is None else self.lookahead_tail,
+            )
+        return TranscodeConfig(
+            input=input_path,
+            output=output,
+            settings=settings,
+            plan=PlanOptions(self.gop_seconds, self.min_gop_seconds, self.scene_detect,
+                             self.scene_threshold),
+            run=RunOptions(self.ray_address, self.workers, self.retries, self.work_dir,
+                           self.resume, self.keep_work, self.progress),
+            copy_audio=self.audio,
+            report=self.report,
+            plot=self.plot,
+            qro=qro,
+            decisions_in=self.decisions,
+            decisions_out=self.save_decisions,
+            learned=learned,
+        )
+
+    def _learned(self) -> LearnedSettings | None:
+        learned_only = {
+            "--quality": self.quality, "--registry": self.registry,
+            "--adaptive-intra": self.adaptive_intra, "--rdo": self.rdo,
+            "--intra-offset": self.intra_offset, "--motion-refinement": self.motion_refinement,
+        }
+        if self.codec not in LEARNED_CODECS:
+            given = [flag for flag, value in learned_only.items() if value is not None]
+            if given:
+                raise UsageError(f"{', '.join(given)} apply to the learned codecs (dvc, fvc, "
+                                 f"intra), not {self.codec}; use --crf or --bitrate")
+            return None
+        encoder_only = {
+            "--crf": self.crf, "--bitrate": self.bitrate, "--maxrate": self.maxrate,
+            "--bufsize": self.bufsize, "--preset": self.preset, "--pix-fmt": self.pix_fmt,
+            "--lookahead-tail": self.lookahead_tail, "--target-vmaf": self.target_vmaf,
+            "--target-vmaf-neg": self.target_vmaf_neg, "--target-psnr": self.target_psnr,
+            "--max-bitrate": self.max_bitrate, "--decisions": self.decisions,
+            "--save-decisions": self.save_decisions, "--plot": self.plot,
+        }
+        given = [flag for flag, value in encoder_only.items() if value is not None]
+        if self.precoder != "none":
+            given.append("--precoder")
+        if self.encoder_threads != 1:
+            given.append("--encoder-threads")
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to x264/x265, not --codec {self.codec}; "
+                             "use --quality Q (learned codecs run one thread per GOP)")
+        return LearnedSettings(self.codec, self.quality, self.registry, self.adaptive_intra,
+                               self.rdo, self.intra_offset, self.motion_refinement)
+
+    def _qro(self) -> QroSettings | None:
+        goals = {
+            "--target-vmaf": self.target_vmaf, "--target-vmaf-neg": self.target_vmaf_neg,
+            "--target-psnr": self.target_psnr, "--max-bitrate": self.max_bitrate,
+        }
+        given = [flag for flag, value in goals.items() if value is not None]
+        if len(given) > 1:
+            raise UsageError(f"{' and '.join(given)} are alternatives: give one QRO goal")
+        if self.precoder not in PRECODERS:
+            raise UsageError(f"unknown precoder {self.precoder!r}; choose from "
+                             f"{', '.join(PRECODERS)}")
+        if self.mode_select not in MODE_SELECTS:
+            raise UsageError(f"unknown mode selection {self.mode_select!r}; choose from "
+                             f"{', '.join(MODE_SELECTS)}")
+        if self.mode_select == "predict" and self.target_vmaf is None and (
+            self.target_vmaf_neg is None
+        ):
+            raise UsageError("--mode-select predict needs --target-vmaf or --target-vmaf-neg")
+        if self.target_vmaf is not None:
+            target = QroTarget("vmaf", target=self.target_vmaf)
+        elif self.target_vmaf_neg is not None:
+            target = QroTarget("vmaf_neg", target=self.target_vmaf_neg)
+        elif self.target_psnr is not None:
+            target = QroTarget("psnr_y", target=self.target_psnr)
+        elif self.max_bitrate is not None:
+            kbps = parse_bitrate(self.max_bitrate, "--max-bitrate")
+            target = QroTarget("vmaf", max_bitrate_kbps=float(kbps))
+        else:
+            if self.precoder != "none":
+                raise UsageError("--precoder needs a QRO target or --max-bitrate")
+            return None
+        if self.mode_select == "predict":
+            from gopflow.qro.mode_predictor import ModePredictor, shipped_sha256
+
+            trained_for = ModePredictor.load(sha256=shipped_sha256()).metric
+            if trained_for != target.metric:
+                option = "--target-" + trained_for.replace("_", "-")
+                raise UsageError(f"the shipped mode predictor was trained on {trained_for} "
+                                 f"targets: use {option}, or --mode-select probe")
+        scales = tuple(sorted({parse_scale(part.strip()) for part in self.qro_scales.split(",")},
+                              reverse=True))
+        if Fraction(1) not in scales:
+            scales = (Fraction(1), *scales)
+        if self.qro_tolerance < 0:
+            raise UsageError(f"--qro-tolerance must be 0 or more, got {self.qro_tolerance:g}")
+        if self.max_reencodes < 0:
+            raise UsageError(f"--max-reencodes must be 0 or more, got {self.max_reencodes}")
+        return QroSettings(
+            target=target,
+            probe_preset=self.probe_preset,
+            scales=scales,
+            half_rate=self.half_rate,
+            tolerance=self.qro_tolerance,
+            max_reencodes=self.max_reencodes,
+            precoder=self.precoder,
+            mode_select=self.mode_select,
+        )
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """A ``gopflow decode`` request: a .gflv file to Y4M, MP4 or MKV."""
+
+    input: str
+    output: str
+    registry: str | None = None
+    workers: int | None = None
+    ray_address: str | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        extension = os.path.splitext(self.output)[1].lower()
+        if extension not in (".y4m", ".mp4", ".mkv"):
+            raise UsageError(f"decode writes .y4m, .mp4 or .mkv, not {extension or '(none)'!r}")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        if os.path.abspath(self.input) == os.path.abspath(self.output):
+            raise UsageError("the output must not overwrite the input")
