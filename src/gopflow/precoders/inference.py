@@ -36,9 +36,9 @@ def default_threads() -> int:
     """Torch threads for one precoding call: ``$GOPFLOW_TORCH_THREADS``, else 1.
 
     One thread per worker is the right default under GOP parallelism (a worker per core):
-    on this 2-core machine, with the other core busy, 2 torch threads made the 720p
-    downscaler 5-20x *slower* (OpenMP threads waiting on a descheduled peer), while 1
-    thread runs it at 35-70 fps. Pass ``threads`` when a worker owns more cores.
+    on a 2-core machine whose other core is busy, 2 torch threads run the 720p downscaler
+    several times *slower* than 1 (OpenMP threads wait on a descheduled peer). Pass
+    ``threads`` when a worker owns more cores.
     """
     env = os.environ.get("GOPFLOW_TORCH_THREADS")
     if env:

@@ -7,7 +7,7 @@ layout (padding cropped; bicubic scaling only when the caller asks) -> per-frame
 V, YUV 6:1:1), SSIM (Y), MS-SSIM (Y) -> :class:`FrameScores` (one series per metric) ->
 pooled summaries (mean, harmonic mean, min, 5th percentile) for the whole video or per GOP.
 VMAF runs inside ffmpeg's libvmaf (:mod:`gopflow.quality.vmaf`) and returns the same
-:class:`FrameScores`; :func:`measure` runs both and merges them.
+:class:`FrameScores`; :func:`gopflow.quality.measure.measure` runs both and merges them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from gopflow.quality.names import (
     METRIC_GROUPS,
 )
 
-# PSNR of identical planes (MSE 0) is infinite; it is reported as this, as before.
+# PSNR of identical planes (MSE 0) is infinite; it is reported as this finite cap.
 PSNR_CAP_DB = 100.0
 # A distorted frame at most this much larger than the reference (in each dimension) is the
 # reference plus encoder/alignment padding (odd sizes padded to even, 16-pixel macroblocks):
@@ -443,7 +443,7 @@ def compare_frames(
     The comparison layout and size are the reference's: distorted frames are cropped (pad),
     scaled (only with ``scale``) and converted as needed. Frame-count mismatches raise
     :class:`FrameCountError` unless ``allow_length_mismatch`` (then the shorter count wins).
-    VMAF names are not accepted here (see :func:`measure`).
+    VMAF names are not accepted here (see :func:`gopflow.quality.measure.measure`).
     """
     wanted = expand_metrics(metrics)
     unsupported = [m for m in wanted if m not in FRAME_METRICS]

@@ -9,8 +9,8 @@ the warp error) -> :class:`GlobalMotion` (quantised parameters,
 After AV1's global motion (Chen et al. 2018, "An overview of core coding tools in the AV1
 video codec"; and MPEG-4's global motion compensation): a camera pan or zoom moves the whole
 frame in a way six numbers describe. DVC's motion auto-encoder carries a smooth pan at
-1/16 resolution and still blurs it (measured on white_flower frame 1 at quality 6: a warp by
-the 1472-byte coded flow 33.9 dB, by the 12-byte affine model 35.2 dB; README).
+1/16 resolution and still blurs it: on a pan the 12-byte affine model warps closer than a
+coded flow of a kilobyte or more.
 Written by hand: the model is six numbers and a least-squares fit (numpy), and no library
 quantises and serialises it the way a bitstream must.
 """
@@ -161,39 +161,27 @@ def refine_global_motion(
 
 
 GRID_BLOCK = 64
-"""Pixels (each way) per cell of a :class:`GridMotion`'s correction grid by default: on
-white_flower (frame 1 against a level 7 key frame) a 64-px grid lifted the affine warp from
-35.40 to 35.70 dB for 234 bytes, a 32-px grid to 35.85 dB for 926 (README)."""
+"""Pixels (each way) per cell of a :class:`GridMotion`'s correction grid by default: the
+coarsest grid tried, which already corrects much of what the affine model misses for a few
+hundred bytes at 720p."""
 GRID_BLOCKS = (GRID_BLOCK, 32)
 """The grids an encoder tries per P frame (DVC's ``compress_global``), each with every
-residual candidate; rate-distortion cost picks. On white_flower (little parallax) a 32-px
-grid left a 4-frame quality 6 encode's cost where it was (J 0.24850 against 0.24854). On
-flower (a tree trunk passing in front of the garden) it lifts the warp of the source's
-frames 1-3 from 31.8/36.4/37.3 dB (64 px, about 200 bytes) to 34.5/38.1/39.4 dB (about
-650 bytes). In the flower benchmark (format 7, before the longer fit) qualities 1-3 coded
-within 0.1% of the bytes they took without it, quality 6 25366 bytes at 36.32 dB against
-26389 at 36.16, quality 7 28726 at 36.67 against 32215 at 36.62; BD-rate against x264
-veryfast +12.5% to +9.4%. A 16-px grid (about 2.2 KB) was never chosen at quality 7
-(README)."""
+residual candidate; rate-distortion cost picks. A 32-px grid follows parallax (a foreground
+object passing in front of the background) that the 64-px grid blurs, for about three times
+its bytes; with little parallax it changes the cost little. A 16-px grid is not tried: its
+bytes (about 2 KB at 720p) do not pay for themselves even at the top quality."""
 GRID_UNITS = 4
 """Steps per pixel of the grid's corrections (int8 keeps +-31.75 px)."""
 GRID_REFINE_STEPS = 120
-"""Adam steps of :func:`fit_motion_grid`. Warp PSNR of flower's source frames 1-3 (scratch
-script; steps / step size): 32-px grid 34.50 / 38.11 / 39.43 dB at 40 / 0.05 px, 35.58 /
-38.88 / 40.21 at 40 / 0.15, 36.13 / 39.24 / 40.46 at 120 / 0.1, 36.50 / 39.57 / 40.54 at
-240 / 0.1; 64-px grid 31.80 / 36.38 / 37.25, 33.51 / 36.88 / 37.81, 34.28 / 36.95 / 38.13,
-34.38 / 36.97 / 38.19; grid bytes within 10%. On white_flower's and people_walking's first
-frames 40 steps of 0.15 px came within 0.03 dB of 120 of 0.1, but for one 32-px grid of
-people_walking (66.06 against 68.09 dB)."""
+"""Adam steps of :func:`fit_motion_grid`: with :data:`GRID_REFINE_STEP`, enough for the fit
+to settle on the tuning clips at about the same grid bytes (fewer, larger steps lose warp
+quality on some grids; more steps gain a few tenths of a dB for their time)."""
 GRID_REFINE_STEP = 0.1
 """Its step size, in pixels."""
 GRID_RATE_WEIGHT = 1.0
 """Weight of the grid's bits against the warp's error in a rate-aware grid fit, relative to
-the frame's lambda. Flower's first GOP at quality 6 (``bench/codec_frames.py ... --level 6
---intra-offset 1 --rdo --adaptive-intra``, through a scratch script): 23589 bytes at
-36.318 dB without the rate term, 22859 at 36.287 with weight 1, 22207 at 36.226 with 3; at
-quality 2 (per-frame bpp as printed, to 0.001, summed) weight 1 cost 0.03 dB for 5% fewer
-bits, weight 3 0.17 dB for 7% (README)."""
+the frame's lambda. At 1 the rate term saves a few percent of a GOP's bytes for a few
+hundredths of a dB; larger weights save little more for several times the quality loss."""
 _GRID_HEAD = struct.Struct(">BH")
 RANS_GRID = 0x80
 """Flag (bit 7) of a grid's block size byte: the grid is rANS-coded (:mod:`.grid_coding`)."""
@@ -218,12 +206,11 @@ class GridMotion:
     after bilinear up-sampling, so the field follows parallax and non-rigid motion that one
     affine model misses and stays smooth (no block edges in the prediction).
     ``corrections``: int8 ``2 x rows x cols`` (u then v, row-major). Coded as the 12-byte
-    model, a u8 (bits 0-6: ``block / 16``; bit 7, :data:`RANS_GRID`, since format version
-    8: which coding), the coded grid's length u16, then the grid, coded the shorter way:
-    each row as differences from its left neighbour (mod 256) deflated by zlib (version 7's
-    only coding), or with bit 7 set by rANS under a Laplace model of its median-predicted
-    values (:mod:`.grid_coding`). The grid's shape is not coded: the padded frame size
-    gives it."""
+    model, a u8 (bits 0-6: ``block / 16``; bit 7, :data:`RANS_GRID`: which coding), the
+    coded grid's length u16, then the grid, coded the shorter way: each row as differences
+    from its left neighbour (mod 256) deflated by zlib, or with bit 7 set by rANS under a
+    Laplace model of its median-predicted values (:mod:`.grid_coding`). The grid's shape is
+    not coded: the padded frame size gives it."""
 
     base: GlobalMotion
     block: int

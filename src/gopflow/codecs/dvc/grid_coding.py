@@ -11,14 +11,14 @@ its scale one of :data:`SCALES` chosen by the encoder for the fewest bits -> Com
 bypass escape) -> bytes. The decoder reads the two component headers, decodes every
 residual at once and undoes the prediction (in raster order for MED).
 
-Format (version 8 streams), per component u then v: scale index u8 with bit 7
-(:data:`CONSTANT_PREDICTION`) set where the prediction is a constant, then that constant
-(int8); then the rANS string.
+Format (format version 8; docs/gflv-format.md), per component u then v: scale index u8
+with bit 7 (:data:`CONSTANT_PREDICTION`) set where the prediction is a constant, then that
+constant (int8); then the rANS string.
 
 Written by hand around CompressAI's coder: its entropy models code CNN latents with learned
 or Gaussian tables; a two-parameter static model of a few hundred small integers needs no
-network, and zlib (the version 7 coding, still chosen where it is shorter) spent 15-47%
-more on the grids of flower's and white_flower's first frames (README).
+network, and codes typical grids shorter than zlib's deflated row differences (the grid's
+other coding, which the encoder picks where it is shorter).
 """
 
 from __future__ import annotations

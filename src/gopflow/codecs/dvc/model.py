@@ -78,7 +78,7 @@ def dis_flow(current: Tensor, reference: Tensor) -> Tensor:
     """OpenCV's DIS optical flow (Kroeger et al. 2016) on the 8-bit luma of each sample, in
     :func:`backward_warp`'s convention (``reference`` sampled at ``p + flow(p)`` matches
     ``current``). DVC starts its flow network from a SpyNet pre-trained on flow datasets;
-    there is none here, and the small pyramid network trained from scratch on a CPU learned
+    there is none here, and trained from scratch on a CPU the small pyramid network learns
     no motion at all, so DIS gives the starting flow that the pyramid network corrects (and
     the warm-up's teacher). Encoder side only: the decoder reads the coded flow, so this
     changes nothing a decoder must reproduce (one OpenCV thread keeps encodes repeatable)."""
@@ -246,13 +246,12 @@ class DvcCodec(CompressionModel):
         its hyperprior learn, on ``R_residual + lambda * 255^2 * MSE`` (the motion bits do
         not depend on them; ``bpp`` counts the residual alone). The motion path already
         settled in the joint stage; the residual coder carries most of a P frame's bits
-        at the higher qualities, and the compensation network, trained so far on the
-        motion latent's flows alone, learns the grid's. Each sample's prediction is the
-        closer (in MSE) of the motion latent's and the grid motion's (:meth:`grid_flow`),
-        as the encoder with ``--rdo`` codes most P frames with the grid: a first version
-        trained on the motion latent's alone was better on the held-out crops and worse
-        on the benchmark (README). ``metrics["grid"]`` is the share of samples that took
-        the grid. Returns ``(decoded frame, loss, metrics)``."""
+        at the higher qualities, and the compensation network, which the earlier stages
+        train on the motion latent's flows alone, learns the grid's. Each sample's
+        prediction is the closer (in MSE) of the motion latent's and the grid motion's
+        (:meth:`grid_flow`), as the encoder with ``--rdo`` codes most P frames with the
+        grid, so the network must refine both kinds of prediction. ``metrics["grid"]`` is
+        the share of samples that took the grid. Returns ``(decoded frame, loss, metrics)``."""
         with torch.no_grad():
             m_hat, _ = self.motion_prior(self.m_a(self.estimate_flow(x, reference)), level)
             latent_flow = self.m_s(m_hat)

@@ -1,1 +1,1 @@
-"""Learned video codecs (DVC, FVC, learned intra): bitstream format first (see the issue)."""
+"""Learned video codecs (DVC, FVC, learned intra); their bitstream is docs/gflv-format.md."""

@@ -1,6 +1,6 @@
 """The contract between gopflow's learned video codecs and the rest of the pipeline.
 
-Data flow (issue 5)::
+Data flow::
 
     GOP frames (H x W x 3 uint8 RGB, any size)
       -> LearnedVideoCodec.encode_gop(frames, level, intra_offset)   [codecs/learned/engine.py]
@@ -27,17 +27,16 @@ from gopflow.codecs.learned.bitstream import UnitKind
 
 DEFAULT_INTRA_OFFSETS: dict[str, int] = {"intra": 0, "dvc": 1, "fvc": 0}
 """Quality levels between intra and P frames by default, as x264's ``ipratio`` gives I frames
-a finer quantiser; measured with ``bench/codecs.py`` (README): it pays for DVC, whose P frames
-carry the intra frame's quality along the GOP (once the intra codec was retrained, 1 was at
-least as good as 2 on both benchmark clips, and better than 3 on white_flower; with global
-motion, 2 was 2% cheaper where their ranges overlap but starts at a higher rate, README), and
-costs FVC (its alignment barely uses the reference), so FVC keeps 0."""
+a finer quantiser (compared with ``bench/codecs.py``): it pays for DVC, whose P frames carry
+the intra frame's quality along the GOP (an offset of 1 codes about as well as larger ones
+on the benchmark clips and keeps the lowest rates within reach), and costs FVC (its
+alignment barely uses the reference), so FVC keeps 0."""
 DEFAULT_MOTION_REFINEMENT: dict[str, int] = {"dvc": 20, "fvc": 0}
 """Adam steps refining each P frame's lead latent with ``--rdo``, by codec
-(:meth:`~gopflow.codecs.learned.hyperprior.GainedHyperprior.refine`): measured on DVC's
-motion (white_flower, README). FVC's offsets are refined by the same code when asked, but
-on white_flower's first P frame at quality 2 it kept the start (the same bytes) at 3.4 times
-the encode time, so it stays off there."""
+(:meth:`~gopflow.codecs.learned.hyperprior.GainedHyperprior.refine`): it lowers the cost of
+DVC's motion. FVC's offsets are refined by the same code when asked, but the refinement
+tends to keep the start (the same bytes) at several times the encode time, so it stays off
+there."""
 CODEC_NAMES: tuple[str, ...] = ("intra", "dvc", "fvc")
 """The learned codecs, by the name the CLI, the registry (``codec-<name>``) and streams use."""
 

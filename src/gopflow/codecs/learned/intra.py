@@ -92,8 +92,8 @@ def unpack_payload(
 
 def fast_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` with its weights in channels-last layout, for the encoder's
-    rate-distortion choices only (made per frame, so never stale): a third faster on this
-    CPU (0.62-0.78 s against 1.0 s for DVC's residual synthesis at 720p, one thread). Its
+    rate-distortion choices only (made per frame, so never stale): about a third faster on
+    this CPU (DVC's residual synthesis at 720p, one thread). Its
     output may differ from the decoder's path in the last bits, which a choice between
     candidates tolerates: the frame the encoder keeps is rebuilt by the decoder's path."""
     return deepcopy(module).to(memory_format=torch.channels_last)
