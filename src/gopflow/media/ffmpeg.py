@@ -1,18 +1,31 @@
-"""Find the ffmpeg binary and check once that it has what gopflow needs.
+"""Find the ffmpeg binary, check once that it has what gopflow needs, and build every ffmpeg
+command line gopflow runs.
 
 Order: ``$GOPFLOW_FFMPEG``, then imageio-ffmpeg's static build (libx264, libx265, libvmaf),
 then ``ffmpeg`` on ``PATH``. Capabilities are parsed from ``-encoders``/``-filters`` once per
 binary and cached.
+
+Command lines are assembled here and nowhere else, with ffmpeg-python (``import ffmpeg``):
+callers ask for a command by intent (:func:`encode_raw_command`, :func:`cut_command`, ...)
+with plain values and run it themselves (:func:`feed_process`, :mod:`subprocess`).
+ffmpeg-python writes keyword options sorted by name, filters as a ``-filter_complex`` graph
+and the global options after the output; ffmpeg's result depends on none of that (the
+outputs were checked byte for byte against the hand-written commands this replaced).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import ffmpeg
 
 from gopflow.errors import ToolMissingError
 
@@ -117,3 +130,453 @@ def feed_process(
     with open(log_path, "rb") as log:
         lines = log.read().decode("utf-8", "replace").strip().splitlines()
     return code, (lines[-1] if lines else f"exit code {code}")
+
+
+# -- command lines -----------------------------------------------------------------------
+
+QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
+"""Global options of every command: no console interaction, errors only."""
+
+Options = Mapping[str, Any]
+"""ffmpeg options by name without the dash (``{"c:v": "libx264"}``); ``None``: a bare flag."""
+
+RESTORE_WRITERS: Mapping[str, Options] = {
+    ".y4m": {"c:v": "rawvideo", "format": "yuv4mpegpipe"},
+    ".mkv": {"c:v": "ffv1", "level": 3, "format": "matroska"},
+    ".mp4": {"c:v": "libx264", "preset": "ultrafast", "qp": 0, "format": "mp4"},
+}
+"""``gopflow restore`` output extension -> encoder and muxer (Y4M raw, FFV1, x264 lossless)."""
+
+RGB_WRITERS: Mapping[str, str] = {".mp4": "mp4", ".mkv": "matroska"}
+"""``gopflow decode`` output extension -> muxer of the lossless RGB (libx264rgb) stream."""
+
+_WHITESPACE = " \n\t\r"
+_OPTION_KEY = re.compile(r"[ \n\t\r]*([A-Za-z0-9_\-/.]+)[ \n\t\r]*=")
+# ffmpeg-python escapes a filter's positional values twice: these must not occur in them.
+_UNSAFE_POSITIONAL = frozenset("\\'=:")
+
+
+def _finish(stream: Any, exe: str | None, overwrite: bool = True, *extra: str) -> list[str]:
+    """The argument list of an ffmpeg-python output: quiet, ``-y`` unless told otherwise."""
+    stream = stream.global_args(*QUIET, *extra)
+    if overwrite:
+        stream = stream.overwrite_output()
+    return list(stream.compile(cmd=exe or find_ffmpeg().path))
+
+
+def _rate(fps: Fraction) -> str:
+    return f"{fps.numerator}/{fps.denominator}"
+
+
+def _token(text: str, pos: int, term: str) -> tuple[str, int]:
+    """ffmpeg's ``av_get_token``: read from ``pos`` up to an unquoted, unescaped character
+    of ``term``; quotes and escaping backslashes are removed, as are outer blanks."""
+    while pos < len(text) and text[pos] in _WHITESPACE:
+        pos += 1
+    out: list[str] = []
+    kept = 0  # characters that escaping or quoting protects from the blank strip
+    while pos < len(text) and text[pos] not in term:
+        char = text[pos]
+        pos += 1
+        if char == "\\" and pos < len(text):
+            out.append(text[pos])
+            pos += 1
+            kept = len(out)
+        elif char == "'":
+            while pos < len(text) and text[pos] != "'":
+                out.append(text[pos])
+                pos += 1
+            if pos < len(text):
+                pos += 1
+                kept = len(out)
+        else:
+            out.append(char)
+    while len(out) > kept and out[-1] in _WHITESPACE:
+        out.pop()
+    return "".join(out), pos
+
+
+def split_chain(chain: str) -> list[str]:
+    """A filter chain (``a=1,b``) split into its filters at unquoted, unescaped commas."""
+    filters, start, pos, quoted = [], 0, 0, False
+    while pos < len(chain):
+        char = chain[pos]
+        if char == "\\" and not quoted:
+            pos += 1
+        elif char == "'":
+            quoted = not quoted
+        elif char == "," and not quoted:
+            filters.append(chain[start:pos])
+            start = pos + 1
+        pos += 1
+    filters.append(chain[start:])
+    return [f for f in filters if f.strip()]
+
+
+def parse_filter(spec: str) -> tuple[str, list[str], dict[str, str]]:
+    """One filter as ffmpeg reads it (``scale=640:360:flags=lanczos``, quoting and escaping
+    included): its name, positional values and named values, unescaped (ffmpeg-python
+    escapes them again)."""
+    name, pos = _token(spec, 0, "=,;[")
+    options = ""
+    if pos < len(spec) and spec[pos] == "=":
+        options, pos = _token(spec, pos + 1, "[],;")
+    if not name or pos != len(spec):
+        raise ValueError(f"not one filter: {spec!r}")
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    pos = 0
+    while pos < len(options):
+        key = _OPTION_KEY.match(options, pos)
+        if key:
+            named[key.group(1)], pos = _token(options, key.end(), ":")
+        elif named:
+            raise ValueError(f"a positional value after named ones in {spec!r}")
+        else:
+            value, pos = _token(options, pos, ":")
+            if _UNSAFE_POSITIONAL & set(value):
+                raise ValueError(f"name the option holding {value!r} in {spec!r}")
+            positional.append(value)
+        pos += 1  # the ':' separator
+    return name, positional, named
+
+
+def _filtered(stream: Any, filters: Iterable[str]) -> Any:
+    for spec in filters:
+        name, positional, named = parse_filter(spec)
+        stream = stream.filter(name, *positional, **named)
+    return stream
+
+
+def _filter_threads(encoder: Options) -> tuple[str, ...]:
+    # -vf ran on the encoder's -threads; a -filter_complex graph needs the count given.
+    threads = encoder.get("threads")
+    return () if threads is None else ("-filter_complex_threads", str(threads))
+
+
+def colour_options(
+    color_range: str, color_space: str, color_primaries: str, color_trc: str
+) -> dict[str, str]:
+    """ffmpeg's colour options for the properties that are known (not ``unknown``)."""
+    pairs = (
+        ("color_range", color_range),
+        ("colorspace", color_space),
+        ("color_primaries", color_primaries),
+        ("color_trc", color_trc),
+    )
+    return {option: value for option, value in pairs if value and value != "unknown"}
+
+
+def encode_raw_command(
+    output: str,
+    *,
+    width: int,
+    height: int,
+    fps: Fraction,
+    pix_fmt: str,
+    out_pix_fmt: str,
+    encoder: Options,
+    colour: Options | None = None,
+    input_path: str = "pipe:0",
+    filters: Sequence[str] = (),
+    pad_to: tuple[int, int] | None = None,
+    keyframe_at: int | None = None,
+    exe: str | None = None,
+) -> list[str]:
+    """Raw ``pix_fmt`` frames (``input_path``: stdin or a raw file) -> ``filters`` -> [padded
+    to ``pad_to``, edge pixels replicated] -> [``out_pix_fmt``] -> ``encoder`` (codec and
+    rate options) -> an MP4 segment at ``output``.
+
+    Timestamps pass through untouched (dropped frames leave gaps the decoder fills);
+    ``colour`` tags input and output alike; metadata is dropped and the muxer bit-exact.
+    """
+    colour = dict(colour or {})
+    source = ffmpeg.input(
+        input_path, f="rawvideo", pix_fmt=pix_fmt, s=f"{width}x{height}",
+        framerate=_rate(fps), **colour,
+    )
+    video = _filtered(source, filters)
+    if pad_to is not None and pad_to != (width, height):
+        pad_width, pad_height = pad_to
+        video = video.filter("pad", pad_width, pad_height, 0, 0).filter(
+            "fillborders", right=pad_width - width, bottom=pad_height - height, mode="smear"
+        )
+    if pix_fmt != out_pix_fmt:
+        video = video.filter("format", out_pix_fmt)
+    options: dict[str, Any] = {"an": None, "sn": None, "dn": None, "fps_mode": "passthrough"}
+    if keyframe_at is not None:
+        # An IDR where the GOP ends: frames after it (look-ahead context) never become
+        # references for the GOP's own frames, so the stream can be cut there.
+        options["force_key_frames"] = f"expr:eq(n,{keyframe_at})"
+    options.update(encoder)
+    options.update(pix_fmt=out_pix_fmt, **colour)
+    options.update({"map_metadata": -1, "fflags": "+bitexact", "flags:v": "+bitexact"})
+    threads = _filter_threads(encoder) if video is not source else ()
+    return _finish(ffmpeg.output(video, output, format="mp4", **options), exe, True, *threads)
+
+
+def cut_command(source: str, frames: int, output: str, exe: str | None = None) -> list[str]:
+    """The first ``frames`` frames (decode order) of ``source``'s video, stream-copied to a
+    bit-exact MP4 without metadata."""
+    video = ffmpeg.input(source)["v:0"]
+    options = {"c": "copy", "frames:v": frames, "map_metadata": -1, "fflags": "+bitexact",
+               "flags:v": "+bitexact"}
+    return _finish(ffmpeg.output(video, output, format="mp4", **options), exe)
+
+
+def concat_command(
+    list_path: str,
+    output: str,
+    muxer: str,
+    *,
+    video_offset: float = 0.0,
+    audio_source: str | None = None,
+    audio: Sequence[tuple[int, bool]] = (),
+    rotation: int = 0,
+    tags: Mapping[str, str] | None = None,
+    exe: str | None = None,
+) -> list[str]:
+    """The segments of an ffconcat list joined by stream copy (video delayed by
+    ``video_offset`` seconds) plus ``audio``: (stream index in ``audio_source``, copy as it
+    is) pairs, the others encoded to AAC at 192 kbit/s; ``tags`` become container metadata
+    (MP4/MOV: as metadata tags), ``rotation`` the video's display rotation."""
+    concat: dict[str, Any] = {"f": "concat", "safe": 0}
+    if video_offset > 0:
+        concat["itsoffset"] = f"{video_offset:.6f}"
+    streams = [ffmpeg.input(list_path, **concat)["v:0"]]
+    options: dict[str, Any] = {"c:v": "copy"}
+    if audio:
+        source = ffmpeg.input(audio_source)
+        for position, (index, copy) in enumerate(audio):
+            streams.append(source[str(index)])
+            options[f"c:a:{position}"] = "copy" if copy else "aac"
+            if not copy:
+                options[f"b:a:{position}"] = "192k"
+    if rotation:
+        options["metadata:s:v:0"] = f"rotate={rotation}"
+    options.update(map_metadata=-1, fflags="+bitexact", flags="+bitexact")
+    if muxer in ("mp4", "mov"):
+        options["movflags"] = "+faststart+use_metadata_tags" if tags else "+faststart"
+    command = _finish(ffmpeg.output(*streams, output, format=muxer, **options), exe)
+    # ffmpeg-python takes an option once: the -metadata pairs go in by hand, sorted by key.
+    at = len(command) - 1 - command[::-1].index(output)
+    pairs = sorted((tags or {}).items())
+    command[at:at] = [arg for key, value in pairs for arg in ("-metadata", f"{key}={value}")]
+    return command
+
+
+def scene_detect_command(
+    path: str, stream_index: int, threshold: float, listing: str, width: int = 320,
+    exe: str | None = None,
+) -> list[str]:
+    """Decode stream ``stream_index`` of ``path``, scale it to at most ``width`` pixels wide,
+    run ``scdet`` at ``threshold`` and print each cut (its frame number) to ``listing``."""
+    # Cut detection needs no deblocked, bit-exact pictures: skip the loop filter.
+    source = ffmpeg.input(path, skip_loop_filter="all", flags2="+fast")
+    video = (
+        source[str(stream_index)]
+        .filter("scale", w=f"min({width},iw)", h=-2, flags="fast_bilinear")
+        .filter("scdet", threshold=f"{threshold:g}")
+        .filter("metadata", mode="print", key="lavfi.scd.time", file=listing)
+    )
+    return _finish(ffmpeg.output(video, "-", format="null", an=None, sn=None), exe, False)
+
+
+# Frame n of each input gets timestamp n/25 s: libvmaf pairs frames in order.
+_BY_ORDER = "settb=1/25,setpts=N"
+
+
+def vmaf_command(
+    distorted: str,
+    reference: str,
+    *,
+    distorted_stream: int,
+    reference_stream: int,
+    size: tuple[int, int],
+    resize: str,
+    pix_fmt: str,
+    models: Mapping[str, str],
+    threads: int,
+    log_name: str,
+    exe: str | None = None,
+) -> list[str]:
+    """libvmaf of ``distorted`` against ``reference`` (each one video stream) with every one
+    of ``models`` (name -> libvmaf model version) at once; the JSON log goes to ``log_name``
+    in the working directory. Frames are paired in order; the distorted ones are cropped
+    (``resize="crop"``) or bicubic-scaled (``"scale"``) to the reference ``size``; both
+    sides go to limited range and ``pix_fmt``."""
+    width, height = size
+    # VMAF's models expect limited range: full-range inputs (yuvj*, or tagged pc) are
+    # converted on both sides alike; limited-range inputs pass unchanged.
+    dist_chain = f"{_BY_ORDER},scale=out_range=tv"
+    if resize == "crop":
+        dist_chain += f",crop={width}:{height}:0:0"
+    elif resize == "scale":
+        dist_chain += f",scale={width}:{height}:flags=bicubic"
+    # In a libvmaf option, models are separated by '|' and their own ':' escaped.
+    model = "|".join(rf"version={version}\:name={name}" for name, version in models.items())
+    graph = (
+        f"[0:{distorted_stream}]{dist_chain},format={pix_fmt}[dist];"
+        f"[1:{reference_stream}]{_BY_ORDER},scale=out_range=tv,format={pix_fmt}[ref];"
+        f"[dist][ref]libvmaf=model='{model}':log_fmt=json:log_path={log_name}"
+        f":n_threads={threads}:shortest=1"
+    )
+    # By hand: ffmpeg-python merges equal inputs (a file compared with itself would lose
+    # its second -i) and a two-input graph with named pads is clearer written out.
+    return [
+        exe or find_ffmpeg().path, *QUIET,
+        "-threads", str(threads), "-i", distorted,
+        "-threads", str(threads), "-i", reference,
+        "-filter_complex", graph, "-an", "-sn", "-dn", "-f", "null", "-",
+    ]
+
+
+def _raw_pair(
+    source_raw: str, width: int, height: int, fps: Fraction, pix_fmt: str, threads: int,
+    full_range: bool,
+) -> tuple[Any, Any]:
+    """Frames on stdin and the same layout from ``source_raw``: the video of each."""
+    options: dict[str, Any] = {"threads": threads, "f": "rawvideo", "pix_fmt": pix_fmt,
+                               "s": f"{width}x{height}", "framerate": _rate(fps)}
+    if full_range:
+        options["color_range"] = "pc"
+    return ffmpeg.input("pipe:0", **options)["v"], ffmpeg.input(source_raw, **options)["v"]
+
+
+def raw_vmaf_command(
+    source_raw: str,
+    *,
+    width: int,
+    height: int,
+    fps: Fraction,
+    pix_fmt: str,
+    model_name: str,
+    model_version: str,
+    log_name: str,
+    threads: int = 1,
+    full_range: bool = False,
+    exe: str | None = None,
+) -> list[str]:
+    """libvmaf (one model) of raw frames on stdin against ``source_raw`` (the same layout);
+    the JSON log goes to ``log_name`` in the working directory."""
+    distorted, reference = _raw_pair(source_raw, width, height, fps, pix_fmt, threads,
+                                     full_range)
+    if full_range:
+        # VMAF's models expect limited ("tv") range: both sides are converted alike, as
+        # `gopflow compare` does.
+        distorted = distorted.filter("setparams", range="pc").filter("scale", out_range="tv")
+        reference = reference.filter("setparams", range="pc").filter("scale", out_range="tv")
+    sink = ffmpeg.filter(
+        [distorted, reference], "libvmaf", model=f"version={model_version}:name={model_name}",
+        log_fmt="json", log_path=log_name, n_threads=threads,
+    )
+    return _finish(ffmpeg.output(sink, "-", format="null"), exe, False)
+
+
+def raw_psnr_command(
+    source_raw: str,
+    *,
+    width: int,
+    height: int,
+    fps: Fraction,
+    pix_fmt: str,
+    stats_name: str,
+    threads: int = 1,
+    full_range: bool = False,
+    exe: str | None = None,
+) -> list[str]:
+    """ffmpeg's psnr of raw frames on stdin against ``source_raw`` (the same layout), per
+    frame to ``stats_name`` in the working directory (``full_range`` only tags the inputs)."""
+    distorted, reference = _raw_pair(source_raw, width, height, fps, pix_fmt, threads,
+                                     full_range)
+    sink = ffmpeg.filter([distorted, reference], "psnr", stats_file=stats_name)
+    return _finish(ffmpeg.output(sink, "-", format="null"), exe, False)
+
+
+def restore_writer_command(
+    output: str,
+    extension: str,
+    *,
+    width: int,
+    height: int,
+    fps: Fraction,
+    pix_fmt: str,
+    input_range: str | None = None,
+    colour: Options | None = None,
+    audio_source: str | None = None,
+    exe: str | None = None,
+) -> list[str]:
+    """Raw frames on stdin written by the :data:`RESTORE_WRITERS` entry of ``extension``,
+    tagged with ``colour``, plus ``audio_source``'s audio streams copied."""
+    raw: dict[str, Any] = {"f": "rawvideo", "pix_fmt": pix_fmt, "s": f"{width}x{height}",
+                           "framerate": _rate(fps)}
+    if input_range:
+        raw["color_range"] = input_range
+    frames = ffmpeg.input("pipe:0", **raw)
+    streams = [frames]
+    options = dict(RESTORE_WRITERS[extension])
+    if audio_source:
+        streams = [frames["v"], ffmpeg.input(audio_source)["a"]]
+        options["c:a"] = "copy"
+    options.update(colour or {})
+    options["fflags"] = "+bitexact"
+    return _finish(ffmpeg.output(*streams, output, **options), exe)
+
+
+def rgb_writer_command(
+    output: str, extension: str, *, width: int, height: int, fps: Fraction,
+    exe: str | None = None,
+) -> list[str]:
+    """Packed RGB24 frames on stdin -> lossless RGB H.264 (libx264rgb ``-qp 0``, one
+    thread) in the :data:`RGB_WRITERS` container of ``extension``."""
+    frames = ffmpeg.input("pipe:0", f="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}",
+                          framerate=_rate(fps))
+    options = {"c:v": "libx264rgb", "qp": 0, "preset": "veryfast", "threads": 1,
+               "fflags": "+bitexact"}
+    return _finish(ffmpeg.output(frames, output, format=RGB_WRITERS[extension], **options), exe)
+
+
+def demo_clip_command(
+    path: str, seconds: float = 10.0, size: str = "1280x720", fps: int = 30,
+    exe: str | None = None,
+) -> list[str]:
+    """A synthetic clip: ``seconds`` of moving pattern with a scene change halfway (testsrc2,
+    then mandelbrot) and a 440 Hz tone; x264 veryfast CRF 16 and AAC 128 kbit/s."""
+    half = seconds / 2
+    graph = (
+        f"testsrc2=size={size}:rate={fps}:duration={half}[a];"
+        f"mandelbrot=size={size}:rate={fps},trim=duration={half}[b];"
+        "[a][b]concat=n=2:v=1:a=0,format=yuv420p[v]"
+    )
+    tone = ffmpeg.input(f"sine=frequency=440:sample_rate=48000:duration={seconds}", f="lavfi")
+    options = {"c:v": "libx264", "preset": "veryfast", "crf": 16, "c:a": "aac", "b:a": "128k",
+               "fflags": "+bitexact"}
+    command = _finish(ffmpeg.output(tone["a"], path, **options), exe)
+    # ffmpeg-python has no filter without an input stream: the source graph goes in by
+    # hand, its video mapped first (output stream 0 is the video, as before).
+    at = command.index("-map")
+    command[at:at] = ["-filter_complex", graph, "-map", "[v]"]
+    return command
+
+
+def x264_proxy_command(
+    output: str,
+    *,
+    width: int,
+    height: int,
+    fps: float,
+    crf: float,
+    preset: str,
+    threads: int,
+    filters: str | None = None,
+    exe: str | None = None,
+) -> list[str]:
+    """Packed yuv420p frames on stdin (at ``fps``, 6 decimals) -> [the filter chain
+    ``filters``] -> libx264 at ``crf``/``preset`` with ``threads`` threads -> ``output``
+    (container from its extension): the training's stand-in for a real encode."""
+    frames = ffmpeg.input("-", f="rawvideo", pix_fmt="yuv420p", s=f"{width}x{height}",
+                          r=f"{fps:.6f}")
+    video = _filtered(frames, split_chain(filters or ""))
+    encoder = {"c:v": "libx264", "preset": preset, "crf": f"{crf:g}", "threads": threads}
+    extra = _filter_threads(encoder) if video is not frames else ()
+    return _finish(ffmpeg.output(video, output, **encoder), exe, True, *extra)
