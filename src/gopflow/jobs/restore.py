@@ -14,19 +14,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
-from gopflow.codecs.x26x import colour_args
 from gopflow.errors import FrameCountError, InputError, OutputError, UsageError
-from gopflow.media.ffmpeg import feed_process, find_ffmpeg
+from gopflow.media.ffmpeg import (
+    RESTORE_WRITERS,
+    colour_options,
+    feed_process,
+    restore_writer_command,
+)
 from gopflow.media.probe import open_input, probe
 from gopflow.media.reader import feed_format
 from gopflow.pipeline.assemble import inspect_output
 from gopflow.precoders.restore import RestoreTarget, restore_frames
-
-_WRITERS = {
-    ".y4m": ["-c:v", "rawvideo", "-f", "yuv4mpegpipe"],
-    ".mkv": ["-c:v", "ffv1", "-level", "3", "-f", "matroska"],
-    ".mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-f", "mp4"],
-}
 
 
 def _restorer(path: str) -> Callable[..., Iterator[bytes]]:
@@ -75,7 +73,7 @@ def restore_target(path: str) -> RestoreTarget:
 def run_restore(source: str, output: str) -> RestoreResult:
     """Write ``output`` with the full-size, full-rate frames a viewer of ``source`` gets."""
     extension = os.path.splitext(output)[1].lower()
-    if extension not in _WRITERS:
+    if extension not in RESTORE_WRITERS:
         raise UsageError(f"restore writes .y4m, .mkv or .mp4, not {extension or '(none)'!r}")
     target = restore_target(source)
     info = probe(source)
@@ -83,18 +81,16 @@ def run_restore(source: str, output: str) -> RestoreResult:
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise OutputError(f"output directory is not writable: {directory}")
     temp = os.path.join(directory, f".{os.path.basename(output)}.gopflow-partial")
-    rate = f"{target.fps.numerator}/{target.fps.denominator}"
-    command = [
-        find_ffmpeg().path, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", target.pix_fmt, "-s", f"{target.width}x{target.height}",
-        "-framerate", rate,
-        *(["-color_range", info.color_range] if info.color_range != "unknown" else []),
-        "-i", "pipe:0",
-    ]
     audio = extension != ".y4m" and bool(info.audio)
-    if audio:
-        command += ["-i", info.path, "-map", "0:v", "-map", "1:a", "-c:a", "copy"]
-    command += [*_WRITERS[extension], *colour_args(info), "-fflags", "+bitexact", temp]
+    command = restore_writer_command(
+        temp, extension, width=target.width, height=target.height, fps=target.fps,
+        pix_fmt=target.pix_fmt,
+        input_range=info.color_range if info.color_range != "unknown" else None,
+        colour=colour_options(
+            info.color_range, info.color_space, info.color_primaries, info.color_trc
+        ),
+        audio_source=info.path if audio else None,
+    )
     log_path = temp + ".log"
     try:
         with open_input(source) as container:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from gopflow.errors import FrameCountError, OutputError, UsageError
-from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.ffmpeg import concat_command
 from gopflow.media.probe import open_input
 from gopflow.types import VideoInfo
 
@@ -97,37 +97,17 @@ def assemble(
     ``expected_size``; ``tags`` (container metadata) carry what restoration needs.
     """
     muxer = container_for(output)
-    tool = find_ffmpeg()
     list_path = os.path.join(scratch_dir, "concat.txt")
     _concat_list(segments, list_path, durations)
     directory = os.path.dirname(os.path.abspath(output))
     temp = os.path.join(directory, f".{os.path.basename(output)}.gopflow-partial")
     video_offset = max(0.0, info.start_seconds - info.container_start_seconds)
-    command = [tool.path, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-    if video_offset > 0:
-        command += ["-itsoffset", f"{video_offset:.6f}"]
-    command += ["-f", "concat", "-safe", "0", "-i", list_path]
     audio = info.audio if copy_audio else ()
-    if audio:
-        command += ["-i", info.path]
-    command += ["-map", "0:v:0"]
-    for stream in audio:
-        command += ["-map", f"1:{stream.index}"]
-    command += ["-c:v", "copy"]
-    for position, stream in enumerate(audio):
-        if muxer == "matroska" or stream.codec in _MP4_AUDIO:
-            command += [f"-c:a:{position}", "copy"]
-        else:
-            command += [f"-c:a:{position}", "aac", f"-b:a:{position}", "192k"]
-    if info.rotation:
-        command += ["-metadata:s:v:0", f"rotate={info.rotation}"]
-    command += ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags", "+bitexact"]
-    for key, value in sorted((tags or {}).items()):
-        command += ["-metadata", f"{key}={value}"]
-
-    if muxer in ("mp4", "mov"):
-        command += ["-movflags", "+faststart+use_metadata_tags" if tags else "+faststart"]
-    command += ["-f", muxer, temp]
+    command = concat_command(
+        list_path, temp, muxer, video_offset=video_offset, audio_source=info.path,
+        audio=[(s.index, muxer == "matroska" or s.codec in _MP4_AUDIO) for s in audio],
+        rotation=info.rotation, tags=tags,
+    )
     try:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

@@ -16,7 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gopflow.errors import EncoderError, MetricError, UsageError
-from gopflow.media.ffmpeg import feed_process, find_ffmpeg
+from gopflow.media.ffmpeg import (
+    feed_process,
+    find_ffmpeg,
+    raw_psnr_command,
+    raw_vmaf_command,
+)
 from gopflow.precoders.restore import RestoreTarget
 from gopflow.quality.names import GOP_METRICS, canonical_metric
 from gopflow.quality.vmaf import VMAF_MODELS, read_vmaf_log
@@ -32,15 +37,6 @@ class GopScore:
     mean: float
     minimum: float
     frames: int
-
-
-def _raw_input(target: RestoreTarget, path: str, threads: int, full_range: bool) -> list[str]:
-    rate = f"{target.fps.numerator}/{target.fps.denominator}"
-    return [
-        "-threads", str(threads), "-f", "rawvideo", "-pix_fmt", target.pix_fmt,
-        *(["-color_range", "pc"] if full_range else []),
-        "-s", f"{target.width}x{target.height}", "-framerate", rate, "-i", path,
-    ]
 
 
 def score_restored(
@@ -59,26 +55,22 @@ def score_restored(
     with tempfile.TemporaryDirectory(prefix="gopflow-score-") as scratch:
         if metric == "psnr_y":
             log = os.path.join(scratch, "psnr.log")
-            sink = f"psnr=stats_file={os.path.basename(log)}"
+            command = raw_psnr_command(
+                source_raw, width=target.width, height=target.height, fps=target.fps,
+                pix_fmt=target.pix_fmt, stats_name=os.path.basename(log), threads=threads,
+                full_range=full_range, exe=tool.path,
+            )
         else:
             tool.require(filters=["libvmaf"])
             log = os.path.join(scratch, "vmaf.json")
-            sink = (
-                f"libvmaf=model='version={VMAF_MODELS[metric]}\\:name={metric}'"
-                f":log_fmt=json:log_path={os.path.basename(log)}:n_threads={threads}"
+            # Full-range sources are converted to limited range (VMAF's models expect
+            # it), both sides alike, exactly as `gopflow compare` does.
+            command = raw_vmaf_command(
+                source_raw, width=target.width, height=target.height, fps=target.fps,
+                pix_fmt=target.pix_fmt, model_name=metric, model_version=VMAF_MODELS[metric],
+                log_name=os.path.basename(log), threads=threads, full_range=full_range,
+                exe=tool.path,
             )
-        # VMAF's models expect limited ("tv") range: full-range sources are converted, both
-        # sides alike, exactly as `gopflow compare` does.
-        convert = ""
-        if full_range and metric != "psnr_y":
-            convert = "setparams=range=pc,scale=out_range=tv,"
-        graph = f"[0:v]{convert}null[dist];[1:v]{convert}null[ref];[dist][ref]{sink}"
-        command = [
-            tool.path, "-nostdin", "-hide_banner", "-loglevel", "error",
-            *_raw_input(target, "pipe:0", threads, full_range),
-            *_raw_input(target, source_raw, threads, full_range),
-            "-filter_complex", graph, "-f", "null", "-",
-        ]
         code, reason = feed_process(
             command, restored, os.path.join(scratch, "ffmpeg.log"), cwd=scratch
         )
