@@ -36,19 +36,16 @@ def x264_roundtrip(
     and decode them back (PyAV)."""
     import av
 
-    from gopflow.media.ffmpeg import find_ffmpeg
+    from gopflow.media.ffmpeg import find_ffmpeg, x264_proxy_command
 
     tool = find_ffmpeg()
     tool.require(encoders=["libx264"])
     with tempfile.TemporaryDirectory(prefix="gopflow-eval-") as tmp:
         out = os.path.join(tmp, "coded.mkv")
-        command = [
-            tool.path, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
-            "-r", f"{fps:.6f}", "-i", "-", *(["-vf", filters] if filters else []),
-            "-c:v", "libx264", "-preset", preset, "-crf", f"{crf:g}", "-threads", str(threads),
-            out,
-        ]
+        command = x264_proxy_command(
+            out, width=width, height=height, fps=fps, crf=crf, preset=preset,
+            threads=threads, filters=filters, exe=tool.path,
+        )
         done = subprocess.run(command, input=b"".join(pictures), capture_output=True)
         if done.returncode:
             raise EncoderError(f"x264 evaluation encode failed: {done.stderr.decode()[-400:]}")
