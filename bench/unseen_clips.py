@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out_dir / f"{clip.name}.gopflow{suffix}"
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "gopflow.cli", "transcode", str(clip), "-o", str(out),
+            [sys.executable, "-m", "gopflow", "transcode", str(clip), "-o", str(out),
              "--crf", "18", "--no-progress"], capture_output=True, text=True,
         )
         if done.returncode != 0:

@@ -37,7 +37,7 @@ def _flaky_ffmpeg(tmp_path: Path, failures: int) -> Path:
 def _run(tmp_path: Path, wrapper: Path, out: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GOPFLOW_FFMPEG": str(wrapper)}
     return subprocess.run(
-        [sys.executable, "-m", "gopflow.cli", "transcode", media("asl_again_640x480.mkv"),
+        [sys.executable, "-m", "gopflow", "transcode", media("asl_again_640x480.mkv"),
          "-o", str(out), "--no-progress", "--retries", "2", "--preset", "veryfast"],
         capture_output=True, text=True, env=env, timeout=300,
     )
@@ -67,7 +67,7 @@ def test_a_failing_qro_gop_names_its_index(tmp_path: Path) -> None:
     out = tmp_path / "out.mkv"
     env = {**os.environ, "GOPFLOW_FFMPEG": str(_flaky_ffmpeg(tmp_path, failures=1000))}
     done = subprocess.run(
-        [sys.executable, "-m", "gopflow.cli", "transcode", media("asl_again_640x480.mkv"),
+        [sys.executable, "-m", "gopflow", "transcode", media("asl_again_640x480.mkv"),
          "-o", str(out), "--no-progress", "--retries", "1", "--target-vmaf", "90"],
         capture_output=True, text=True, env=env, timeout=300,
     )

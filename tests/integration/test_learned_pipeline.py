@@ -79,7 +79,7 @@ def _gopflow(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in a fresh process (as a user runs it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "gopflow.cli", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "gopflow", *args], capture_output=True, text=True,
         timeout=TIMEOUT, env=env,
     )
 
@@ -119,7 +119,7 @@ def test_transcode_writes_scene_gops_with_level_and_report(
         header = read_header(handle)
         extents = scan_gops(handle, header)
     assert (header.width, header.height, header.frame_count) == (WIDTH, HEIGHT, FRAMES)
-    assert header.level == 2 and header.model_id.startswith("dvc:")
+    assert header.quality == 2 and header.model_id.startswith("dvc:")
     assert [e.frames for e in extents] == [5, 5, 2] and header.gop_size == 5
     gops = coded["report"]["gops"]
     assert [(g["start_frame"], g["frames"]) for g in gops] == [(0, 5), (5, 5), (10, 2)]
@@ -139,7 +139,7 @@ def test_transcode_writes_scene_gops_with_level_and_report(
         part = slice(gop["start_frame"], gop["start_frame"] + gop["frames"])
         assert frames_digest(decoded[part]) == gop["details"]["recon_sha256"]
         assert psnr_rgb(source[part], decoded[part]) == gop["details"]["psnr_rgb"]
-        assert gop["details"]["level"] == 2
+        assert gop["details"]["quality"] == 2
 
 
 def test_decode_to_mkv_is_lossless_rgb(setup: dict[str, Path], coded: dict[str, Any]) -> None:

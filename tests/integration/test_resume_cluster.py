@@ -22,7 +22,7 @@ CLIP = "car_traffic_768x432.mp4"  # 377 frames at 12.5 fps: 15 GOPs of 2 s
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gopflow.cli", *args]
+    return [sys.executable, "-m", "gopflow", *args]
 
 
 # A background shell (CI may be one) starts children with SIGINT ignored; a user's Ctrl-C

@@ -166,7 +166,7 @@ def test_level_and_scene_cut_gops_round_trip(tmp_path: Path) -> None:
     with open(path, "rb") as handle:
         header = read_header(handle)
         extents = scan_gops(handle, header)
-        assert header == SCENES and header.level == 4 and header.gop_count == 3
+        assert header == SCENES and header.quality == 4 and header.gop_count == 3
         assert [(e.first_frame, e.frames) for e in extents] == [(0, 3), (3, 1), (4, 2)]
         # GOPs read back by extent, in any order, carry exactly the units written.
         for extent in reversed(extents):

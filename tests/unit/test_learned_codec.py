@@ -114,13 +114,13 @@ def _names() -> list[str]:
 def test_round_trip_is_exact_and_crops_odd_sizes(name: str) -> None:
     codec = _codec(name)
     frames = _frames(3, 54, 70)
-    gop = codec.encode_gop(frames, level=2)
+    gop = codec.encode_gop(frames, quality=2)
     kinds = [frame.kind for frame in gop.frames]
     expected_inter = UnitKind.INTRA if name == "intra" else UnitKind.INTER
     assert kinds == [UnitKind.INTRA, expected_inter, expected_inter]
     assert all(r.shape == (54, 70, 3) and r.dtype == np.uint8 for r in gop.recon)
     assert gop.payload_bytes > 0
-    decoded = codec.decode_gop(gop.frames, width=70, height=54, level=2)
+    decoded = codec.decode_gop(gop.frames, width=70, height=54, quality=2)
     assert len(decoded) == 3
     for got, want in zip(decoded, gop.recon, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -130,13 +130,13 @@ def test_levels_are_checked_and_payloads_validated() -> None:
     codec = _codec("intra")
     frames = _frames(1, 64, 64)
     with pytest.raises(UsageError):
-        codec.encode_gop(frames, level=0)
+        codec.encode_gop(frames, quality=0)
     with pytest.raises(UsageError):
-        codec.encode_gop(frames, level=5)
-    gop = codec.encode_gop(frames, level=4)
+        codec.encode_gop(frames, quality=5)
+    gop = codec.encode_gop(frames, quality=4)
     # A payload decoded at a different frame size (other latent shape) is refused cleanly.
     with pytest.raises(BitstreamError):
-        codec.decode_gop(gop.frames, width=200, height=64, level=4)
+        codec.decode_gop(gop.frames, width=200, height=64, quality=4)
     with pytest.raises(BitstreamError):
         codec.decode_gop([CodedFrame(UnitKind.INTRA, gop.frames[0].payload[:-3])], 64, 64, 4)
 
@@ -183,7 +183,7 @@ def test_another_process_with_other_threads_decodes_the_same(name: str, tmp_path
     frames = _frames(3, 64, 96)
     offset = 1 if inter else 0
     with codec_threads(2):  # the caller's thread count must not matter
-        gop = codec.encode_gop(frames, level=3, intra_offset=offset)
+        gop = codec.encode_gop(frames, quality=3, intra_offset=offset)
     torch.save(codec.intra.state_dict(), tmp_path / "intra.pt")
     if codec.inter is not None:
         torch.save(codec.inter.state_dict(), tmp_path / "inter.pt")
@@ -293,7 +293,7 @@ def test_load_codec_from_a_registry_checks_presence(tmp_path: Path) -> None:
     assert codec.model_id == (
         f"dvc:{entries['codec-dvc'].sha256[:12]}+{entries['codec-intra'].sha256[:12]}")
     frames = _frames(2, 64, 64)
-    gop = codec.encode_gop(frames, level=1)
+    gop = codec.encode_gop(frames, quality=1)
     np.testing.assert_array_equal(np.stack(_codec("dvc").encode_gop(frames, 1).recon),
                                   np.stack(gop.recon))
     assert load_codec("intra", tmp_path).model_id.startswith("intra:")
@@ -326,7 +326,7 @@ def test_adaptive_intra_keeps_the_cheaper_frame_type(name: str) -> None:
         assert gop.frames[1].payload == chosen.frames[index].payload
         np.testing.assert_array_equal(gop.recon[1], chosen.recon[index])
         # Mixed frame types decode exactly, each intra frame restarting the reference chain.
-        decoded = codec.decode_gop(gop.frames, width=64, height=64, level=2)
+        decoded = codec.decode_gop(gop.frames, width=64, height=64, quality=2)
         for got, want in zip(decoded, gop.recon, strict=True):
             np.testing.assert_array_equal(got, want)
     # One lambda per level, or the codec refuses to start.

@@ -280,7 +280,8 @@ class TranscodeOptions:
         if self.codec not in LEARNED_CODECS:
             given = [flag for flag, value in learned_only.items() if value is not None]
             if given:
-                raise UsageError(f"{', '.join(given)} apply to the learned codecs (dvc, fvc, "
+                verb = "is" if len(given) == 1 else "are"
+                raise UsageError(f"{', '.join(given)} {verb} for the learned codecs (dvc, fvc, "
                                  f"intra), not {self.codec}; use --crf or --bitrate")
             return None
         encoder_only = {

@@ -212,12 +212,10 @@ class LearnedJob:
         from gopflow.codecs.learned.engine import refine_steps_for
 
         self._codec = open_codec(self._ref)
-        levels = self._codec.levels
-        quality = levels // 2 + 1 if self.learned.quality is None else self.learned.quality
-        if not 1 <= quality <= levels:
-            raise UsageError(
-                f"--quality must be 1 to {levels} for {self.learned.codec}, got {quality}"
-            )
+        quality = self.learned.quality
+        if quality is None:
+            quality = self._codec.levels // 2 + 1
+        self._codec.quality_index(quality)
         self._quality = quality
         self._refine = refine_steps_for(self.learned.codec, self.learned.rdo_on,
                                         self.learned.motion_refinement)
@@ -263,7 +261,7 @@ class LearnedJob:
             gop_size=gop_size,
             frame_count=info.frame_count,
             gop_count=gop_count,
-            level=self._quality,
+            quality=self._quality,
             intra_offset=self.learned.offset,
         )
 

@@ -121,13 +121,13 @@ def psnr_rgb(sources: Sequence[np.ndarray], recon: Sequence[np.ndarray]) -> floa
 
 @dataclass(frozen=True)
 class LearnedGopTask:
-    """One GOP to code: where its frames are, the quality level and the intra offset."""
+    """One GOP to code: where its frames are, the quality and the intra offset."""
 
     input_path: str
     stream_index: int
     read_mode: ReadMode
     gop: GopSpec
-    level: int
+    quality: int
     intra_offset: int = 0
 
 
@@ -143,7 +143,7 @@ class LearnedEncodeStage:
         gop = task.gop
         reader = self._readers.reader(task.input_path, task.stream_index, task.read_mode)
         sources = rgb_frames(reader.read(gop))
-        coded = self.codec.encode_gop(sources, task.level, task.intra_offset)
+        coded = self.codec.encode_gop(sources, task.quality, task.intra_offset)
         if len(coded.frames) != gop.frame_count or len(coded.recon) != gop.frame_count:
             raise FrameCountError(
                 f"the codec returned {len(coded.frames)} frames for a GOP of {gop.frame_count}"
@@ -159,7 +159,7 @@ class LearnedEncodeStage:
             encode_seconds=time.perf_counter() - started,
             details={
                 "model_id": self.codec.model_id,
-                "level": task.level,
+                "quality": task.quality,
                 "intra_offset": task.intra_offset,
                 "payload_bytes": coded.payload_bytes,
                 "psnr_rgb": psnr_rgb(sources, coded.recon),
@@ -180,7 +180,7 @@ class GopDecodeTask:
     extent: GopExtent
     width: int
     height: int
-    level: int
+    quality: int
     intra_offset: int = 0
 
 
@@ -205,7 +205,7 @@ class LearnedDecodeStage:
             units = read_gop(handle, task.extent, task.path)
         frames = self.codec.decode_gop(
             [CodedFrame(unit.kind, unit.payload) for unit in units],
-            task.width, task.height, task.level, task.intra_offset,
+            task.width, task.height, task.quality, task.intra_offset,
         )
         if len(frames) != task.extent.frames:
             raise FrameCountError(

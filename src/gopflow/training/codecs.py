@@ -683,4 +683,4 @@ def install_codec(result: CodecTrainResult, registry: str | None = None) -> None
     from gopflow.zoo.registry import install_model
 
     arch = json.loads(Path(result.metadata).read_text())["arch"]
-    install_model(result.name, result.weights, arch, (result.metadata, result.plot), registry)
+    install_model(result.name, result.weights, arch, (result.metadata,), registry)

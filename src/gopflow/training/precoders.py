@@ -529,6 +529,6 @@ def install(result: TrainResult, directory: str | None = None) -> None:
     from gopflow.zoo.registry import install_model
 
     arch = json.loads(Path(result.metadata).read_text())["arch"]
-    install_model(result.name, result.weights, arch, (result.metadata, result.plot), directory)
+    install_model(result.name, result.weights, arch, (result.metadata,), directory)
 
 

@@ -108,17 +108,21 @@ class LearnedVideoCodec(Protocol):
     model_id: str
     """Stable id written into streams: names plus weights SHA-256 prefixes."""
     levels: int
-    """Quality levels ``1..levels`` (1 = lowest rate)."""
+    """Qualities ``1..levels`` (1 = lowest rate)."""
+
+    def quality_index(self, quality: int) -> int:
+        """The 0-based level of ``quality``; a one-line error outside ``1..levels``."""
+        ...
 
     def encode_gop(
-        self, frames: Sequence[np.ndarray], level: int, intra_offset: int = 0
+        self, frames: Sequence[np.ndarray], quality: int, intra_offset: int = 0
     ) -> CodedGop:
-        """Code one closed GOP (first frame intra) at quality ``level``, intra frames
+        """Code one closed GOP (first frame intra) at ``quality``, intra frames
         ``intra_offset`` levels higher (capped at the top level)."""
         ...
 
     def decode_gop(
-        self, frames: Sequence[CodedFrame], width: int, height: int, level: int,
+        self, frames: Sequence[CodedFrame], width: int, height: int, quality: int,
         intra_offset: int = 0,
     ) -> list[np.ndarray]:
         """Decode a GOP coded by :meth:`encode_gop` to its exact reconstruction."""

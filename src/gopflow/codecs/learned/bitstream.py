@@ -121,11 +121,11 @@ class StreamHeader:
     """Frames in the longest GOP."""
     frame_count: int
     gop_count: int
-    level: int
-    """The quality level every GOP was coded at (1 = lowest rate)."""
+    quality: int
+    """The quality every GOP was coded at (``--quality``: 1 = lowest rate)."""
     intra_offset: int = 0
-    """Key intra frames (I units) are coded this many levels above ``level`` (capped at the
-    top level); refresh units (R) stay at ``level``."""
+    """Key intra frames (I units) are coded this many levels above ``quality`` (capped at the
+    top level); refresh units (R) stay at ``quality``."""
 
     def __post_init__(self) -> None:
         encoded = self.model_id.encode()
@@ -135,8 +135,8 @@ class StreamHeader:
             value = getattr(self, name)
             if not 0 < value < 1 << 32:
                 raise UsageError(f"stream {name} out of range: {value}")
-        if not 0 < self.level < 256:
-            raise UsageError(f"stream quality level out of range: {self.level}")
+        if not 0 < self.quality < 256:
+            raise UsageError(f"stream quality out of range: {self.quality}")
         if not 0 <= self.intra_offset < 256:
             raise UsageError(f"stream intra offset out of range: {self.intra_offset}")
         if self.gop_count > self.frame_count or self.gop_size > self.frame_count:
@@ -157,7 +157,7 @@ class StreamHeader:
         body = (
             MAGIC + bytes([VERSION, len(model)]) + model
             + _HEAD.pack(self.width, self.height, self.fps.numerator, self.fps.denominator,
-                         self.gop_size, self.frame_count, self.gop_count, self.level)
+                         self.gop_size, self.frame_count, self.gop_count, self.quality)
             + _OFFSET.pack(self.intra_offset)
         )
         return body + _CRC.pack(zlib.crc32(body))
@@ -271,11 +271,11 @@ def read_header(handle: BinaryIO, name: str = "stream") -> StreamHeader:
     (crc,) = _CRC.unpack(_read_exact(handle, _CRC.size, "the header checksum", name))
     if zlib.crc32(start + model + numbers) != crc:
         raise BitstreamError(f"{name} has a corrupt header (checksum mismatch)")
-    width, height, num, den, gop, frames, gops, level = _HEAD.unpack(numbers[: _HEAD.size])
+    width, height, num, den, gop, frames, gops, quality = _HEAD.unpack(numbers[: _HEAD.size])
     (offset,) = _OFFSET.unpack(numbers[_HEAD.size :]) if has_offset else (0,)
     try:
         return StreamHeader(
-            model.decode(), width, height, Fraction(num, den), gop, frames, gops, level, offset
+            model.decode(), width, height, Fraction(num, den), gop, frames, gops, quality, offset
         )
     except (UsageError, UnicodeDecodeError, ZeroDivisionError) as exc:
         raise BitstreamError(f"{name} has an invalid header: {exc}") from None

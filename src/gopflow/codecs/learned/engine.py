@@ -269,10 +269,12 @@ class GopCodec:
             if isinstance(model, nn.Module):
                 set_side_search(model, side_search)
 
-    def _level(self, level: int) -> int:
-        if not 1 <= level <= self.levels:
-            raise UsageError(f"quality level must be 1..{self.levels}, got {level}")
-        return level - 1
+    def quality_index(self, quality: int) -> int:
+        """The 0-based level of ``quality``; a one-line error outside ``1..levels``."""
+        if not 1 <= quality <= self.levels:
+            raise UsageError(f"--quality must be 1 to {self.levels} for {self.name}, got "
+                             f"{quality}")
+        return quality - 1
 
     def _intra_level(self, index: int, intra_offset: int) -> int:
         """0-based level of intra frames: ``intra_offset`` above ``index``, capped."""
@@ -408,11 +410,11 @@ class GopCodec:
         return self.mode_lambdas[level] * propagation_weight(later)
 
     def encode_gop(
-        self, frames: Sequence[np.ndarray], level: int, intra_offset: int = 0
+        self, frames: Sequence[np.ndarray], quality: int, intra_offset: int = 0
     ) -> CodedGop:
-        """Code a closed GOP (first frame intra) at quality ``level`` (1..levels), intra
+        """Code a closed GOP (first frame intra) at ``quality`` (1..levels), intra
         frames ``intra_offset`` levels higher."""
-        index = self._level(level)
+        index = self.quality_index(quality)
         key = self._intra_level(index, intra_offset)
         if not frames:
             raise UsageError("a GOP needs at least one frame")
@@ -452,11 +454,11 @@ class GopCodec:
         return CodedGop(tuple(coded), tuple(recons))
 
     def decode_gop(
-        self, frames: Sequence[CodedFrame], width: int, height: int, level: int,
+        self, frames: Sequence[CodedFrame], width: int, height: int, quality: int,
         intra_offset: int = 0,
     ) -> list[np.ndarray]:
         """Decode a GOP coded by :meth:`encode_gop` to its exact reconstruction."""
-        index = self._level(level)
+        index = self.quality_index(quality)
         key = self._intra_level(index, intra_offset)
         if width <= 0 or height <= 0:
             raise UsageError(f"frame size must be positive, got {width}x{height}")
