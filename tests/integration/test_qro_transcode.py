@@ -19,8 +19,7 @@ from gopflow.jobs.restore import run_restore
 from gopflow.jobs.transcode import run_transcode
 from gopflow.pipeline.driver import RunOptions
 from gopflow.pipeline.runner import RayRunner
-from gopflow.qro.stage import QroSettings
-from gopflow.qro.target import QroTarget
+from gopflow.qro.target import QroSettings, QroTarget
 
 CLIP = "asl_again_640x480.mkv"  # 77 frames at 30 fps: two GOPs of 2 s
 

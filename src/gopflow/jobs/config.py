@@ -27,8 +27,7 @@ from gopflow.pipeline.assemble import container_for
 from gopflow.pipeline.driver import RunOptions
 from gopflow.pipeline.plan import DEFAULT_SCENE_THRESHOLD, PlanOptions
 from gopflow.pipeline.stages import LearnedCodecRef
-from gopflow.qro.stage import QroSettings
-from gopflow.qro.target import QroTarget, parse_scale
+from gopflow.qro.target import QroSettings, QroTarget, parse_scale
 
 LEARNED_CODECS = CODEC_NAMES
 """Learned codecs (``--codec dvc|fvc|intra``): they write a .gflv stream."""

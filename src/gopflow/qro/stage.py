@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import Any
 
 import av
@@ -36,7 +35,7 @@ from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.reader import ReaderCache, feed_format, frame_bytes
 from gopflow.precoders.dvp import DvpPrecoder
-from gopflow.precoders.resample import SCALES, ResampleMode, down_filters
+from gopflow.precoders.resample import ResampleMode, down_filters
 from gopflow.precoders.restore import RestoreTarget, restore_frames
 from gopflow.precoders.vistra import LearnedRestorer
 from gopflow.qro.mode_predictor import (
@@ -47,45 +46,9 @@ from gopflow.qro.mode_predictor import (
 )
 from gopflow.qro.search import decide
 from gopflow.qro.search import stricter as stricter_candidate
-from gopflow.qro.target import Candidate, Decision, ProbeResult, QroTarget
+from gopflow.qro.target import Candidate, Decision, ProbeResult, QroSettings
 from gopflow.quality.gop_score import GopScore, score_restored
 from gopflow.types import EncodedGop, GopSpec
-
-
-@dataclass(frozen=True)
-class QroSettings:
-    """How QRO searches and checks (identical for every GOP; part of the work-dir key)."""
-
-    target: QroTarget
-    probe_preset: str = "veryfast"
-    scales: tuple[Fraction, ...] = SCALES
-    half_rate: bool = True
-    tolerance: float = 0.5
-    max_reencodes: int = 3
-    crf_range: tuple[float, float] = (10.0, 51.0)
-    start_crf: float = 23.0
-    max_probes_per_mode: int = 4
-    refinements: int = 2
-    precoder: str = "none"
-    mode_select: str = "probe"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.target.metric,
-            "target": self.target.target,
-            "max_bitrate_kbps": self.target.max_bitrate_kbps,
-            "probe_preset": self.probe_preset,
-            "scales": [f"{s.numerator}/{s.denominator}" for s in self.scales],
-            "half_rate": self.half_rate,
-            "tolerance": self.tolerance,
-            "max_reencodes": self.max_reencodes,
-            "crf_range": list(self.crf_range),
-            "start_crf": self.start_crf,
-            "max_probes_per_mode": self.max_probes_per_mode,
-            "refinements": self.refinements,
-            "precoder": self.precoder,
-            "mode_select": self.mode_select,
-        }
 
 
 @dataclass(frozen=True)

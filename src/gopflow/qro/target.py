@@ -280,3 +280,39 @@ class Decision:
             as_number(data.get("expected_quality", 0.0), f"{what}: expected_quality"),
             as_boolean(data.get("meets_target", False), f"{what}: meets_target"),
         )
+
+
+@dataclass(frozen=True)
+class QroSettings:
+    """How QRO searches and checks (identical for every GOP; part of the work-dir key)."""
+
+    target: QroTarget
+    probe_preset: str = "veryfast"
+    scales: tuple[Fraction, ...] = SCALES
+    half_rate: bool = True
+    tolerance: float = 0.5
+    max_reencodes: int = 3
+    crf_range: tuple[float, float] = (10.0, 51.0)
+    start_crf: float = 23.0
+    max_probes_per_mode: int = 4
+    refinements: int = 2
+    precoder: str = "none"
+    mode_select: str = "probe"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.target.metric,
+            "target": self.target.target,
+            "max_bitrate_kbps": self.target.max_bitrate_kbps,
+            "probe_preset": self.probe_preset,
+            "scales": [f"{s.numerator}/{s.denominator}" for s in self.scales],
+            "half_rate": self.half_rate,
+            "tolerance": self.tolerance,
+            "max_reencodes": self.max_reencodes,
+            "crf_range": list(self.crf_range),
+            "start_crf": self.start_crf,
+            "max_probes_per_mode": self.max_probes_per_mode,
+            "refinements": self.refinements,
+            "precoder": self.precoder,
+            "mode_select": self.mode_select,
+        }

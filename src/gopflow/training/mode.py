@@ -56,8 +56,7 @@ def train_mode_predictor(
     from gopflow.jobs.transcode import run_transcode
     from gopflow.pipeline.driver import RunOptions
     from gopflow.pipeline.runner import RayRunner
-    from gopflow.qro.stage import QroSettings
-    from gopflow.qro.target import QroTarget
+    from gopflow.qro.target import QroSettings, QroTarget
 
     say = log or (lambda message: None)
     clips = sorted(
