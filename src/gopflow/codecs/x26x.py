@@ -14,18 +14,95 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from gopflow.errors import EncoderError, UsageError
-from gopflow.media.ffmpeg import feed_process, find_ffmpeg
+from gopflow.media.ffmpeg import (
+    colour_options,
+    cut_command,
+    encode_raw_command,
+    feed_process,
+    find_ffmpeg,
+)
 from gopflow.media.reader import feed_format, frame_bytes
-from gopflow.types import EncodeSettings, SourceFormat
+from gopflow.types import GopSpec, ReadMode, SourceFormat
 
 ENCODER_NAMES = {"x264": "libx264", "x265": "libx265"}
 PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast",
     "medium", "slow", "slower", "veryslow", "placebo",
 )
+DEFAULT_CRF = {"x264": 23.0, "x265": 28.0}
+"""Each encoder's own default CRF (x265's scale sits about 5 above x264's for equal quality)."""
+PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """x264/x265 settings, identical for every GOP of a job (part of the work-dir key).
+
+    Checked when made: a library caller gets the same errors as the command line. Rate
+    control is CRF (default: the codec's :data:`DEFAULT_CRF`) or an average bitrate with VBV
+    (``maxrate`` default: the bitrate; ``bufsize`` default: twice the maxrate).
+    """
+
+    codec: Literal["x264", "x265"] = "x264"
+    preset: str = "medium"
+    crf: float | None = None
+    bitrate_kbps: int | None = None
+    maxrate_kbps: int | None = None
+    bufsize_kbps: int | None = None
+    pix_fmt: str = "yuv420p"
+    threads: int = 1
+    keyint: int = 250
+    lookahead_tail: int = 10
+
+    def __post_init__(self) -> None:
+        if self.codec not in ENCODER_NAMES:
+            raise UsageError(f"unknown codec {self.codec!r}; choose x264 or x265")
+        if self.preset not in PRESETS:
+            raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.pix_fmt not in PIX_FMTS:
+            raise UsageError(
+                f"unsupported pixel format {self.pix_fmt!r}; use {', '.join(PIX_FMTS)}"
+            )
+        if self.bitrate_kbps is None:
+            if self.maxrate_kbps is not None or self.bufsize_kbps is not None:
+                raise UsageError("--maxrate/--bufsize need --bitrate")
+            crf = DEFAULT_CRF[self.codec] if self.crf is None else float(self.crf)
+            if not 0 <= crf <= 51:
+                raise UsageError(f"--crf must be between 0 and 51, got {crf:g}")
+            object.__setattr__(self, "crf", crf)
+        elif self.crf is not None:
+            raise UsageError("--crf and --bitrate are alternatives: give one")
+        for flag, kbps in (("--bitrate", self.bitrate_kbps), ("--maxrate", self.maxrate_kbps),
+                           ("--bufsize", self.bufsize_kbps)):
+            if kbps is not None and kbps <= 0:
+                raise UsageError(f"{flag} must be positive")
+        if self.threads < 1:
+            raise UsageError("--encoder-threads must be at least 1")
+        if self.keyint < 1:
+            raise UsageError("the keyframe interval must be at least 1")
+        if self.lookahead_tail < 0:
+            raise UsageError(f"--lookahead-tail must be 0 or more, got {self.lookahead_tail}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GopTask:
+    """Everything a worker needs for one x264/x265 GOP; paths and numbers only."""
+
+    input_path: str
+    stream_index: int
+    read_mode: ReadMode
+    gop: GopSpec
+    source: SourceFormat
+    settings: EncodeSettings
+
+
 # Chroma subsampling (log2 of the divisor) per output pixel format family.
 _SUBSAMPLING = {"420": (1, 1), "422": (1, 0), "444": (0, 0)}
 
@@ -39,45 +116,34 @@ def coded_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
     return width + (width % 2 if sub_x else 0), height + (height % 2 if sub_y else 0)
 
 
-def colour_args(source: Any) -> list[str]:
-    """ffmpeg colour options for anything with color_range/space/primaries/trc fields."""
-    args = []
-    for option, value in (
-        ("-color_range", source.color_range),
-        ("-colorspace", source.color_space),
-        ("-color_primaries", source.color_primaries),
-        ("-color_trc", source.color_trc),
-    ):
-        if value and value != "unknown":
-            args += [option, value]
-    return args
-
-
-def _rate_args(settings: EncodeSettings) -> list[str]:
+def _rate_args(settings: EncodeSettings) -> dict[str, str]:
+    """Rate-control options: CRF, or an average bitrate with VBV."""
     if settings.bitrate_kbps:
         maxrate = settings.maxrate_kbps or settings.bitrate_kbps
         bufsize = settings.bufsize_kbps or 2 * maxrate
-        return [
-            "-b:v", f"{settings.bitrate_kbps}k",
-            "-maxrate", f"{maxrate}k",
-            "-bufsize", f"{bufsize}k",
-        ]
-    crf = 23.0 if settings.crf is None else settings.crf
-    return ["-crf", f"{crf:g}"]
+        return {
+            "b:v": f"{settings.bitrate_kbps}k",
+            "maxrate": f"{maxrate}k",
+            "bufsize": f"{bufsize}k",
+        }
+    # EncodeSettings resolves the codec's default CRF when it is made.
+    assert settings.crf is not None
+    return {"crf": f"{settings.crf:g}"}
 
 
-def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> list[str]:
+def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> dict[str, str]:
+    """The encoder and its options: closed GOPs, fixed threads."""
     threads = max(1, settings.threads)
     # In-band parameter sets let one stream change resolution from GOP to GOP.
     repeat = ":repeat-headers=1" if in_band_headers else ""
     if settings.codec == "x264":
-        return [
-            "-c:v", "libx264",
-            "-preset", settings.preset,
-            "-threads", str(threads),
-            "-g", str(settings.keyint),
-            "-x264-params", f"open-gop=0:sliced-threads=0{repeat}",
-        ]
+        return {
+            "c:v": "libx264",
+            "preset": settings.preset,
+            "threads": str(threads),
+            "g": str(settings.keyint),
+            "x264-params": f"open-gop=0:sliced-threads=0{repeat}",
+        }
     if settings.codec == "x265":
         params = [
             f"keyint={settings.keyint}",
@@ -89,12 +155,12 @@ def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> list[str]:
         ]
         if in_band_headers:
             params.append("repeat-headers=1")
-        return [
-            "-c:v", "libx265",
-            "-preset", settings.preset,
-            "-x265-params", ":".join(params),
-            "-tag:v", "hvc1",
-        ]
+        return {
+            "c:v": "libx265",
+            "preset": settings.preset,
+            "x265-params": ":".join(params),
+            "tag:v": "hvc1",
+        }
     raise UsageError(f"unknown codec {settings.codec!r}; choose x264 or x265")
 
 
@@ -112,46 +178,29 @@ def build_command(
 
     ``pre_filters`` (e.g. a precoder's down-sampling) run before padding and conversion;
     timestamps pass through untouched, so dropped frames leave gaps the decoder fills.
+    Assembled by :func:`gopflow.media.ffmpeg.encode_raw_command`; here: the codec's part.
     """
-    in_fmt = feed_format(source.pix_fmt, settings.pix_fmt)
-    filters = list(pre_filters)
-    width, height = coded_size(source.width, source.height, settings.pix_fmt)
-    if any(f.startswith("scale=") for f in filters):
+    pad_to: tuple[int, int] | None = coded_size(source.width, source.height, settings.pix_fmt)
+    if any(f.startswith("scale=") for f in pre_filters):
         # A precoder's scaler already chose an even coded size.
-        width, height = source.width, source.height
-    if (width, height) != (source.width, source.height):
-        pad_x, pad_y = width - source.width, height - source.height
-        filters.append(f"pad={width}:{height}:0:0")
-        filters.append(f"fillborders=right={pad_x}:bottom={pad_y}:mode=smear")
-    if in_fmt != settings.pix_fmt:
-        filters.append(f"format={settings.pix_fmt}")
-    colour = colour_args(source)
-    command = [
-        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", in_fmt,
-        "-s", f"{source.width}x{source.height}",
-        "-framerate", f"{source.fps.numerator}/{source.fps.denominator}",
-        *colour,
-        "-i", input_path,
-        "-an", "-sn", "-dn",
-    ]
-    if filters:
-        command += ["-vf", ",".join(filters)]
-    if keyframe_at is not None:
-        # An IDR where the GOP ends: frames after it (look-ahead context) never become
-        # references for the GOP's own frames, so the stream can be cut there.
-        command += ["-force_key_frames", f"expr:eq(n,{keyframe_at})"]
-    command += [
-        "-fps_mode", "passthrough",
-        *_codec_args(settings, in_band_headers),
-        *_rate_args(settings),
-        "-pix_fmt", settings.pix_fmt,
-        *colour,
-        "-map_metadata", "-1",
-        "-fflags", "+bitexact", "-flags:v", "+bitexact",
-        "-f", "mp4", output,
-    ]
-    return command
+        pad_to = None
+    return encode_raw_command(
+        output,
+        width=source.width,
+        height=source.height,
+        fps=source.fps,
+        pix_fmt=feed_format(source.pix_fmt, settings.pix_fmt),
+        out_pix_fmt=settings.pix_fmt,
+        encoder={**_codec_args(settings, in_band_headers), **_rate_args(settings)},
+        colour=colour_options(
+            source.color_range, source.color_space, source.color_primaries, source.color_trc
+        ),
+        input_path=input_path,
+        filters=pre_filters,
+        pad_to=pad_to,
+        keyframe_at=keyframe_at,
+        exe=ffmpeg,
+    )
 
 
 class FfmpegEncoder:
@@ -195,12 +244,7 @@ class FfmpegEncoder:
 
 def _cut(ffmpeg: str, source: str, frames: int, output: str) -> str:
     """The first ``frames`` frames of ``source`` (decode order), stream-copied."""
-    command = [
-        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", source,
-        "-map", "0:v:0", "-c", "copy", "-frames:v", str(frames),
-        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-        "-f", "mp4", output,
-    ]
+    command = cut_command(source, frames, output, exe=ffmpeg)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]

@@ -14,9 +14,11 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from gopflow.errors import CorruptInputError, UsageError
-from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.ffmpeg import find_ffmpeg, scene_detect_command
 from gopflow.types import GopSpec, VideoInfo
 
 _FRAME_LINE = re.compile(r"^frame:(\d+)\s")
@@ -30,20 +32,9 @@ def detect_scene_cuts(info: VideoInfo, threshold: float = DEFAULT_SCENE_THRESHOL
     tool.require(filters=["scdet", "metadata", "scale"])
     with tempfile.TemporaryDirectory(prefix="gopflow-scd-") as scratch:
         listing = os.path.join(scratch, "cuts.txt")
-        # The metadata filter's file= option is itself parsed by ffmpeg: escape for it.
-        escaped = listing.replace("\\", "\\\\").replace(":", "\\:").replace("'", "\\'")
-        chain = (
-            f"scale=w='min({_DETECT_WIDTH},iw)':h=-2:flags=fast_bilinear,"
-            f"scdet=threshold={threshold:g},"
-            f"metadata=mode=print:key=lavfi.scd.time:file='{escaped}'"
+        command = scene_detect_command(
+            info.path, info.stream_index, threshold, listing, _DETECT_WIDTH, exe=tool.path
         )
-        command = [
-            tool.path, "-nostdin", "-hide_banner", "-loglevel", "error",
-            # Cut detection needs no deblocked, bit-exact pictures: skip the loop filter.
-            "-skip_loop_filter", "all", "-flags2", "+fast",
-            "-i", info.path, "-map", f"0:{info.stream_index}", "-an", "-sn",
-            "-vf", chain, "-f", "null", "-",
-        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
@@ -100,3 +91,38 @@ def plan_gops(
         pts = None if timestamps is None else timestamps[first]
         gops.append(GopSpec(index, first, end - first, pts, scene))
     return gops
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How a video is cut into GOPs (the same for every job kind; part of the work-dir key)."""
+
+    gop_seconds: float = 2.0
+    min_gop_seconds: float = 0.5
+    scene_detect: bool = True
+    scene_threshold: float = DEFAULT_SCENE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gop_seconds <= 60:
+            raise UsageError("--gop-seconds must be in (0, 60]")
+        if not 0 <= self.min_gop_seconds <= self.gop_seconds:
+            raise UsageError("--min-gop-seconds must be between 0 and --gop-seconds")
+        if not 0 <= self.scene_threshold <= 100:
+            raise UsageError(f"--scene-threshold must be 0 to 100, got {self.scene_threshold:g}")
+
+    def keyint(self, info: VideoInfo) -> int:
+        """The longest GOP in frames."""
+        return max(1, round(self.gop_seconds * float(info.fps)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_video(
+    info: VideoInfo, options: PlanOptions, stamps: Sequence[int | None]
+) -> list[GopSpec]:
+    """The GOPs of ``info``'s video: scene cuts (unless off), then :func:`plan_gops`."""
+    min_frames = max(1, round(options.min_gop_seconds * float(info.fps)))
+    cuts = detect_scene_cuts(info, options.scene_threshold) if options.scene_detect else []
+    seek_stamps = stamps if info.read_mode == "seek" else None
+    return plan_gops(info.frame_count, options.keyint(info), min_frames, cuts, seek_stamps)

@@ -24,10 +24,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from gopflow.errors import FrameCountError, MetricError, UsageError
-from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.ffmpeg import find_ffmpeg, vmaf_command
 from gopflow.media.probe import probe
 from gopflow.quality.metrics import (
-    VMAF_METRICS,
     FrameScores,
     MetricSeries,
     check_frame_counts,
@@ -36,6 +35,7 @@ from gopflow.quality.metrics import (
     expand_metrics,
     plan_resize,
 )
+from gopflow.quality.names import VMAF_METRICS
 
 # gopflow metric name -> libvmaf built-in model version.
 VMAF_MODELS: Mapping[str, str] = {"vmaf": "vmaf_v0.6.1", "vmaf_neg": "vmaf_v0.6.1neg"}
@@ -45,8 +45,6 @@ _VMAF_FORMATS = frozenset(
      "yuv420p12le", "yuv422p12le", "yuv444p12le"}
 )
 _LOG_NAME = "vmaf.json"
-# Frame n of each input gets timestamp n/25 s: libvmaf pairs frames in order.
-_BY_ORDER = "settb=1/25,setpts=N"
 
 
 def _vmaf_format(pix_fmt: str) -> str:
@@ -54,34 +52,6 @@ def _vmaf_format(pix_fmt: str) -> str:
     if fmt in _VMAF_FORMATS:
         return fmt
     return "yuv420p" if fmt == "gray" else "yuv420p10le"
-
-
-def vmaf_filtergraph(
-    ref_stream: int,
-    dist_stream: int,
-    ref_size: tuple[int, int],
-    resize: str,
-    pix_fmt: str,
-    models: Iterable[str],
-    threads: int,
-) -> str:
-    """The ``-filter_complex`` graph: input 0 is the distorted video, input 1 the reference."""
-    width, height = ref_size
-    # VMAF's models expect limited range: full-range inputs (yuvj*, or tagged pc) are
-    # converted on both sides alike; limited-range inputs pass unchanged.
-    dist_chain = f"{_BY_ORDER},scale=out_range=tv"
-    if resize == "crop":
-        dist_chain += f",crop={width}:{height}:0:0"
-    elif resize == "scale":
-        dist_chain += f",scale={width}:{height}:flags=bicubic"
-    # In a libvmaf option, models are separated by '|' and their own ':' escaped.
-    model = "|".join(rf"version={VMAF_MODELS[m]}\:name={m}" for m in models)
-    return (
-        f"[0:{dist_stream}]{dist_chain},format={pix_fmt}[dist];"
-        f"[1:{ref_stream}]{_BY_ORDER},scale=out_range=tv,format={pix_fmt}[ref];"
-        f"[dist][ref]libvmaf=model='{model}':log_fmt=json:log_path={_LOG_NAME}"
-        f":n_threads={threads}:shortest=1"
-    )
 
 
 def read_vmaf_log(path: str | Path, models: Iterable[str]) -> dict[str, tuple[float, ...]]:
@@ -117,16 +87,12 @@ def vmaf_scores(
     expected = min(ref.frame_count, dist.frame_count)
     resize = plan_resize((ref.width, ref.height), (dist.width, dist.height), scale)
     threads = threads or default_threads()
-    graph = vmaf_filtergraph(
-        ref.stream_index, dist.stream_index, (ref.width, ref.height), resize,
-        _vmaf_format(ref.pix_fmt), wanted, threads,
+    command = vmaf_command(
+        dist.path, ref.path, distorted_stream=dist.stream_index,
+        reference_stream=ref.stream_index, size=(ref.width, ref.height), resize=resize,
+        pix_fmt=_vmaf_format(ref.pix_fmt), models={m: VMAF_MODELS[m] for m in wanted},
+        threads=threads, log_name=_LOG_NAME, exe=tool.path,
     )
-    command = [
-        tool.path, "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-threads", str(threads), "-i", dist.path,
-        "-threads", str(threads), "-i", ref.path,
-        "-filter_complex", graph, "-an", "-sn", "-dn", "-f", "null", "-",
-    ]
     with tempfile.TemporaryDirectory(prefix="gopflow-vmaf-") as work:
         done = subprocess.run(command, cwd=work, capture_output=True, text=True)
         if done.returncode != 0:
