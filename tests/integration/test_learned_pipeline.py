@@ -201,7 +201,7 @@ def test_bad_options_are_one_line_errors(setup: dict[str, Path]) -> None:
     _one_line_error(done, 2, "--intra-offset must be 0 to 255")
     done = _gopflow("transcode", clip, "-o", out, "--codec", "dvc", "--motion-refinement", "-1",
                     "--registry", registry)
-    _one_line_error(done, 2, "motion refinement steps must be >= 0")
+    _one_line_error(done, 2, "--motion-refinement must be 0 or more")
     for flag in ("--adaptive-intra", "--rdo", "--intra-offset=1", "--motion-refinement=5"):
         done = _gopflow("transcode", clip, "-o", str(setup["root"] / "x.mp4"), flag)
         _one_line_error(done, 2, f"{flag.split('=')[0]} is for the learned codecs")
