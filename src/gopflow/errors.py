@@ -14,16 +14,23 @@ class GopflowError(Exception):
     """Base class of every error gopflow raises on purpose."""
 
     exit_code: int = 1
+    resumable: bool = True
+    """Whether ``--resume`` can help: False for errors that would happen again the same way
+    (bad options, bad input, an encoder refusing its settings); a transcode that fails with
+    one removes its work dir instead of leaving it for a resume."""
 
 
 class UsageError(GopflowError, ValueError):
     """Options that do not make sense together or are out of range."""
 
     exit_code = 2
+    resumable = False
 
 
 class InputError(GopflowError, ValueError):
     """The input cannot be used: missing, not a video, corrupt, truncated, empty."""
+
+    resumable = False
 
 
 class InputNotFoundError(InputError, FileNotFoundError):
@@ -59,12 +66,22 @@ class EncoderError(GopflowError, RuntimeError):
     """An external encoder process failed on a GOP (worth a retry)."""
 
 
+class EncoderRejectedError(GopflowError, ValueError):
+    """The encoder refused its settings or the frames' format before encoding anything
+    (ffmpeg's "Error opening output files", an option it cannot parse): deterministic, so
+    not an :class:`EncoderError` and never retried."""
+
+    resumable = False
+
+
 class GopFailedError(GopflowError, RuntimeError):
     """A GOP failed for good after its retries; the job cannot finish."""
 
 
 class FrameCountError(GopflowError, RuntimeError):
     """A decoded or assembled stream does not have the frames it must have."""
+
+    resumable = False
 
 
 class WorkDirError(GopflowError, OSError):

@@ -6,23 +6,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
-from gopflow.codecs.x26x import EncodeSettings, build_command, coded_size
-from gopflow.errors import UsageError
+from gopflow.codecs.x26x import EncodeSettings, build_command, coded_size, encoder_failure
+from gopflow.errors import EncoderError, EncoderRejectedError, UsageError
+from gopflow.jobs.transcode import source_format
 from gopflow.media.ffmpeg import (
+    colour_options,
     concat_command,
     cut_command,
     parse_filter,
     raw_vmaf_command,
+    refusal,
     restore_writer_command,
     rgb_writer_command,
     scene_detect_command,
     split_chain,
 )
-from gopflow.media.reader import feed_format
-from gopflow.types import SourceFormat
+from gopflow.media.reader import feed_format, frame_bytes, yuv_colour
+from gopflow.types import SourceFormat, VideoInfo
 
 _FLAGS = {"-nostdin", "-hide_banner", "-y", "-an", "-sn", "-dn"}
 
@@ -243,3 +249,82 @@ def test_writers() -> None:
     assert rgb.inputs[0][0]["-pix_fmt"] == "rgb24"
     assert rgb.options["-c:v"] == "libx264rgb" and rgb.options["-qp"] == "0"
     assert rgb.options["-threads"] == "1" and rgb.options["-f"] == "mp4"
+
+
+def _info(pix_fmt: str, color_range: str, color_space: str) -> VideoInfo:
+    return VideoInfo(
+        path="in.mkv", container="matroska,webm", stream_index=0, codec="ffv1", width=320,
+        height=240, pix_fmt=pix_fmt, fps=Fraction(25), vfr=False, frame_count=25,
+        duration_seconds=1.0, time_base=Fraction(1, 1000), start_seconds=0.0,
+        container_start_seconds=0.0, color_range=color_range, color_space=color_space,
+        color_primaries="bt709", color_trc="iec61966-2-1", rotation=0, read_mode="seek",
+    )
+
+
+@pytest.mark.parametrize("pix_fmt", ["gbrp", "bgr0", "rgb24", "pal8", "gbrp10le"])
+def test_rgb_source_is_converted_and_tagged_as_bt709_yuv(pix_fmt: str) -> None:
+    # An RGB source's matrix is gbr: libx264 refuses `-colorspace gbr` for YUV output.
+    source = source_format(_info(pix_fmt, "pc", "gbr"))
+    assert (source.color_space, source.color_range) == ("bt709", "tv")
+    assert (source.color_primaries, source.color_trc) == ("bt709", "iec61966-2-1")
+    got = parse(build_command("ffmpeg", source, EncodeSettings(), "o.mp4"))
+    assert got.inputs[0][0]["-pix_fmt"] == "yuv420p"  # converted before the pipe
+    for options in (got.inputs[0][0], got.options):
+        assert options["-colorspace"] == "bt709" and options["-color_range"] == "tv"
+
+
+def test_yuv_sources_keep_their_colour_but_never_an_rgb_matrix() -> None:
+    assert yuv_colour("yuvj420p", "pc", "smpte170m") == ("pc", "smpte170m")
+    assert yuv_colour("yuv420p", "tv", "gbr") == ("tv", "unknown")
+    assert "colorspace" not in colour_options("tv", "gbr", "bt709", "bt709")
+    assert colour_options("pc", "bt709", "unknown", "bt709") == {
+        "color_range": "pc", "colorspace": "bt709", "color_trc": "bt709"}
+
+
+def test_rgb_frames_are_converted_with_bt709_limited_range() -> None:
+    red = av.VideoFrame.from_ndarray(np.tile(np.uint8([255, 0, 0]), (4, 4, 1)), format="rgb24")
+    red.colorspace = 0  # tagged RGB, as decoded gbrp frames are
+    luma = frame_bytes(red, "yuv420p")[0]
+    assert luma == 63  # BT.709 limited: 16 + 219 * 0.2126; BT.601 would give 81
+
+
+def test_x265_never_gets_primaries_it_refuses() -> None:
+    source = SourceFormat(64, 48, Fraction(25), "yuv420p", "tv", "bt709", "jedec-p22", "bt709")
+    x265 = parse(build_command("ffmpeg", source, EncodeSettings(codec="x265"), "o.mp4"))
+    assert "-color_primaries" not in x265.options
+    x264 = parse(build_command("ffmpeg", source, EncodeSettings(), "o.mp4"))
+    assert x264.options["-color_primaries"] == "jedec-p22"
+
+
+_REFUSED_LOG = """\
+[libx264 @ 0x55abdf533480] [Eval @ 0x7ffdad62c6e0] Undefined constant or missing '(' in 'gbr'
+[libx264 @ 0x55abdf533480] Unable to parse "colorspace" option value "gbr"
+[libx264 @ 0x55abdf533480] Error setting option colorspace to value gbr.
+[vost#0:0/libx264 @ 0x55abdf532880] Error applying encoder options: Invalid argument
+Error opening output file /tmp/gopflow-enc-x/gop.mp4.
+Error opening output files: Invalid argument
+"""
+_X265_LOG = """\
+x265 [error]: Color Primaries must be unknown, bt709, bt470m, bt470bg, smpte170m
+[libx265 @ 0x55c0843b7a00] Cannot open libx265 encoder.
+[vost#0:0/libx265 @ 0x55c0843b6e00] [enc:libx265 @ 0x55c0843b7940] Error while opening encoder
+[out#0/mp4 @ 0x55c0843b6080] Nothing was written into output file
+"""
+
+
+def test_an_encoder_refusing_its_settings_is_not_retryable(tmp_path: Path) -> None:
+    assert refusal(_REFUSED_LOG) == 'Unable to parse "colorspace" option value "gbr"'
+    assert refusal(_X265_LOG) == "x265 [error]: Color Primaries must be unknown, bt709, " \
+        "bt470m, bt470bg, smpte170m"
+    assert refusal("injected encoder crash\n") is None
+    assert refusal("Error opening output file x.mp4.\nError opening output files: No space "
+                   "left on device\n") is None
+    log = tmp_path / "ffmpeg.log"
+    log.write_text(_REFUSED_LOG)
+    error = encoder_failure("libx264", "Error opening output files: Invalid argument", str(log))
+    assert isinstance(error, EncoderRejectedError) and not isinstance(error, EncoderError)
+    assert not error.resumable
+    assert str(error) == 'libx264 refused the encode: Unable to parse "colorspace" option ' \
+        'value "gbr"'
+    log.write_text("Segmentation fault\n")
+    assert type(encoder_failure("libx264", "exit 139", str(log))) is EncoderError

@@ -17,13 +17,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from gopflow.errors import EncoderError, UsageError
+from gopflow.errors import EncoderError, EncoderRejectedError, GopflowError, UsageError
 from gopflow.media.ffmpeg import (
     colour_options,
     cut_command,
     encode_raw_command,
     feed_process,
     find_ffmpeg,
+    refusal,
 )
 from gopflow.media.reader import feed_format, frame_bytes
 from gopflow.types import GopSpec, ReadMode, SourceFormat
@@ -164,6 +165,16 @@ def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> dict[str, st
     raise UsageError(f"unknown codec {settings.codec!r}; choose x264 or x265")
 
 
+# Colour primaries x265 refuses ("Color Primaries must be ..."); x264 takes them all.
+_X265_REFUSED_PRIMARIES = frozenset({"jedec-p22", "ebu3213"})
+
+
+def _encoder_primaries(codec: str, primaries: str) -> str:
+    if codec == "x265" and primaries in _X265_REFUSED_PRIMARIES:
+        return "unknown"
+    return primaries
+
+
 def build_command(
     ffmpeg: str,
     source: SourceFormat,
@@ -193,7 +204,8 @@ def build_command(
         out_pix_fmt=settings.pix_fmt,
         encoder={**_codec_args(settings, in_band_headers), **_rate_args(settings)},
         colour=colour_options(
-            source.color_range, source.color_space, source.color_primaries, source.color_trc
+            source.color_range, source.color_space,
+            _encoder_primaries(settings.codec, source.color_primaries), source.color_trc,
         ),
         input_path=input_path,
         filters=pre_filters,
@@ -234,12 +246,26 @@ class FfmpegEncoder:
             command = build_command(tool.path, source, self.settings, output, keyframe_at=keep)
             code, reason = feed_process(command, payload(), log_path)
             if code != 0 or not os.path.exists(output):
-                raise EncoderError(f"{ENCODER_NAMES[self.settings.codec]} failed: {reason}")
+                raise encoder_failure(ENCODER_NAMES[self.settings.codec], reason, log_path)
             if keep is not None and fed > keep:
                 output = _cut(tool.path, output, keep, os.path.join(scratch, "cut.mp4"))
             with open(output, "rb") as segment:
                 data = segment.read()
         return data
+
+
+def encoder_failure(what: str, reason: str, log_path: str) -> GopflowError:
+    """The error of a failed encode whose ffmpeg log is ``log_path``: an
+    :class:`EncoderRejectedError` (not retried) when ffmpeg refused the settings before
+    encoding, else an :class:`EncoderError` (retried: a crash, a lost process)."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            refused = refusal(log.read())
+    except OSError:
+        refused = None
+    if refused:
+        return EncoderRejectedError(f"{what} refused the encode: {refused}")
+    return EncoderError(f"{what} failed: {reason}")
 
 
 def _cut(ffmpeg: str, source: str, frames: int, output: str) -> str:

@@ -33,6 +33,7 @@ from gopflow.errors import FrameCountError, OutputError, UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.jobs.config import TranscodeConfig, TranscodeOptions
 from gopflow.media.ffmpeg import find_ffmpeg
+from gopflow.media.reader import yuv_colour
 from gopflow.pipeline.assemble import assemble
 from gopflow.pipeline.driver import Finished, GopJob, make_record, run_gop_job
 from gopflow.pipeline.stages import (
@@ -98,14 +99,17 @@ def run_transcode(
 
 
 def source_format(info: VideoInfo) -> SourceFormat:
-    """How the source's frames are laid out when handed to an encoder."""
+    """How the source's frames are laid out when handed to an encoder: its size, rate and
+    pixel format, and the colour of the YUV frames the encoder gets (an RGB source's frames
+    are converted to BT.709 limited range on the way, and tagged so)."""
+    color_range, color_space = yuv_colour(info.pix_fmt, info.color_range, info.color_space)
     return SourceFormat(
         width=info.width,
         height=info.height,
         fps=info.fps,
         pix_fmt=info.pix_fmt,
-        color_range=info.color_range,
-        color_space=info.color_space,
+        color_range=color_range,
+        color_space=color_space,
         color_primaries=info.color_primaries,
         color_trc=info.color_trc,
     )

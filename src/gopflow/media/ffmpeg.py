@@ -132,6 +132,34 @@ def feed_process(
     return code, (lines[-1] if lines else f"exit code {code}")
 
 
+# Log lines of an ffmpeg that refused its options or could not open its encoder: it exits
+# before encoding a frame, and would again (a retry cannot help).
+_REFUSED = (
+    "Unable to parse", "Error setting option", "Error applying encoder options",
+    "Error while opening encoder", "Could not open encoder",
+    "Error opening output files: Invalid argument",
+)
+# The encoder's own words, where it gives them (x265: "x265 [error]: ... must be ...").
+_REFUSAL_CAUSES = ("Unable to parse", "[error]", "Error setting option")
+# Failures of the machine, not of the arguments: worth a retry elsewhere or later.
+_TRANSIENT = ("No space left on device", "Cannot allocate memory", "Input/output error")
+_LOG_PREFIX = re.compile(r"^(?:\[[^\]]*@ 0x[0-9a-f]+\] )+")
+
+
+def refusal(log_text: str) -> str | None:
+    """Why ffmpeg refused to start encoding (deterministic: bad options or a format the
+    encoder does not take), as one log line without its ``[component @ 0x...]`` prefixes;
+    ``None`` when ``log_text`` shows no such refusal (a crash, a full disk)."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    if any(word in line for line in lines for word in _TRANSIENT):
+        return None
+    refused = [line for line in lines if any(word in line for word in _REFUSED)]
+    if not refused:
+        return None
+    causes = [line for line in lines if any(word in line for word in _REFUSAL_CAUSES)]
+    return _LOG_PREFIX.sub("", (causes or refused)[0])
+
+
 # -- command lines -----------------------------------------------------------------------
 
 QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
@@ -257,10 +285,13 @@ def _filter_threads(encoder: Options) -> tuple[str, ...]:
 def colour_options(
     color_range: str, color_space: str, color_primaries: str, color_trc: str
 ) -> dict[str, str]:
-    """ffmpeg's colour options for the properties that are known (not ``unknown``)."""
+    """ffmpeg's colour options of a YUV stream, for the properties that are known (not
+    ``unknown``). An RGB matrix (``gbr``) is left out: it is no YUV matrix, and libx264
+    refuses it ("Error opening output files"); RGB sources are converted and tagged with a
+    YUV one first (:func:`gopflow.media.reader.yuv_colour`)."""
     pairs = (
         ("color_range", color_range),
-        ("colorspace", color_space),
+        ("colorspace", "unknown" if color_space in ("gbr", "rgb") else color_space),
         ("color_primaries", color_primaries),
         ("color_trc", color_trc),
     )

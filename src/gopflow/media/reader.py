@@ -16,6 +16,7 @@ which is what the encoder process reads on its stdin.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -41,17 +42,53 @@ PLANAR_FORMATS = frozenset(
 _SEEK_RETRIES = 3
 
 
+RGB_MATRIX = "bt709"
+"""The matrix RGB sources are converted to YUV with (to limited range), and tagged with."""
+_RGB_MATRIX_SWS = "ITU709"  # the same, as swscale (PyAV's reformat) names it
+
+
 def feed_format(source_pix_fmt: str, target_pix_fmt: str) -> str:
     """The raw format frames are piped in: the source's own when it is plain planar."""
     plain = _SAME_LAYOUT.get(source_pix_fmt, source_pix_fmt)
     return plain if plain in PLANAR_FORMATS else target_pix_fmt
 
 
+@functools.lru_cache(maxsize=64)
+def is_rgb_format(pix_fmt: str) -> bool:
+    """Whether ``pix_fmt`` holds RGB samples (planar ``gbrp``, packed, paletted, Bayer):
+    frames a YUV encoder can only take after a matrix conversion."""
+    try:
+        layout = av.VideoFormat(pix_fmt)
+    except ValueError:
+        return False
+    return bool(layout.is_rgb or layout.has_palette)
+
+
+def yuv_colour(pix_fmt: str, color_range: str, color_space: str) -> tuple[str, str]:
+    """Range and matrix of the YUV frames an encoder gets from a ``pix_fmt`` source.
+
+    RGB sources are converted by :func:`frame_bytes` with :data:`RGB_MATRIX` to limited
+    range, so that is what their frames are; YUV sources keep their own, except an RGB
+    matrix (``gbr``), which no YUV stream can carry (``unknown`` instead).
+    """
+    if is_rgb_format(pix_fmt):
+        return "tv", RGB_MATRIX
+    if color_space in ("gbr", "rgb"):
+        return color_range, "unknown"
+    return color_range, color_space
+
+
 def frame_bytes(frame: Any, pix_fmt: str) -> bytes:
-    """Packed planar bytes of ``frame`` in ``pix_fmt`` (converting with swscale if needed)."""
+    """Packed planar bytes of ``frame`` in ``pix_fmt`` (converting with swscale if needed;
+    RGB to YUV with :data:`RGB_MATRIX`, limited range, whatever the frame is tagged)."""
     name = _SAME_LAYOUT.get(frame.format.name, frame.format.name)
     if name != pix_fmt:
-        frame = frame.reformat(format=pix_fmt)
+        if is_rgb_format(name) and not is_rgb_format(pix_fmt):
+            frame = frame.reformat(
+                format=pix_fmt, dst_colorspace=_RGB_MATRIX_SWS, dst_color_range="MPEG"
+            )
+        else:
+            frame = frame.reformat(format=pix_fmt)
     sample_bytes = 2 if pix_fmt.endswith(("10le", "12le", "16le")) else 1
     parts = []
     for plane in frame.planes:

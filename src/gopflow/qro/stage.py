@@ -29,8 +29,7 @@ from typing import Any
 import av
 import numpy as np
 
-from gopflow.codecs.x26x import GopTask, build_command
-from gopflow.errors import EncoderError
+from gopflow.codecs.x26x import GopTask, build_command, encoder_failure
 from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
 from gopflow.media.reader import ReaderCache, feed_format, frame_bytes
@@ -166,7 +165,8 @@ class QroGopStage:
             )
             code, reason = feed_process(command, (), log_path)
         if code != 0 or not os.path.exists(output):
-            raise EncoderError(f"{settings.codec} failed on candidate {candidate.key}: {reason}")
+            raise encoder_failure(f"{settings.codec} on candidate {candidate.key}", reason,
+                                  log_path)
         return output
 
     @staticmethod
