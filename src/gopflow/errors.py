@@ -88,6 +88,10 @@ class WorkDirError(GopflowError, OSError):
     """The work directory is inconsistent with the job being resumed."""
 
 
+class WorkDirLockedError(WorkDirError):
+    """Another gopflow run holds the work directory (the same job, running now)."""
+
+
 class ClusterError(GopflowError, RuntimeError):
     """The Ray cluster could not be started or reached."""
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ffmpeg_exe, media
+from conftest import ffmpeg_exe, make_clip, media
 
 
 def _flaky_ffmpeg(tmp_path: Path, failures: int) -> Path:
@@ -75,3 +75,44 @@ def test_a_failing_qro_gop_names_its_index(tmp_path: Path) -> None:
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("gopflow: error: GOP ") and "injected encoder crash" in line
     assert not out.exists()
+
+
+def _refusing_ffmpeg(tmp_path: Path) -> tuple[Path, Path]:
+    """An ffmpeg whose libx264 refuses its options (as it refused ``-colorspace gbr``),
+    counting the encodes it was asked for."""
+    calls = tmp_path / "encodes"
+    wrapper = tmp_path / "ffmpeg"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *libx264*)\n'
+        f'  echo x >> "{calls}"\n'
+        """  echo '[libx264 @ 0x5] Unable to parse "colorspace" option value "gbr"' >&2\n"""
+        "  echo 'Error opening output files: Invalid argument' >&2; exit 1;;\n"
+        "esac\n"
+        f'exec "{ffmpeg_exe()}" "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return wrapper, calls
+
+
+def test_an_encoder_refusing_its_options_is_not_retried_and_leaves_no_work_dir(
+    tmp_path: Path,
+) -> None:
+    source = make_clip(tmp_path / "in.mkv", "-f", "lavfi", "-i",
+                       "testsrc2=size=64x48:rate=25:duration=0.4", "-c:v", "ffv1")
+    wrapper, calls = _refusing_ffmpeg(tmp_path)
+    out = tmp_path / "out.mp4"
+    done = subprocess.run(
+        [sys.executable, "-m", "gopflow", "transcode", source, "-o", str(out), "--no-progress",
+         "--retries", "2", "--preset", "ultrafast"],
+        capture_output=True, text=True, env={**os.environ, "GOPFLOW_FFMPEG": str(wrapper)},
+        timeout=300,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0] == ('gopflow: error: GOP 0 (frames 0-9): libx264 refused the encode: '
+                        'Unable to parse "colorspace" option value "gbr"')
+    assert len(calls.read_text().split()) == 1  # tried once, not 1 + 2 retries
+    assert not out.exists()
+    assert not (tmp_path / ".gopflow-work").exists()  # --resume could not help: removed

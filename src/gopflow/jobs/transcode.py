@@ -12,6 +12,7 @@ and runs :func:`run_transcode`, which hands a :class:`~gopflow.pipeline.driver.G
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -29,7 +30,7 @@ from gopflow.codecs.learned.bitstream import (
     write_stream,
 )
 from gopflow.codecs.x26x import ENCODER_NAMES, GopTask, coded_size
-from gopflow.errors import FrameCountError, OutputError, UsageError
+from gopflow.errors import FrameCountError, GopflowError, OutputError, UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.jobs.config import TranscodeConfig, TranscodeOptions
 from gopflow.media.ffmpeg import find_ffmpeg
@@ -42,7 +43,7 @@ from gopflow.pipeline.stages import (
     LearnedGopTask,
     open_codec,
 )
-from gopflow.pipeline.workdir import WorkDir
+from gopflow.pipeline.workdir import WorkDir, claimed
 from gopflow.qro.decisions import load_decisions, save_decisions
 from gopflow.qro.stage import QroGopStage, QroGopTask
 from gopflow.qro.target import Candidate, Decision
@@ -71,8 +72,31 @@ def transcode(
 def run_transcode(
     config: TranscodeConfig, log: Callable[[str], None] | None = None
 ) -> TranscodeReport:
-    """Run a resolved transcode; write its report (and plot) when asked; return the report."""
+    """Run a resolved transcode; write its report (and plot) when asked; return the report.
+
+    A job that fails in a way ``--resume`` cannot help (bad input or options, an encoder
+    refusing its settings: ``GopflowError.resumable`` is False) leaves no work dir behind;
+    any other failure (Ctrl-C, a lost cluster, a GOP that failed after its retries, a full
+    disk) keeps it for ``--resume``. The work dir's lock is dropped either way.
+    """
     job: GopJob = LearnedJob(config) if config.learned is not None else EncoderJob(config)
+    with claimed() as workdirs:
+        try:
+            return _run_and_report(job, config, log)
+        except GopflowError as exc:
+            if not exc.resumable:
+                for workdir in workdirs:
+                    with contextlib.suppress(OSError):
+                        workdir.remove()
+            raise
+        finally:
+            for workdir in workdirs:
+                workdir.release()
+
+
+def _run_and_report(
+    job: GopJob, config: TranscodeConfig, log: Callable[[str], None] | None
+) -> TranscodeReport:
     result = run_gop_job(job, config.input, config.output, config.plan, config.run, log)
     report = TranscodeReport(
         input=result.info.path,
