@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,19 @@ def test_library_refuses_what_the_cli_refuses(tmp_path: Path) -> None:
                       target_vmaf=93)
     with pytest.raises(UsageError, match="unknown transcode option"):
         api.transcode(media("asl_again_640x480.mkv"), str(tmp_path / "o.mkv"), crf_value=20)
+
+
+@pytest.mark.parametrize("reader", ["head -c 10", "true"])
+def test_probe_into_a_closed_pipe_is_quiet(
+    reader: str, generated: dict[str, str], tmp_path: Path
+) -> None:
+    # `true` exits before gopflow writes a byte: the write meets a closed pipe (EPIPE).
+    errors = tmp_path / "stderr.txt"
+    script = (f"{shlex.quote(sys.executable)} -m gopflow probe {shlex.quote(generated['odd'])} "
+              f"2>{shlex.quote(str(errors))} | {reader} >/dev/null; "
+              'echo "gopflow exit ${PIPESTATUS[0]}"')
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "gopflow exit 0", (done.stdout, errors.read_text())
+    stderr = errors.read_text()
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    assert "Broken pipe" not in stderr and stderr == "", stderr
