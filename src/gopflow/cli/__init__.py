@@ -196,7 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print("gopflow: interrupted; run again with --resume to continue", file=sys.stderr)
-        return 130
+        # Every finished GOP is already on disk and the cluster is down (the runner's context
+        # exited): end here rather than in the interpreter's teardown, where Ray's and PyAV's
+        # native threads, stopped mid-job, could still crash the process after the message.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except BrokenPipeError:
         # The reader of our output went away (``gopflow probe x | head``): not an error of
         # ours. Point stdout at /dev/null so the interpreter's final flush stays quiet.

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gopflow.codecs.learned.bitstream import (
     StreamHeader,
@@ -45,8 +45,11 @@ from gopflow.pipeline.stages import (
 )
 from gopflow.pipeline.workdir import WorkDir, claimed
 from gopflow.qro.decisions import load_decisions, save_decisions
-from gopflow.qro.stage import QroGopStage, QroGopTask
 from gopflow.qro.target import Candidate, Decision
+
+if TYPE_CHECKING:
+    from gopflow.qro.stage import QroGopTask
+
 from gopflow.types import (
     EncodedGop,
     GopRecord,
@@ -176,13 +179,20 @@ class EncoderJob:
         }
 
     def stage_factory(self) -> Callable[[], Callable[[Any], EncodedGop]]:
-        return GopEncodeStage if self.config.qro is None else QroGopStage
+        if self.config.qro is None:
+            return GopEncodeStage
+        # QRO's stage brings the precoders (torch): imported only by jobs that use it.
+        from gopflow.qro.stage import QroGopStage
+
+        return QroGopStage
 
     def task(self, info: VideoInfo, gop: GopSpec, workdir: WorkDir) -> GopTask | QroGopTask:
         base = GopTask(info.path, info.stream_index, info.read_mode, gop, source_format(info),
                        self._settings)
         if self.config.qro is None:
             return base
+        from gopflow.qro.stage import QroGopTask
+
         probes = os.path.join(workdir.path, "probes")
         os.makedirs(probes, exist_ok=True)
         return QroGopTask(

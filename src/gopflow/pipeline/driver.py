@@ -177,6 +177,7 @@ def run_gop_job(
         say(f"resuming: {len(finished)} of {len(saved_plan)} GOPs already done in {workdir.path}")
     records = {index: replace(record, resumed=True) for index, record in finished.items()}
     gops = saved_plan or []
+    done: Finished | None = None
 
     def plan_tasks() -> tuple[list[GopSpec], list[Any]]:
         planned = saved_plan
@@ -226,9 +227,15 @@ def run_gop_job(
                         records[record.index] = record
                         bar.update(encoded.frames)
                     mark("encoded")
+                    # Join the GOPs while the cluster shuts down (a local one takes a second
+                    # or two to stop): the cluster is not needed for it.
+                    ordered = [records[gop.index] for gop in gops]
+                    finishing = pool.submit(job.finish, info, gops, ordered, workdir)
+                done = finishing.result()
 
     ordered = [records[gop.index] for gop in gops]
-    done = job.finish(info, gops, ordered, workdir)
+    if done is None:
+        done = job.finish(info, gops, ordered, workdir)
     mark("assembled")
     return JobResult(
         info=info,

@@ -27,6 +27,9 @@ Result = TypeVar("Result")
 # Exceptions worth another try: a crashed or failing encoder process. Bad input is not
 # retried (it would fail again); Ray retries lost workers and nodes on its own.
 RETRYABLE: tuple[type[BaseException], ...] = (EncoderError, BrokenPipeError)
+# A local cluster's object store only carries results in flight (a few encoded GOPs): a
+# small one keeps its shared memory small.
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
 def _quiet_ray_environment() -> None:
@@ -107,7 +110,17 @@ class RayRunner:
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
-                ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(), **kwargs)
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus or os.cpu_count(),
+                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    # Actors start their own workers: idle pre-started ones only cost memory.
+                    _system_config={
+                        "enable_worker_prestart": False,
+                        "prestart_worker_first_driver": False,
+                    },
+                    **kwargs,
+                )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local cluster"
             raise ClusterError(f"cannot start or reach Ray at {where}: {exc}") from exc
