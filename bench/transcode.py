@@ -257,9 +257,11 @@ def measure(tool: str, cmd: list[str], output: Path, log: Path, interval: float)
 # --------------------------------------------------------------------------- inputs
 
 
-def generate_input(ffmpeg: str, seconds: int, out_dir: Path) -> Path:
-    """A cached ``seconds``-long 1280x720 30 fps clip with AAC audio (x264 veryfast crf 14)."""
-    path = out_dir / "inputs" / f"src_{WIDTH}x{HEIGHT}p{FPS}_{seconds}s_{INPUT_VERSION}.mp4"
+def generate_input(ffmpeg: str, seconds: int, out_dir: Path, height: int = HEIGHT) -> Path:
+    """A cached ``seconds``-long 30 fps clip with AAC audio (x264 veryfast crf 14): the
+    1280x720 mosaic, scaled (bicubic) to 16:9 at ``height`` when that is not 720."""
+    width = height * 16 // 9 // 2 * 2
+    path = out_dir / "inputs" / f"src_{width}x{height}p{FPS}_{seconds}s_{INPUT_VERSION}.mp4"
     if path.exists():
         try:
             if probe(str(path)).frame_count == seconds * FPS:
@@ -273,7 +275,11 @@ def generate_input(ffmpeg: str, seconds: int, out_dir: Path) -> Path:
     for source in _SOURCES:
         cmd += ["-f", "lavfi", "-i", source]
     cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
-    cmd += ["-filter_complex", _GRAPH, "-map", "[v]", "-map", f"{len(_SOURCES)}:a"]
+    graph = _GRAPH
+    if height != HEIGHT:
+        graph = graph.replace("format=yuv420p,", f"scale={width}:{height}:flags=bicubic,"
+                              "format=yuv420p,")
+    cmd += ["-filter_complex", graph, "-map", "[v]", "-map", f"{len(_SOURCES)}:a"]
     cmd += ["-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-crf", "14"]
     cmd += ["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"]
     cmd += [str(partial)]
@@ -467,6 +473,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--durations", default="10,60",
         help="comma-separated seconds of the generated inputs (default: 10,60)",
     )  # fmt: skip
+    parser.add_argument(
+        "--height", type=int, default=HEIGHT,
+        help="height of the generated 16:9 inputs (default: 720; e.g. 1080)",
+    )
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "out")
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool and input")
     parser.add_argument(
@@ -518,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.input:
         inputs = [p.resolve() for p in args.input]
     else:
-        inputs = [generate_input(tool.path, d, args.out_dir) for d in args.durations]
+        inputs = [generate_input(tool.path, d, args.out_dir, args.height) for d in args.durations]
 
     started = time.strftime("%Y%m%d-%H%M%S")
     results = [bench_input(args, tool.path, src) for src in inputs]

@@ -113,3 +113,14 @@ def test_library_and_cli_give_the_same_file(tmp_path: Path) -> None:
     with open(str(cli_out) + ".json", encoding="utf-8") as handle:
         assert json.load(handle)["settings"]["encode"]["crf"] == 28.0
     assert cli_out.read_bytes() == api_out.read_bytes()
+
+
+def test_lookahead_tail_is_cut_off_frame_exact(tmp_path: Path) -> None:
+    """With a tail the encoder sees frames past its GOP; the segment still ends at the GOP."""
+    src = media("asl_again_640x480.mkv")
+    out = tmp_path / "tail.mp4"
+    report = _transcode(src, out, crf=20, preset="veryfast", lookahead_tail=8, gop_seconds=1.0)
+    assert report["settings"]["encode"]["lookahead_tail"] == 8
+    got = inspect(str(out))
+    assert (got.frames, got.width, got.height) == (77, 640, 480)
+    assert sum(g["frames"] for g in report["gops"]) == 77 and len(report["gops"]) > 1

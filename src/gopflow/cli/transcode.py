@@ -98,7 +98,9 @@ def add_transcode_parser(commands: Any, epilog: str) -> argparse.ArgumentParser:
     enc.add_argument(
         "--lookahead-tail", type=int, metavar="N",
         help="frames after each GOP shown to the encoder as look-ahead, then cut off at a "
-        "forced IDR, so a GOP's last frames are coded as in one long encode (10; 0: off)",
+        "forced IDR, so a GOP's last frames are coded as in one long encode (default: 0, "
+        "off: on the tuning clips a 10-frame tail cost 14%% more encoded frames and bought no "
+        "PSNR at equal rate, see bench/lookahead_tail.py)",
     )
     plan = tr.add_argument_group("GOP planning")
     plan.add_argument("--gop-seconds", type=float, help="max GOP length (2.0)")

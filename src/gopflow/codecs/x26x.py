@@ -57,7 +57,7 @@ class EncodeSettings:
     pix_fmt: str = "yuv420p"
     threads: int = 1
     keyint: int = 250
-    lookahead_tail: int = 10
+    lookahead_tail: int = 0
 
     def __post_init__(self) -> None:
         if self.codec not in ENCODER_NAMES:

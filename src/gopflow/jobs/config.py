@@ -167,7 +167,7 @@ class TranscodeOptions:
     """A transcode request with the command line's names; ``None``: not given (default).
 
     Defaults: codec x264; CRF 23 for x264 and 28 for x265 unless ``bitrate``; preset medium;
-    pixel format yuv420p; one encoder thread per GOP; a 10-frame look-ahead tail; GOPs of at
+    pixel format yuv420p; one encoder thread per GOP; no look-ahead tail; GOPs of at
     most 2 s, at least 0.5 s, cut at scene changes (scdet threshold 10); two retries per GOP;
     the source's audio copied. QRO (``target_vmaf``, ``target_vmaf_neg``, ``target_psnr`` or
     ``max_bitrate``) tries scales 1, 3/4, 2/3, 1/2 and half rate with veryfast probes and
@@ -251,7 +251,7 @@ class TranscodeOptions:
                                                                               "--bufsize"),
                 pix_fmt=self.pix_fmt or "yuv420p",
                 threads=self.encoder_threads,
-                lookahead_tail=10 if self.lookahead_tail is None else self.lookahead_tail,
+                lookahead_tail=0 if self.lookahead_tail is None else self.lookahead_tail,
             )
         return TranscodeConfig(
             input=input_path,
