@@ -13,6 +13,7 @@ end of the longest remaining lane (work stealing), so no core idles while work i
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 from gopflow.errors import ClusterError, EncoderError, GopFailedError, GopflowError
 
+_LOG = logging.getLogger("gopflow.ray")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -36,6 +38,27 @@ def _quiet_ray_environment() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _ray_message(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+    """Where the driver's Ray error listener sends what it receives: gopflow's log."""
+    for line in data.get("lines", ()):
+        _LOG.debug("ray %s: %s", data.get("pid"), line)
+
+
+def _quiet_error_listener() -> None:
+    """Keep Ray's task-failure notices ("Task ... failed. There are 2 retries remaining",
+    with the worker's traceback) off the user's terminal.
+
+    The driver's error listener thread prints them to stdout through
+    ``ray._private.worker.print_to_stdstream`` even without ``log_to_driver``; the runner
+    reports a GOP that fails for good as one line of its own, so the notices go to the
+    ``gopflow.ray`` logger instead. (Ray offers no public switch for this listener.)
+    """
+    import ray._private.worker as ray_worker
+
+    if hasattr(ray_worker, "print_to_stdstream"):
+        ray_worker.print_to_stdstream = _ray_message
 
 
 @dataclass(frozen=True)
@@ -125,6 +148,7 @@ class RayRunner:
             where = self.address or "a local cluster"
             raise ClusterError(f"cannot start or reach Ray at {where}: {exc}") from exc
         self._started_here = True
+        _quiet_error_listener()
         return self
 
     def __exit__(self, *exc: object) -> None:
