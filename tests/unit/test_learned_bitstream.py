@@ -9,6 +9,7 @@ from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gopflow.codecs.learned.bitstream import (
@@ -215,3 +216,54 @@ def test_read_gop_refuses_a_wrong_extent(tmp_path: Path) -> None:
 def test_gop_structure_counts_intra_starts() -> None:
     assert gop_structure(u.kind for u in _units(6, GOP_STARTS)) == (3, 3)
     assert gop_structure([UnitKind.INTRA] * 4) == (4, 1)  # all-intra: one-frame GOPs
+
+
+def test_rans_strings_decode_exactly_or_not_at_all() -> None:
+    """CompressAI's rANS coder, guarded: strings decode only if they are exactly what the
+    encoder writes (cut, extended or misread ones are refused, never read past), and values
+    whose string needs more words than CompressAI's encoder buffers are coded in Python to
+    the same bytes the C++ writes given room."""
+    from compressai.ans import RansEncoder
+
+    from gopflow.codecs.dvc.grid_coding import _tables, decode_grid, encode_grid
+    from gopflow.codecs.learned.hyperprior import (
+        ESCAPE_LIMIT,
+        _encode_python,
+        decode_exact,
+        rans_encode,
+        rans_words_bound,
+    )
+
+    cdfs, sizes, offsets = (np.asarray(part, dtype=np.int64) for part in _tables()[:3])
+    rng = random.Random(11)
+    python_only = 0
+    for _ in range(200):
+        count = rng.choice([2, 3, 40, 300])
+        indexes = np.array([rng.randrange(len(sizes)) for _ in range(count)])
+        values = np.array([rng.randint(-2, 2) if rng.random() < 0.8 else
+                           rng.choice([rng.randint(-300, 300), rng.randint(-(1 << 26), 1 << 26)])
+                           for _ in range(count)])
+        string = rans_encode(values, indexes, cdfs, sizes, offsets)
+        lists = (values.tolist(), indexes.tolist(), cdfs.tolist(), sizes.tolist(),
+                 offsets.tolist())
+        assert string == _encode_python(*lists)
+        bound = rans_words_bound(values, indexes, cdfs, sizes, offsets)
+        assert len(string) <= 4 * bound
+        if bound <= count:
+            assert string == RansEncoder().encode_with_indexes(*lists)
+        else:
+            python_only += 1
+        assert np.array_equal(decode_exact(string, indexes, cdfs, sizes, offsets), values)
+        for bad in (string[:-4], string + bytes(4), string[:-1], string[:4], b""):
+            with pytest.raises(BitstreamError, match="does not decode"):
+                decode_exact(bad, indexes, cdfs, sizes, offsets)
+    assert python_only > 0
+    with pytest.raises(ValueError, match="escape"):
+        rans_encode(np.array([ESCAPE_LIMIT]), np.array([0]), cdfs, sizes, offsets)
+    # A 1 x 1 grid of two escaped corrections needs 3 words for 2 values: CompressAI's
+    # encoder wrote one word before its buffer.
+    grid = np.array([[[-128]], [[127]]], dtype=np.int8)
+    coded = encode_grid(grid)
+    assert np.array_equal(decode_grid(coded, 1, 1), grid)
+    with pytest.raises(BitstreamError, match="does not decode"):
+        decode_grid(coded + bytes(4), 1, 1)

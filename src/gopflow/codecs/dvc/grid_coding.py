@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from gopflow.codecs.learned.bitstream import BitstreamError
+from gopflow.codecs.learned.hyperprior import decode_exact, rans_encode
 
 ALPHABET = 40
 """Residuals in ``-ALPHABET..ALPHABET`` have a table symbol; larger ones are escaped."""
@@ -147,26 +148,24 @@ def _component(plane: np.ndarray) -> tuple[bytes, np.ndarray, int]:
 
 
 def encode_grid(corrections: np.ndarray) -> bytes:
-    """Code ``2 x rows x cols`` int8 corrections (see the module docstring)."""
-    from compressai.ans import RansEncoder
-
+    """Code ``2 x rows x cols`` int8 corrections (see the module docstring). The string is
+    CompressAI's encoder's (:func:`.hyperprior.rans_encode`): a small grid of escaped
+    values needs more words than it has values, which CompressAI's encoder writes before
+    its buffer, so those are coded in Python, to the same bytes."""
     cdfs, sizes, offsets, _ = _tables()
     headers, planes, scales = zip(*(_component(plane) for plane in corrections), strict=True)
     symbols = np.concatenate([residuals.ravel() for residuals in planes])
     indexes = np.repeat(np.asarray(scales), [residuals.size for residuals in planes])
-    string = RansEncoder().encode_with_indexes(
-        symbols.astype(np.int32).tolist(), indexes.astype(np.int32).tolist(), cdfs, sizes,
-        offsets)
+    string = rans_encode(symbols, indexes, np.asarray(cdfs), np.asarray(sizes),
+                         np.asarray(offsets))
     return b"".join(headers) + string
 
 
 def decode_grid(data: bytes, rows: int, cols: int) -> np.ndarray:
     """The ``2 x rows x cols`` int8 corrections :func:`encode_grid` coded in ``data``; an
-    inconsistent one (a scale out of range, a value beyond int8) raises
-    :class:`BitstreamError`. Extra or missing rANS bytes cannot be told apart from values
-    (the unit's CRC guards them)."""
-    from compressai.ans import RansDecoder
-
+    inconsistent one (a scale out of range, a value beyond int8, a rANS string that is not
+    exactly what the encoder writes: :func:`.hyperprior.decode_exact`) raises
+    :class:`BitstreamError`."""
     scales, centres, position = [], [], 0
     for _ in range(2):
         if len(data) < position + 1:
@@ -187,9 +186,10 @@ def decode_grid(data: bytes, rows: int, cols: int) -> np.ndarray:
         raise BitstreamError(f"a grid motion model names Laplace scale {max(scales)}; "
                              f"there are {len(SCALES)}")
     cdfs, sizes, offsets, _ = _tables()
-    indexes = [scales[0]] * (rows * cols) + [scales[1]] * (rows * cols)
-    decoded = RansDecoder().decode_with_indexes(data[position:], indexes, cdfs, sizes, offsets)
-    residuals = np.asarray(decoded, dtype=np.int64).reshape(2, rows, cols)
+    indexes = np.repeat(np.asarray(scales), rows * cols)
+    decoded = decode_exact(data[position:], indexes, np.asarray(cdfs), np.asarray(sizes),
+                           np.asarray(offsets), "a grid motion model's grid")
+    residuals = decoded.reshape(2, rows, cols)
     values = np.stack([_undo_residuals(plane) if centre is None else plane + centre
                        for plane, centre in zip(residuals, centres, strict=True)])
     if values.min() < -128 or values.max() > 127:

@@ -16,14 +16,25 @@ Coding uses rounding and CompressAI's real rANS coder. ``y`` has zero mean, so t
 symbols are the integers ``round(gain * y)`` and the decoder recovers ``y_hat`` exactly; only
 the entropy parameters (scales) must be computed identically on both sides (see
 :func:`gopflow.codecs.learned.engine.codec_threads`).
+
+Decoding goes through :func:`decode_exact`, not CompressAI's ``decompress``: CompressAI's
+rANS decoder reads its string without bounds checks (a short or corrupt string made it read
+past the buffer: heap bytes in the decoded latent, or a segfault) and never tells whether the
+string was exactly what an encoder writes. :func:`decode_exact` pads the string, then refuses
+it unless the decoded integers code back to the very same bytes (:func:`rans_encode`: its
+encoder writes into a buffer of one word per symbol, and before that buffer where a string
+needs more, so such strings are coded in Python instead, to the same bytes).
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models.utils import conv, deconv
@@ -71,6 +82,159 @@ class LatentCode:
 
     y_string: bytes
     z_string: bytes
+
+
+RANS_PAD_WORDS = 1024
+"""Zero words appended to a rANS string beyond one per symbol before CompressAI decodes it
+(:func:`decode_exact`). Outside its escapes the decoder reads at most one word per symbol,
+and a zero word ends any escape chain, so a string that is too short makes it read zeros
+here instead of the heap behind the buffer (random strings read at most half a word per
+symbol past their end)."""
+ESCAPE_LIMIT = 1 << 28
+"""Escaped values CompressAI's encoder can write: its bypass code of ``raw`` (``2|v| - 1``
+or ``2(v - max)``) loops for ever at ``raw >= 2^28``, so no string holds one."""
+PYTHON_RANS_LIMIT = 1 << 16
+"""The most symbols :func:`decode_exact` codes again in Python (where CompressAI's buffer is
+too small): a real latent never needs more than a word per symbol, a motion grid has a few
+thousand values at most."""
+_RANS_L = 1 << 31
+_WORD = 0xFFFFFFFF
+
+
+def rans_encode(
+    values: np.ndarray, indexes: np.ndarray, cdfs: np.ndarray, sizes: np.ndarray,
+    offsets: np.ndarray,
+) -> bytes:
+    """The rANS string of ``values`` (int64, one per entry of ``indexes``, each coded with
+    that row of ``cdfs``, CompressAI's quantised CDFs, with its length and offset): what
+    CompressAI's ``RansEncoder.encode_with_indexes`` writes, from CompressAI's encoder
+    where the string fits its buffer (one word per symbol: :func:`rans_words_bound`), else
+    from :func:`_encode_python`. ``ValueError`` for a value its escape code cannot hold
+    (:data:`ESCAPE_LIMIT`)."""
+    flat = indexes.astype(np.int64).ravel()
+    cdfs, sizes, offsets = (np.asarray(part, dtype=np.int64) for part in (cdfs, sizes, offsets))
+    values = np.asarray(values, dtype=np.int64).ravel()
+    bound = rans_words_bound(values, flat, cdfs, sizes, offsets)
+    if bound < 0:
+        raise ValueError("a value is beyond the rANS escape code")
+    return _encode(values.tolist(), (flat.tolist(), cdfs.tolist(), sizes.tolist(),
+                                     offsets.tolist()), bound)
+
+
+def _encode(values: list[int], tables: tuple[list[Any], ...], bound: int) -> bytes:
+    """:func:`rans_encode` with the tables as lists (indexes, CDFs, sizes, offsets) and
+    the bound of its words computed."""
+    from compressai.ans import RansEncoder
+
+    if bound <= len(values):
+        return bytes(RansEncoder().encode_with_indexes(values, *tables))
+    return _encode_python(values, *tables)
+
+
+def rans_words_bound(
+    values: np.ndarray, indexes: np.ndarray, cdfs: np.ndarray, sizes: np.ndarray,
+    offsets: np.ndarray,
+) -> int:
+    """An upper bound of the 32-bit words CompressAI's ``RansEncoder.encode_with_indexes``
+    writes for ``values`` (int64) with tables ``indexes`` (``cdfs``: one row per table),
+    or -1 where a value is beyond its escape code (:data:`ESCAPE_LIMIT`). The encoder
+    writes into a buffer of one word per symbol, and past its start where it needs more:
+    callers check this bound first. Each symbol costs ``16 - log2(frequency)`` bits (a
+    fraction of a bit more at most), each escape 4 bits per bypass chunk; the state starts
+    at ``2^31`` and never falls below it, so the words are at most the bits over 32, plus
+    the 2 words of the final state."""
+    if values.size == 0:
+        return 2
+    maximum = sizes[indexes] - 2
+    value = values - offsets[indexes]
+    inside = (value >= 0) & (value < maximum)
+    raw = np.where(value < 0, -2 * value - 1, 2 * (value - maximum))
+    raw = np.where(inside, 0, raw)
+    if raw.max() >= ESCAPE_LIMIT:
+        return -1
+    symbol = np.where(inside, value, maximum)
+    frequency = cdfs[indexes, symbol + 1] - cdfs[indexes, symbol]
+    bits = float(np.sum(16.0 - np.log2(np.maximum(frequency, 1))))
+    rest = raw[~inside]
+    nibbles = np.zeros_like(rest)
+    while rest.any():
+        nibbles += rest > 0
+        rest = rest >> 4
+    bits += 4.0 * float(np.sum(nibbles + nibbles // 15 + 1))
+    return 2 + int((bits + 1e-4 * values.size + 1.0) // 32)
+
+
+def _put(x: int, out: list[int], start: int, freq: int, bits: int) -> int:
+    """ryg_rans' ``Rans64EncPut`` (``bits`` of precision); emitted words go to ``out``."""
+    if x >= ((_RANS_L >> bits) << 32) * freq:
+        out.append(x & _WORD)
+        x >>= 32
+    return ((x // freq) << bits) + (x % freq) + start
+
+
+def _encode_python(
+    values: list[int], indexes: list[int], cdfs: list[list[int]], sizes: list[int],
+    offsets: list[int],
+) -> bytes:
+    """CompressAI's ``RansEncoder.encode_with_indexes`` (``compressai/cpp_exts/rans``),
+    step for step, without its fixed buffer: symbols in reverse, escapes as 4-bit bypass
+    chunks (value chunks, then the chunk count in chunks of at most 15), then the 64-bit
+    state; little-endian words, as CompressAI writes them on x86-64 and AArch64."""
+    x, out = _RANS_L, []
+    for i in range(len(values) - 1, -1, -1):
+        table = indexes[i]
+        cdf, maximum = cdfs[table], sizes[table] - 2
+        value = values[i] - offsets[table]
+        if value < 0 or value >= maximum:
+            raw = -2 * value - 1 if value < 0 else 2 * (value - maximum)
+            chunks = 0
+            while raw >> (4 * chunks):
+                chunks += 1
+            pieces = [(raw >> (4 * j)) & 15 for j in range(chunks - 1, -1, -1)]
+            pieces += [15] * (chunks // 15) + [chunks % 15]
+            for piece in pieces:  # Rans64EncPutBits, 4 bits
+                if x >= ((_RANS_L >> 16) << 32) << 12:
+                    out.append(x & _WORD)
+                    x >>= 32
+                x = (x << 4) | piece
+            value = maximum
+        x = _put(x, out, cdf[value], cdf[value + 1] - cdf[value], 16)
+    words = [x & _WORD, x >> 32, *reversed(out)]
+    return struct.pack(f"<{len(words)}I", *words)
+
+
+def decode_exact(
+    string: bytes, indexes: np.ndarray, cdfs: np.ndarray, sizes: np.ndarray,
+    offsets: np.ndarray, what: str = "a latent",
+) -> np.ndarray:
+    """The integers (int64, one per entry of ``indexes``, each coded with that table:
+    a row of ``cdfs``, CompressAI's quantised CDFs, with its length and offset) that
+    CompressAI's rANS coder coded in ``string``, refused with :class:`BitstreamError`
+    unless ``string`` is exactly what the encoder writes for them: whole 32-bit words, at
+    least the 2 of the final state, and :func:`rans_encode` of the decoded integers gives
+    the same bytes (so a string that ends early, or goes on after the last symbol, or was
+    decoded with other tables, is refused with near certainty). The string is padded with
+    zero words first (:data:`RANS_PAD_WORDS`): CompressAI's decoder has no bounds
+    checks."""
+    from compressai.ans import RansDecoder
+
+    count = int(indexes.size)
+    if len(string) < 8 or len(string) % 4:
+        raise BitstreamError(f"{what} does not decode: its rANS string has {len(string)} "
+                             "bytes (whole 32-bit words, at least 2)")
+    flat = indexes.astype(np.int64).ravel()
+    cdfs, sizes, offsets = (np.asarray(part, dtype=np.int64) for part in (cdfs, sizes, offsets))
+    tables = (flat.tolist(), cdfs.tolist(), sizes.tolist(), offsets.tolist())
+    padded = string + bytes(4 * (count + RANS_PAD_WORDS))
+    decoded = RansDecoder().decode_with_indexes(padded, *tables)
+    values = np.asarray(decoded, dtype=np.int64)
+    bound = rans_words_bound(values, flat, cdfs, sizes, offsets)
+    corrupt = BitstreamError(f"{what} does not decode: its rANS string is corrupt")
+    if bound < 0 or len(string) > 4 * bound or (bound > count and count > PYTHON_RANS_LIMIT):
+        raise corrupt
+    if _encode(decoded, tables, bound) != string:
+        raise corrupt
+    return values
 
 
 GAIN_NAMES = ("gain", "inv_gain", "hyper_gain", "hyper_inv_gain")
@@ -318,14 +482,30 @@ class GainedHyperprior(nn.Module):
         if h % HYPER_STRIDE or w % HYPER_STRIDE:
             raise ValueError(f"latent size {y_size} is not a multiple of {HYPER_STRIDE}")
         gain, inv_gain, _, hinv = self._gains(torch.tensor([level]))
-        try:
-            z_q = self.entropy_bottleneck.decompress(
-                [code.z_string], (h // HYPER_STRIDE, w // HYPER_STRIDE))
-            indexes = self._scales_indexes(z_q * hinv, gain)
-            y_q = self.gaussian_conditional.decompress([code.y_string], indexes, z_q.dtype)
-        except (RuntimeError, ValueError) as exc:
-            raise BitstreamError(f"a frame payload does not decode: {exc}") from exc
-        return y_q * inv_gain
+        z_q = self._decode_z(code.z_string, (h // HYPER_STRIDE, w // HYPER_STRIDE))
+        indexes = self._scales_indexes(z_q * hinv, gain)
+        y_q = _decode_latent(self.gaussian_conditional, code.y_string, indexes, "a latent")
+        return y_q.to(z_q.dtype) * inv_gain
+
+    def _decode_z(self, string: bytes, size: tuple[int, int]) -> Tensor:
+        """The side information, as ``EntropyBottleneck.decompress`` returns it: the decoded
+        integers (one table per channel) plus the channels' medians."""
+        bottleneck = self.entropy_bottleneck
+        channels = bottleneck._quantized_cdf.shape[0]
+        indexes = torch.arange(channels, dtype=torch.int32)[:, None, None].expand(
+            channels, *size)[None]
+        symbols = _decode_latent(bottleneck, string, indexes, "a latent's side information")
+        medians = bottleneck._get_medians().detach().reshape(1, channels, 1, 1)
+        return symbols.type_as(medians) + medians
+
+
+def _decode_latent(model: nn.Module, string: bytes, indexes: Tensor, what: str) -> Tensor:
+    """The int32 symbols (``indexes``' shape) of one string of a CompressAI entropy model,
+    through :func:`decode_exact` with the model's tables as shipped."""
+    values = decode_exact(
+        string, indexes.reshape(-1).numpy(), model._quantized_cdf.numpy(),
+        model._cdf_length.reshape(-1).numpy(), model._offset.reshape(-1).numpy(), what)
+    return torch.from_numpy(values.astype(np.int32)).reshape(indexes.shape)
 
 
 def pack_codes(codes: list[LatentCode]) -> list[list[bytes]]:
