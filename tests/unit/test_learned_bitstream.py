@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 import zlib
 from dataclasses import replace
 from fractions import Fraction
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 
 from gopflow.codecs.learned.bitstream import (
+    MAX_PIXELS,
+    MAX_SIDE,
     BitstreamError,
     GopExtent,
     StreamHeader,
@@ -33,6 +36,7 @@ from gopflow.errors import InputError, UsageError
 HEADER = StreamHeader("dvc:3f9a1c0d2e4b5a69", 1279, 719, Fraction(30000, 1001), 3, 3, 1, 2)
 GOP_STARTS = (0, 3, 4)  # scene-cut GOPs of 3, 1 and 2 frames
 SCENES = StreamHeader("fvc:0123456789abcdef", 353, 287, Fraction(25), 3, 6, 3, 4)
+MIN = 13  # the smallest unit: kind, frame, length and CRC
 
 
 def _units(count: int = 3, starts: tuple[int, ...] = (0,)) -> list[Unit]:
@@ -124,16 +128,16 @@ def test_leveled_and_skip_inter_units_continue_gops(tmp_path: Path) -> None:
         assert [e.frames for e in extents] == [3, 3]
         assert read_gop(handle, extents[1]) == units[3:]
     # Version 4 introduced Q units, 5 S units, 6 global motion, 7 its correction grids, 8
-    # rANS-coded grids.
-    assert path.read_bytes()[4] == 8
+    # rANS-coded grids, 9 the stream check in the end unit.
+    assert path.read_bytes()[4] == 9
 
 
 def test_not_a_stream_and_wrong_version() -> None:
     with pytest.raises(BitstreamError, match="magic"):
         _read_all(b"RIFF" + bytes(40))
     data = bytearray(HEADER.to_bytes())
-    data[4] = 9
-    with pytest.raises(BitstreamError, match="version 9"):
+    data[4] = 10
+    with pytest.raises(BitstreamError, match="version 10"):
         _read_all(bytes(data))
     assert issubclass(BitstreamError, InputError)
 
@@ -267,3 +271,111 @@ def test_rans_strings_decode_exactly_or_not_at_all() -> None:
     assert np.array_equal(decode_grid(coded, 1, 1), grid)
     with pytest.raises(BitstreamError, match="does not decode"):
         decode_grid(coded + bytes(4), 1, 1)
+
+
+def _with_header(data: bytes, **fields: int) -> bytes:
+    """``data`` with header fields changed and the header CRC recomputed as the writer
+    computes it (the end unit's stream check left as written)."""
+    model = data[5]
+    numbers = list(struct.unpack(">IIIIIIIBB", data[6 + model : 36 + model]))
+    names = ["width", "height", "fps_num", "fps_den", "gop_size", "frame_count", "gop_count",
+             "quality", "intra_offset"]
+    for name, value in fields.items():
+        numbers[names.index(name)] = value
+    body = data[: 6 + model] + struct.pack(">IIIIIIIBB", *numbers)
+    return body + zlib.crc32(body).to_bytes(4, "big") + data[40 + model :]
+
+
+def _scan(data: bytes) -> list[GopExtent]:
+    handle = io.BytesIO(data)
+    return scan_gops(handle, read_header(handle))
+
+
+@pytest.mark.parametrize("fields", [
+    {"width": 1278},  # same padded size (1280): the units cannot tell
+    {"height": 720},
+    {"quality": 3},
+    {"intra_offset": 1},
+    {"fps_num": 25, "fps_den": 1},
+])
+def test_a_header_edited_with_its_crc_recomputed_is_refused(
+    tmp_path: Path, fields: dict[str, int]
+) -> None:
+    path = tmp_path / "clip.gflv"
+    write_stream(str(path), HEADER, _units())
+    data = path.read_bytes()
+    assert [e.frames for e in _scan(data)] == [3]
+    edited = _with_header(data, **fields)
+    assert read_header(io.BytesIO(edited)) != HEADER  # the header alone reads fine
+    with pytest.raises(BitstreamError, match="header does not belong to its units"):
+        _scan(edited)
+    with pytest.raises(BitstreamError, match="header does not belong to its units"):
+        _read_all(edited)
+
+
+def test_a_unit_replaced_with_its_crc_recomputed_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "clip.gflv"
+    units = _units()
+    write_stream(str(path), HEADER, units)
+    data = path.read_bytes()
+    start = len(HEADER.to_bytes()) + len(units[0].to_bytes())
+    other = Unit(UnitKind.INTER, 1, units[1].payload[:-1] + b"\x00").to_bytes()
+    assert len(other) == len(units[1].to_bytes())
+    edited = data[:start] + other + data[start + len(other) :]
+    with pytest.raises(BitstreamError, match="stream check mismatch"):
+        _scan(edited)
+
+
+def test_version_8_streams_end_without_a_stream_check(tmp_path: Path) -> None:
+    """Streams written before the stream check (version 8 and older) still read; their end
+    unit must stay empty, and a version 9 end unit must hold the check."""
+    path = tmp_path / "clip.gflv"
+    write_stream(str(path), SCENES, _units(6, GOP_STARTS))
+    data = path.read_bytes()
+    end = Unit(UnitKind.END, 6, data[-8:-4]).to_bytes()
+    assert data.endswith(end)
+    header = bytearray(data[: len(SCENES.to_bytes()) - 4])
+    header[4] = 8
+    old_head = bytes(header) + zlib.crc32(bytes(header)).to_bytes(4, "big")
+    body = data[len(old_head) : -len(end)]
+    old = old_head + body + Unit(UnitKind.END, 6, b"").to_bytes()
+    old_extents = _scan(old)
+    assert read_header(io.BytesIO(old)).version == 8
+    assert [(e.offset, e.size) for e in old_extents] == [(e.offset, e.size) for e in _scan(data)]
+    with open(path, "rb") as handle:
+        assert read_header(handle).version == 9
+    with pytest.raises(BitstreamError, match="end unit has a payload"):
+        _scan(old[: -MIN] + end)
+    with pytest.raises(BitstreamError, match="end unit holds 0 bytes"):
+        _scan(data[: -len(end)] + Unit(UnitKind.END, 6, b"").to_bytes())
+    # Units and the check can still be read and spliced without the file: the check covers
+    # the header's CRC and each unit's CRC, in order.
+    check = zlib.crc32(data[len(SCENES.to_bytes()) - 4 : len(SCENES.to_bytes())]
+                       + b"".join(u.to_bytes()[-4:] for u in _units(6, GOP_STARTS)))
+    assert data[-8:-4] == check.to_bytes(4, "big")
+
+
+def test_sizes_and_counts_are_bounded_before_anything_is_allocated(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="too large"):
+        replace(HEADER, width=60000, height=60000)
+    with pytest.raises(UsageError, match="too large"):
+        replace(HEADER, width=MAX_SIDE + 1, height=1)
+    with pytest.raises(UsageError, match="too large"):
+        replace(HEADER, width=MAX_SIDE, height=MAX_PIXELS // MAX_SIDE + 1)
+    assert replace(HEADER, width=7680, height=4320).width == 7680  # 8K UHD is fine
+    path = tmp_path / "clip.gflv"
+    write_stream(str(path), HEADER, _units())
+    data = path.read_bytes()
+    huge = _with_header(data, width=60000, height=60000)
+    with pytest.raises(BitstreamError, match="too large"):
+        read_header(io.BytesIO(huge))
+    # A frame count the file cannot hold stops the scan before it reads a unit.
+    many = _with_header(data, frame_count=1 << 31, gop_size=1 << 30, gop_count=2)
+    with pytest.raises(BitstreamError, match="cannot hold them"):
+        _scan(many)
+    # A unit claiming a gigabyte in a small file is a truncation, read in bounded chunks.
+    start = len(HEADER.to_bytes())
+    claim = data[:start] + bytes([ord("I")]) + (0).to_bytes(4, "big") + (1 << 30).to_bytes(
+        4, "big") + data[start + 9 :]
+    with pytest.raises(BitstreamError, match="truncated"):
+        _scan(claim)

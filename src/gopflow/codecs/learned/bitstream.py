@@ -1,6 +1,6 @@
 """The gopflow learned-video bitstream: a header, then self-delimiting, checksummed units.
 
-It writes format version 8, specified byte by byte in docs/gflv-format.md.
+It writes format version 9, specified byte by byte in docs/gflv-format.md.
 
 Layout (all integers big-endian)::
 
@@ -13,7 +13,8 @@ Layout (all integers big-endian)::
             R refresh intra, E end) |
             frame index u32 |
             payload length u32 | payload | CRC32 of kind..payload u32
-    end     one E unit with an empty payload and frame index = frame count
+    end     one E unit with frame index = frame count and, as its payload, the stream check
+            u32: CRC32 of the header's CRC and every frame unit's CRC, in file order
 
 Key intra frames (I) are coded ``intra offset`` levels above the quality level (capped at the
 codec's top level). Refresh units (R) are intra frames the encoder chose in place of inter
@@ -31,8 +32,14 @@ an S unit); :data:`GRID_LEAD` (bit 5, only with :data:`GLOBAL_LEAD`), a grid of 
 corrections follows the global motion model
 (:class:`gopflow.codecs.dvc.global_motion.GridMotion`), as deflated row differences or
 rANS-coded (bit 7 of its block size byte; :mod:`gopflow.codecs.dvc.grid_coding`), whichever
-is shorter. The reader also decodes versions 2 to 7, which lack some of these fields, units
+is shorter. The reader also decodes versions 2 to 8, which lack some of these fields, units
 and flags (docs/gflv-format.md, section 9, lists them).
+
+The stream check (version 9) binds the header to the units: nothing in a unit records the
+exact frame size (latents only give it rounded up to 64 pixels), the quality or the intra
+offset, so a header edited with its own CRC recomputed would otherwise decode at another size
+or quality without complaint. Frame sizes, frame counts and payload lengths are bounded
+(:data:`MAX_SIDE`, :data:`MAX_PIXELS`, the file's size) before anything is allocated.
 
 GOP structure: every intra (I or R) unit starts a closed GOP and only they
 do, so scene-cut GOPs of any length (up to the header's GOP size) need no table; the reader
@@ -54,7 +61,7 @@ import io
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import BinaryIO
 
@@ -62,13 +69,24 @@ from gopflow.errors import CorruptInputError, UsageError
 from gopflow.fileio import atomic_write
 
 MAGIC = b"GFLV"
-VERSION = 8
-READABLE_VERSIONS = (2, 3, 4, 5, 6, 7, 8)
+VERSION = 9
+READABLE_VERSIONS = (2, 3, 4, 5, 6, 7, 8, 9)
+CHECKED_VERSION = 9
+"""The first version whose end unit carries the stream check (older ones end empty)."""
 _HEAD = struct.Struct(">IIIIIIIB")
 _OFFSET = struct.Struct(">B")
 _UNIT = struct.Struct(">BII")
 _CRC = struct.Struct(">I")
 MAX_PAYLOAD = 1 << 30
+MAX_SIDE = 1 << 14
+"""The largest frame width or height a stream may declare (16384)."""
+MAX_PIXELS = 1 << 25
+"""The largest frame area (``width x height``) a stream may declare: 33.5 million pixels,
+8K UHD (7680 x 4320) fits. A decoder allocates frames and latents from the header's size,
+so a header must not be able to ask for more before any unit is read."""
+MIN_UNIT = _UNIT.size + _CRC.size
+"""Bytes of the smallest unit (an empty payload): a header's frame count must fit the file."""
+_READ_CHUNK = 1 << 20
 PREDICTED_LEAD = 0x80
 """Set in the lead level byte of a Q or S unit where the frame's lead latent (DVC motion) is
 coded as its difference from the previous frame's decoded lead latent."""
@@ -126,6 +144,11 @@ class StreamHeader:
     intra_offset: int = 0
     """Key intra frames (I units) are coded this many levels above ``quality`` (capped at the
     top level); refresh units (R) stay at ``quality``."""
+    version: int = field(default=VERSION, compare=False)
+    """The format version the header was read in (:meth:`to_bytes` writes :data:`VERSION`)."""
+    checksum: int | None = field(default=None, compare=False, repr=False)
+    """The CRC the header was read with (``None``: one to write, :meth:`to_bytes` computes
+    it); the reader's stream check starts from it."""
 
     def __post_init__(self) -> None:
         encoded = self.model_id.encode()
@@ -151,6 +174,11 @@ class StreamHeader:
             )
         if self.fps <= 0:
             raise UsageError(f"frame rate must be positive, got {self.fps}")
+        if max(self.width, self.height) > MAX_SIDE or self.width * self.height > MAX_PIXELS:
+            raise UsageError(
+                f"a {self.width}x{self.height} frame is too large for a stream (at most "
+                f"{MAX_SIDE} a side and {MAX_PIXELS} pixels)"
+            )
 
     def to_bytes(self) -> bytes:
         model = self.model_id.encode()
@@ -221,6 +249,11 @@ def gop_structure(kinds: Iterable[UnitKind]) -> tuple[int, int]:
     return count, longest
 
 
+def _chain(check: int, crc: int) -> int:
+    """The stream check carried on past one unit with CRC ``crc`` (or the header's)."""
+    return zlib.crc32(_CRC.pack(crc), check)
+
+
 def write_stream(path: str, header: StreamHeader, units: Iterable[Unit]) -> int:
     """Write a complete stream atomically (temp file, then rename); return its size."""
     written = 0
@@ -229,7 +262,9 @@ def write_stream(path: str, header: StreamHeader, units: Iterable[Unit]) -> int:
         nonlocal written
         frames = 0
         gops = _GopChecker(header, UsageError)
-        written += handle.write(header.to_bytes())
+        head = header.to_bytes()
+        written += handle.write(head)
+        check = _chain(0, _CRC.unpack(head[-_CRC.size :])[0])
         for unit in units:
             if unit.kind == UnitKind.END:
                 raise UsageError("the end unit is written by write_stream itself")
@@ -238,22 +273,49 @@ def write_stream(path: str, header: StreamHeader, units: Iterable[Unit]) -> int:
             if frames >= header.frame_count:
                 raise UsageError(f"more than the header's {header.frame_count} frames")
             gops.add(unit)
-            written += handle.write(unit.to_bytes())
+            data = unit.to_bytes()
+            written += handle.write(data)
+            check = _chain(check, _CRC.unpack(data[-_CRC.size :])[0])
             frames += 1
         if frames != header.frame_count:
             raise UsageError(f"header says {header.frame_count} frames, {frames} were written")
         gops.finish()
-        written += handle.write(Unit(UnitKind.END, frames, b"").to_bytes())
+        written += handle.write(Unit(UnitKind.END, frames, _CRC.pack(check)).to_bytes())
 
     atomic_write(path, write)
     return written
 
 
 def _read_exact(handle: BinaryIO, size: int, what: str, name: str) -> bytes:
-    data = handle.read(size)
+    """``size`` bytes, or a truncation error; read in chunks, so a corrupt length costs no
+    more memory than the file holds."""
+    if size <= _READ_CHUNK:
+        data = handle.read(size)
+    else:
+        parts, left = [], size
+        while left:
+            part = handle.read(min(left, _READ_CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        data = b"".join(parts)
     if len(data) != size:
         raise BitstreamError(f"{name} is truncated: {what} needs {size} bytes, {len(data)} left")
     return data
+
+
+def _bytes_left(handle: BinaryIO) -> int | None:
+    """Bytes from the position to the end of a seekable stream (``None`` if it is not)."""
+    try:
+        if not handle.seekable():
+            return None
+        here = handle.tell()
+        end = handle.seek(0, io.SEEK_END)
+        handle.seek(here)
+    except (OSError, ValueError):
+        return None
+    return end - here
 
 
 def read_header(handle: BinaryIO, name: str = "stream") -> StreamHeader:
@@ -275,7 +337,8 @@ def read_header(handle: BinaryIO, name: str = "stream") -> StreamHeader:
     (offset,) = _OFFSET.unpack(numbers[_HEAD.size :]) if has_offset else (0,)
     try:
         return StreamHeader(
-            model.decode(), width, height, Fraction(num, den), gop, frames, gops, quality, offset
+            model.decode(), width, height, Fraction(num, den), gop, frames, gops, quality, offset,
+            start[4], crc,
         )
     except (UsageError, UnicodeDecodeError, ZeroDivisionError) as exc:
         raise BitstreamError(f"{name} has an invalid header: {exc}") from None
@@ -283,6 +346,11 @@ def read_header(handle: BinaryIO, name: str = "stream") -> StreamHeader:
 
 def _read_unit(handle: BinaryIO, expected: int, name: str) -> Unit:
     """One unit, its checksum checked, that must carry frame ``expected``."""
+    return _read_checked_unit(handle, expected, name)[0]
+
+
+def _read_checked_unit(handle: BinaryIO, expected: int, name: str) -> tuple[Unit, int]:
+    """:func:`_read_unit` and the unit's CRC."""
     head = _read_exact(handle, _UNIT.size, f"unit {expected}", name)
     kind_value, frame, length = _UNIT.unpack(head)
     if length > MAX_PAYLOAD:
@@ -297,29 +365,61 @@ def _read_unit(handle: BinaryIO, expected: int, name: str) -> Unit:
         raise BitstreamError(f"{name}: unit {expected} has unknown kind {kind_value}") from None
     if frame != expected:
         raise BitstreamError(f"{name}: unit for frame {frame} where {expected} was due")
-    return Unit(kind, frame, payload)
+    return Unit(kind, frame, payload), crc
 
 
 def _units_at(
     handle: BinaryIO, header: StreamHeader, name: str
 ) -> Iterator[tuple[int, bool, Unit]]:
-    """``(offset, starts a GOP, unit)`` for every frame unit; checks the end and structure."""
+    """``(offset, starts a GOP, unit)`` for every frame unit; checks the end and structure
+    (and first, where the stream is seekable, that the rest of it can hold the frames the
+    header counts)."""
+    left = _bytes_left(handle)
+    if left is not None and left < MIN_UNIT * (header.frame_count + 1):
+        raise BitstreamError(
+            f"{name} is truncated: its header counts {header.frame_count} frames, the "
+            f"{left} bytes after it cannot hold them"
+        )
     gops = _GopChecker(header, lambda text: BitstreamError(f"{name}: {text}"))
     expected = 0
+    seed = header.checksum
+    if seed is None:  # a header built here, not read: the CRC it would be written with
+        seed = _CRC.unpack(header.to_bytes()[-_CRC.size :])[0]
+    check = _chain(0, seed)
     while True:
         offset = handle.tell()
-        unit = _read_unit(handle, expected, name)
+        unit, crc = _read_checked_unit(handle, expected, name)
         if unit.kind == UnitKind.END:
-            if unit.frame != header.frame_count or unit.payload:
+            if unit.frame != header.frame_count:
                 raise BitstreamError(
                     f"{name} ends after {unit.frame} frames; its header says {header.frame_count}"
                 )
+            _check_end(unit, header, check, name)
             gops.finish()
             return
         if expected >= header.frame_count:
             raise BitstreamError(f"{name} has more frames than its header's {header.frame_count}")
+        check = _chain(check, crc)
         yield offset, gops.add(unit), unit
         expected += 1
+
+
+def _check_end(unit: Unit, header: StreamHeader, check: int, name: str) -> None:
+    """The end unit's payload: empty before :data:`CHECKED_VERSION`, then the stream check,
+    which must match the header and the units read."""
+    if header.version < CHECKED_VERSION:
+        if unit.payload:
+            raise BitstreamError(f"{name}: its end unit has a payload (format version "
+                                 f"{header.version} has none)")
+        return
+    if len(unit.payload) != _CRC.size:
+        raise BitstreamError(f"{name}: its end unit holds {len(unit.payload)} bytes; the stream "
+                             f"check is {_CRC.size}")
+    if _CRC.unpack(unit.payload)[0] != check:
+        raise BitstreamError(
+            f"{name}: its header does not belong to its units (stream check mismatch: the "
+            "header or a unit was changed after the stream was written)"
+        )
 
 
 def read_units(handle: BinaryIO, header: StreamHeader, name: str = "stream") -> Iterator[Unit]:
@@ -346,7 +446,7 @@ def scan_gops(handle: BinaryIO, header: StreamHeader, name: str = "stream") -> l
     Reads the payloads once to check them but keeps none: memory stays constant.
     """
     extents: list[GopExtent] = []
-    start = first = 0
+    start = first = end = 0
     for offset, starts, unit in _units_at(handle, header, name):
         if starts and unit.frame:
             extents.append(
@@ -354,7 +454,7 @@ def scan_gops(handle: BinaryIO, header: StreamHeader, name: str = "stream") -> l
             )
         if starts:
             start, first = offset, unit.frame
-    end = handle.tell() - _UNIT.size - _CRC.size
+        end = offset + MIN_UNIT + len(unit.payload)
     extents.append(GopExtent(len(extents), first, header.frame_count - first, start, end - start))
     return extents
 
