@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from gopflow.codecs.learned.api import CODEC_NAMES
+from gopflow.codecs.learned.api import CODEC_NAMES, LearnedVideoCodec
 from gopflow.codecs.learned.bitstream import (
     BitstreamError,
     StreamHeader,
@@ -81,6 +81,27 @@ def read_stream_index(path: str) -> tuple[StreamHeader, list[Any]]:
         return header, scan_gops(handle, header, path)
 
 
+def stream_codec_name(header: StreamHeader, name: str) -> str:
+    """The learned codec a stream's model id names (``intra``, ``dvc``, ``fvc``)."""
+    codec = header.model_id.split(":", 1)[0]
+    if codec not in CODEC_NAMES:
+        raise BitstreamError(f"{name} names an unknown model {header.model_id!r}")
+    return codec
+
+
+def check_stream_codec(header: StreamHeader, codec: LearnedVideoCodec, name: str) -> None:
+    """Refuse a stream ``codec`` cannot decode: coded with other weights, or at a quality
+    its model does not have."""
+    if codec.model_id != header.model_id:
+        raise UsageError(
+            f"{name} was coded with model {header.model_id}; the weights here are "
+            f"{codec.model_id} (give the registry it was made with: --registry DIR)"
+        )
+    if not 1 <= header.quality <= codec.levels:
+        raise BitstreamError(f"{name} has quality {header.quality}; the model has "
+                             f"{codec.levels}")
+
+
 def decode(input: str, output: str, **options: Any) -> DecodeResult:
     """Decode ``input`` (.gflv) to ``output``; ``options`` as ``gopflow decode``'s flags
     (``registry``, ``workers``, ``ray_address``, ``progress``)."""
@@ -94,20 +115,10 @@ def run_decode(config: DecodeConfig) -> DecodeResult:
     started = time.perf_counter()
     extension = os.path.splitext(config.output)[1].lower()
     header, extents = read_stream_index(config.input)
-    name = header.model_id.split(":", 1)[0]
-    if name not in CODEC_NAMES:
-        raise BitstreamError(f"{config.input} names an unknown model {header.model_id!r}")
+    name = stream_codec_name(header, config.input)
     registry = os.path.abspath(config.registry) if config.registry else None
     ref = LearnedCodecRef(name, registry)
-    codec = open_codec(ref)
-    if codec.model_id != header.model_id:
-        raise UsageError(
-            f"{config.input} was coded with model {header.model_id}; the weights here are "
-            f"{codec.model_id} (give the registry it was made with: --registry DIR)"
-        )
-    if not 1 <= header.quality <= codec.levels:
-        raise BitstreamError(f"{config.input} has quality {header.quality}; the model has "
-                             f"{codec.levels}")
+    check_stream_codec(header, open_codec(ref), config.input)
     check_output_writable(config.output)
     tasks = [
         GopDecodeTask(os.path.abspath(config.input), extent, header.width, header.height,
