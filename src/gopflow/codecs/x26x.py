@@ -26,7 +26,7 @@ from gopflow.media.ffmpeg import (
     find_ffmpeg,
     refusal,
 )
-from gopflow.media.reader import feed_format, frame_bytes
+from gopflow.media.reader import check_frame_size, feed_format, frame_bytes
 from gopflow.types import GopSpec, ReadMode, SourceFormat
 
 ENCODER_NAMES = {"x264": "libx264", "x265": "libx265"}
@@ -237,6 +237,7 @@ class FfmpegEncoder:
         def payload() -> Iterator[bytes]:
             nonlocal fed
             for frame in frames:
+                check_frame_size(frame, source.width, source.height)
                 fed += 1
                 yield frame_bytes(frame, in_fmt)
 

@@ -24,7 +24,7 @@ from typing import Any
 import av
 import numpy as np
 
-from gopflow.errors import CorruptInputError, FrameCountError
+from gopflow.errors import CorruptInputError, FrameCountError, InputError
 from gopflow.media.probe import open_input
 from gopflow.types import GopSpec, ReadMode
 
@@ -76,6 +76,17 @@ def yuv_colour(pix_fmt: str, color_range: str, color_space: str) -> tuple[str, s
     if color_space in ("gbr", "rgb"):
         return color_range, "unknown"
     return color_range, color_space
+
+
+def check_frame_size(frame: Any, width: int, height: int) -> None:
+    """Refuse a frame whose size is not the stream's (``width`` x ``height``, as probed):
+    a stream that changes size mid-way (concatenated raw streams) cannot be one encode."""
+    if (frame.width, frame.height) != (width, height):
+        raise InputError(
+            f"the video changes frame size mid-stream ({width}x{height}, then "
+            f"{frame.width}x{frame.height}); gopflow encodes one size: cut the video where "
+            "its size changes"
+        )
 
 
 def frame_bytes(frame: Any, pix_fmt: str) -> bytes:

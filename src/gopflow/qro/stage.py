@@ -32,7 +32,7 @@ import numpy as np
 from gopflow.codecs.x26x import GopTask, build_command, encoder_failure
 from gopflow.fileio import atomic_write_json
 from gopflow.media.ffmpeg import feed_process, find_ffmpeg
-from gopflow.media.reader import ReaderCache, feed_format, frame_bytes
+from gopflow.media.reader import ReaderCache, check_frame_size, feed_format, frame_bytes
 from gopflow.precoders.dvp import DvpPrecoder
 from gopflow.precoders.resample import ResampleMode, down_filters
 from gopflow.precoders.restore import RestoreTarget, restore_frames
@@ -235,6 +235,7 @@ class QroGopStage:
             raw = os.path.join(scratch, "source.yuv")
             with open(raw, "wb") as handle:
                 for frame in reader.read(gop):
+                    check_frame_size(frame, base.source.width, base.source.height)
                     handle.write(frame_bytes(frame, raw_fmt))
             cache = _ProbeCache(task.probe_cache)
 
