@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
+import pytest
 
 from conftest import ffmpeg_exe
 
@@ -57,3 +64,62 @@ def plain_ffmpeg(source: str, output: str, codec: str = "libx264", crf: int = 18
         check=True,
     )
     return output
+
+
+# -- Ray nodes a test starts and stops itself (never `ray stop`: that stops them all) -----
+
+
+def free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return int(probe_socket.getsockname()[1])
+
+
+def start_ray_node(ray: str, temp_root: str, name: str, *args: str) -> subprocess.Popen[bytes]:
+    """``ray start --block`` for one node, in a session of its own, with its own temp dir and
+    ports (never Ray's defaults, which a user's own cluster may be using); returns once the
+    node is up."""
+    log_path = os.path.join(temp_root, f"{name}.log")
+    ports = [f"--{option}={free_port()}" for option in (
+        "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [ray, "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+             f"--temp-dir={os.path.join(temp_root, name)}", *ports, *args],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+    deadline = time.monotonic() + 180
+    while b"Ray runtime started" not in Path(log_path).read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_ray_node(process)
+            pytest.fail(f"ray node {name} did not start:\n{Path(log_path).read_text()}")
+        time.sleep(0.2)
+    return process
+
+
+def stop_ray_node(process: subprocess.Popen[bytes]) -> None:
+    """Stop one node this fixture started, and nothing else: its process group (``ray start``,
+    the GCS, the raylet, the agents), then any of its descendants that left the group (Ray's
+    workers run in groups of their own)."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            continue
+        _, alive = psutil.wait_procs(descendants, timeout=30)
+        if not alive:
+            return
+    process.wait()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ffmpeg_exe, make_clip
-from helpers import inspect
+from integration.helpers import inspect
 
 
 def _slow_ffmpeg(tmp_path: Path, seconds: float) -> Path:

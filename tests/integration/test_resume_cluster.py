@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import media
+from integration.helpers import free_port, start_ray_node, stop_ray_node
 
 CLIP = "car_traffic_768x432.mp4"  # 377 frames at 12.5 fps: 15 GOPs of 2 s
 
@@ -83,62 +82,6 @@ def test_interrupted_run_resumes_byte_identical(tmp_path: Path, reference: bytes
     assert not glob.glob(str(work / "*" / "segments"))  # work dir removed after success
 
 
-def _free_port() -> int:
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        return int(probe_socket.getsockname()[1])
-
-
-def _start_node(ray: str, temp_root: str, name: str, *args: str) -> subprocess.Popen[bytes]:
-    """``ray start --block`` for one node, in a session of its own, with its own temp dir and
-    ports (never Ray's defaults, which a user's own cluster may be using); returns once the
-    node is up."""
-    log_path = os.path.join(temp_root, f"{name}.log")
-    ports = [f"--{option}={_free_port()}" for option in (
-        "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [ray, "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-             f"--temp-dir={os.path.join(temp_root, name)}", *ports, *args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"},
-        )
-    deadline = time.monotonic() + 180
-    while b"Ray runtime started" not in Path(log_path).read_bytes():
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop_node(process)
-            pytest.fail(f"ray node {name} did not start:\n{Path(log_path).read_text()}")
-        time.sleep(0.2)
-    return process
-
-
-def _stop_node(process: subprocess.Popen[bytes]) -> None:
-    """Stop one node this fixture started, and nothing else: its process group (``ray start``,
-    the GCS, the raylet, the agents), then any of its descendants that left the group (Ray's
-    workers run in groups of their own)."""
-    import psutil
-
-    try:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        for child in descendants:
-            with contextlib.suppress(psutil.Error):
-                child.send_signal(sig)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            continue
-        _, alive = psutil.wait_procs(descendants, timeout=30)
-        if not alive:
-            return
-    process.wait()
-
-
 @pytest.fixture()
 def two_node_cluster() -> Iterator[str]:
     """A head and a worker node on this machine, stopped by their PIDs afterwards: never
@@ -148,18 +91,18 @@ def two_node_cluster() -> Iterator[str]:
         pytest.skip("the ray CLI is not installed beside this Python")
     # Short: Ray's socket paths under it must fit in 107 bytes.
     temp_root = tempfile.mkdtemp(prefix="gfray-")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     started: list[subprocess.Popen[bytes]] = []
     try:
-        started.append(_start_node(
+        started.append(start_ray_node(
             ray, temp_root, "head", "--head", f"--port={port}", "--include-dashboard=false",
-            f"--dashboard-port={_free_port()}", "--disable-usage-stats"))
-        started.append(_start_node(ray, temp_root, "worker", f"--address={address}"))
+            f"--dashboard-port={free_port()}", "--disable-usage-stats"))
+        started.append(start_ray_node(ray, temp_root, "worker", f"--address={address}"))
         yield address
     finally:
         for process in reversed(started):
-            _stop_node(process)
+            stop_ray_node(process)
         shutil.rmtree(temp_root, ignore_errors=True)
 
 
