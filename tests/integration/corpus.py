@@ -129,7 +129,7 @@ CASES: tuple[Case, ...] = (
     Case("mp4, moov last, cut at 30%", _cut("moov_last_30.mp4", _MOOV_LAST, 0.3),
          "not a readable video"),
     Case("mp4, moov last, cut at 97%", _cut("moov_last_97.mp4", _MOOV_LAST, 0.97),
-         "no video stream"),
+         "(it has: data; truncated or corrupt?)"),
     Case("faststart mp4 cut at 10%", _cut("faststart_10.mp4", _FASTSTART, 0.1), "truncated"),
     Case("faststart mp4 cut at 70%", _cut("faststart_70.mp4", _FASTSTART, 0.7), "truncated"),
     Case("mkv cut at 60%", _cut("cut_60.mkv", _MKV, 0.6)),
@@ -142,7 +142,7 @@ CASES: tuple[Case, ...] = (
     Case("y4m header claiming 60000x60000", _written(
         "huge.y4m",
         lambda _: b"YUV4MPEG2 W60000 H60000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(4096)),
-        "cannot open"),
+        "unknown format, corrupt or truncated"),
     # -- images ----------------------------------------------------------------------------
     Case("PNG image (rgb24)", clip("image.png", "-frames:v", "1", source=_IMAGE)),
     Case("JPEG image (yuvj420p)", clip("image.jpg", "-frames:v", "1", source=_IMAGE)),

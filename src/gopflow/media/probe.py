@@ -51,7 +51,11 @@ def open_input(path: str) -> Iterator[Any]:
     except av.error.PermissionError as exc:
         raise InputError(f"cannot read {path}: permission denied") from exc
     except av.error.FFmpegError as exc:
-        raise CorruptInputError(f"cannot open {path}: {exc.strerror or exc}") from exc
+        # ffmpeg's errno here says little (a y4m header claiming 60000x60000 gives EBUSY).
+        raise CorruptInputError(
+            f"cannot open {path} as a video ({exc.strerror or exc}): unknown format, corrupt "
+            "or truncated"
+        ) from exc
     try:
         yield container
     finally:
@@ -66,8 +70,10 @@ def _video_stream(container: Any, path: str) -> Any:
     ]
     if not streams:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        # Only data streams (or none): an index cut short names tracks it cannot describe.
+        hint = "" if {"audio", "subtitle"} & set(kinds) else "; truncated or corrupt?"
         raise NoVideoStreamError(
-            f"no video stream in {path} (it has: {', '.join(kinds)})"
+            f"no video stream in {path} (it has: {', '.join(kinds)}{hint})"
         )
     return streams[0], len(streams) - 1
 
