@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from conftest import ffmpeg_exe, make_clip, media
+from integration.helpers import inspect
 
 
 def _flaky_ffmpeg(tmp_path: Path, failures: int) -> Path:
@@ -116,3 +117,33 @@ def test_an_encoder_refusing_its_options_is_not_retried_and_leaves_no_work_dir(
     assert len(calls.read_text().split()) == 1  # tried once, not 1 + 2 retries
     assert not out.exists()
     assert not (tmp_path / ".gopflow-work").exists()  # --resume could not help: removed
+
+
+def test_a_lost_ray_worker_is_replaced_and_its_gop_rerun(tmp_path: Path) -> None:
+    """The first encode SIGKILLs the Ray worker process running it (its parent): Ray
+    restarts the actor and reruns the GOP; the job finishes with every frame."""
+    source = make_clip(tmp_path / "in.mkv", "-f", "lavfi", "-i",
+                       "testsrc2=size=64x48:rate=25:duration=0.8", "-c:v", "ffv1")
+    counter = tmp_path / "kills_left"
+    counter.write_text("1")
+    wrapper = tmp_path / "ffmpeg"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *libx264*)\n'
+        f'  if [ "$(cat "{counter}")" -gt 0 ]; then\n'
+        f'    echo 0 > "{counter}"; kill -9 $PPID; exit 1\n'
+        "  fi;;\n"
+        "esac\n"
+        f'exec "{ffmpeg_exe()}" "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    out = tmp_path / "out.mp4"
+    done = subprocess.run(
+        [sys.executable, "-m", "gopflow", "transcode", source, "-o", str(out), "--no-progress",
+         "--preset", "ultrafast", "--gop-seconds", "0.4", "--min-gop-seconds", "0.4"],
+        capture_output=True, text=True, env={**os.environ, "GOPFLOW_FFMPEG": str(wrapper)},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert counter.read_text().strip() == "0"  # the worker was killed
+    assert inspect(str(out)).frames == 20
