@@ -379,3 +379,16 @@ def test_sizes_and_counts_are_bounded_before_anything_is_allocated(tmp_path: Pat
         4, "big") + data[start + 9 :]
     with pytest.raises(BitstreamError, match="truncated"):
         _scan(claim)
+
+
+def test_huge_string_lengths_are_clean_errors() -> None:
+    """Found by fuzzing: a 10-byte length varint (up to 2^70) reached ``BytesIO.read`` and
+    raised OverflowError instead of a BitstreamError."""
+    start = bytes([2, 4, 4, 1, 2])  # shape [4, 4], one latent of two strings
+    for length, message in ((b"\xff" * 9 + b"\x7f", "malformed length"),
+                            (b"\xff" * 9 + b"\x01", "truncated"),
+                            (b"\x80" * 9 + b"\x02", "malformed length"),
+                            (b"\xff" * 10 + b"\x01", "malformed length"),
+                            (bytes([0x81, 0x01]), "truncated")):
+        with pytest.raises(BitstreamError, match=message):
+            unpack_strings(start + length + b"abc")

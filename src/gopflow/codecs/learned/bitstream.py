@@ -495,6 +495,8 @@ def _read_varint(handle: io.BytesIO) -> int:
         if not raw:
             raise BitstreamError("a frame payload is truncated (inside a length)")
         value |= (raw[0] & 0x7F) << shift
+        if value >> 64:
+            raise BitstreamError("a frame payload has a malformed length")
         if not raw[0] & 0x80:
             return value
         shift += 7
@@ -525,9 +527,9 @@ def unpack_strings(payload: bytes) -> tuple[list[list[bytes]], list[int]]:
         group = []
         for _ in range(_read_varint(handle)):
             size = _read_varint(handle)
-            item = handle.read(size)
-            if len(item) != size:
+            if size > len(payload) - handle.tell():  # before reading: it may not fit a read
                 raise BitstreamError("a frame payload is truncated (inside a string)")
+            item = handle.read(size)
             group.append(item)
         groups.append(group)
     if handle.read(1):
