@@ -1,9 +1,10 @@
 """The bad-input corpus (``corpus.py``) through ``python -m gopflow transcode``.
 
 Every input gives EITHER a correct output (the input's frame count and frame rate, its size
-padded to even for 4:2:0, its rotation) OR exactly one stderr line ``gopflow: error: ...``
-and a non-zero exit; never a traceback, an "internal error", a hang, a partial output or a
-work dir left behind (none of these failures is one a resume could help).
+padded to even for 4:2:0, its rotation and audio streams) OR exactly one stderr line
+``gopflow: error: ...`` and a non-zero exit; never a traceback, an "internal error", a hang,
+a partial output or a work dir left behind (none of these failures is one a resume could
+help).
 
 The jobs share one Ray node that this module starts (its own temp dir and ports) and stops:
 starting a local cluster per job would triple the module's time.
@@ -80,7 +81,9 @@ def _check_output(source: str, output: Path) -> None:
     assert got_frames == frames
     assert (got_width, got_height) == coded_size(width, height, "yuv420p")
     assert got_rate == pytest.approx(_expected_rate(nominal, times), rel=0.01)
-    assert probe(str(output)).rotation == probe(source).rotation
+    before, after = probe(source), probe(str(output))
+    assert after.rotation == before.rotation
+    assert len(after.audio) == len(before.audio)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
