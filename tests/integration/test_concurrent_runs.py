@@ -81,9 +81,6 @@ def test_a_second_run_of_the_same_job_fails_at_once_naming_the_first(
     assert not (tmp_path / ".gopflow-work").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="needs pipeline/driver.py to pass the output to WorkDir "
-                   "(WorkDir(work_root(output, run.work_dir), info.path, settings, "
-                   "output=output)): until then both runs share one (locked) work dir")
 def test_runs_to_different_outputs_never_share_a_work_dir(tmp_path: Path, clip: str) -> None:
     first = _start(clip, tmp_path / "a.mp4", {"GOPFLOW_FFMPEG": str(_slow_ffmpeg(tmp_path, 6))})
     try:

@@ -169,7 +169,7 @@ def run_gop_job(
     if info.vfr:
         say(f"note: variable frame rate input; output is constant {float(info.fps):.3f} fps")
     settings = {**job.settings(info), **plan.to_dict()}
-    workdir = WorkDir(work_root(output, run.work_dir), info.path, settings)
+    workdir = WorkDir(work_root(output, run.work_dir), info.path, settings, output=output)
     resumed = workdir.prepare(run.resume)
     saved_plan = workdir.load_plan() if resumed else None
     finished = workdir.finished() if saved_plan is not None else {}
