@@ -10,6 +10,7 @@ Data flow::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -139,10 +140,11 @@ def run_decode(config: DecodeConfig) -> DecodeResult:
             window=2 * actors,
         )
         frames = _frames_in_order((decoded for _, decoded in results), header, bar.update)
-        if extension == ".y4m":
-            _write_y4m(config.output, header, frames)
-        else:
-            _write_ffmpeg(config.output, header, frames, extension)
+        with contextlib.closing(results):
+            if extension == ".y4m":
+                _write_y4m(config.output, header, frames)
+            else:
+                _write_ffmpeg(config.output, header, frames, extension)
     return DecodeResult(
         os.path.abspath(config.output), header.frame_count, header.width, header.height,
         header.fps, len(extents), header.model_id, time.perf_counter() - started,

@@ -15,6 +15,7 @@ window of GOP payloads; everything else is on disk in the work dir.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -221,11 +222,14 @@ def run_gop_job(
                         actors=min(run.workers or slots, slots),
                         max_retries=run.max_retries,
                     )
-                    for task, encoded, node in results:
-                        record = job.record(task.gop, encoded, node)
-                        workdir.record(record, encoded.data)
-                        records[record.index] = record
-                        bar.update(encoded.frames)
+                    # Closed here on any error, so in-flight tasks are cancelled and the
+                    # actors stopped while the cluster is still up.
+                    with contextlib.closing(results):
+                        for task, encoded, node in results:
+                            record = job.record(task.gop, encoded, node)
+                            workdir.record(record, encoded.data)
+                            records[record.index] = record
+                            bar.update(encoded.frames)
                     mark("encoded")
                     # Join the GOPs while the cluster shuts down (a local one takes a second
                     # or two to stop): the cluster is not needed for it.

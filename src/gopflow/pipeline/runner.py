@@ -13,6 +13,7 @@ end of the longest remaining lane (work stealing), so no core idles while work i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -79,6 +80,22 @@ class _StageActor:
         import ray
 
         return Placed(self.stage(item), ray.get_runtime_context().get_node_id())
+
+
+def _release(pending: dict[Any, Any], pool: list[Any]) -> None:
+    """Cancel the tasks still in flight and stop the actors (a generator closed early, by an
+    error or an interrupt). Nothing to do once the cluster is down: calling Ray then would
+    start a new local instance."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    for ref in pending:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=False)
+    for handle in pool:
+        with contextlib.suppress(Exception):
+            ray.kill(handle)
 
 
 def split_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
@@ -219,10 +236,7 @@ class RayRunner:
                     submit(actor)
                     yield item, placed.value, placed.node_id
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=False)
-            for handle in pool:
-                ray.kill(handle)
+            _release(pending, pool)
 
     def map_ordered(
         self,
@@ -275,7 +289,4 @@ class RayRunner:
                 yield items[emitted], done.pop(emitted)
                 emitted += 1
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=False)
-            for handle in pool:
-                ray.kill(handle)
+            _release(pending, pool)
