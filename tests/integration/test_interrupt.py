@@ -27,6 +27,9 @@ def _transcode(clip: str, out: Path, *extra: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "gopflow", "transcode", clip, "-o", str(out), "--no-progress",
          "--preset", "veryfast", "--gop-seconds", "1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A test run started in the background inherits SIGINT ignored; a user's terminal
+        # delivers it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
