@@ -57,19 +57,10 @@ from gopflow.codecs.learned.bitstream import (
 from gopflow.codecs.learned.engine import GopCodec, build_codec_model, pad_to, to_tensor
 from gopflow.errors import GopflowError
 from gopflow.jobs.decode import check_stream_codec, stream_codec_name
+from small_codecs import INTER_ARCHS, SMALL_INTRA
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 NAME = "fuzz.gflv"
-SMALL_INTRA = {"class": "IntraCodec", "channels": 16, "latent_channels": 24,
-               "hyper_channels": 16, "levels": 4}
-INTER_ARCHS: dict[str, dict[str, Any]] = {
-    "dvc": {"class": "DvcCodec", "flow_channels": 8, "flow_levels": 3, "motion_channels": 8,
-            "motion_latent": 12, "residual_channels": 16, "residual_latent": 24,
-            "hyper_channels": 8, "mc_channels": 8, "levels": 4},
-    "fvc": {"class": "FvcCodec", "channels": 8, "offset_channels": 8, "offset_latent": 12,
-            "residual_channels": 16, "residual_latent": 16, "hyper_channels": 8,
-            "offset_groups": 2, "buffer": 2, "levels": 4},
-}
 MODEL_IDS = {"intra": "intra:f022f022f022",
              "dvc": "dvc:f022f022f0d1+f022f022f022",
              "fvc": "fvc:f022f022f0f1+f022f022f022"}

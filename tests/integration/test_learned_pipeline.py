@@ -26,18 +26,10 @@ from gopflow.codecs.learned.api import DEFAULT_MOTION_REFINEMENT
 from gopflow.codecs.learned.bitstream import read_header, scan_gops
 from gopflow.media.y4m import read_y4m_rgb
 from gopflow.pipeline.stages import frames_digest, psnr_rgb
+from small_codecs import INTER_ARCHS, SMALL_INTRA
 
 WIDTH, HEIGHT, FRAMES = 177, 143, 12
-SMALL = {
-    "intra": {"class": "IntraCodec", "channels": 16, "latent_channels": 24,
-              "hyper_channels": 16, "levels": 4},
-    "dvc": {"class": "DvcCodec", "flow_channels": 8, "flow_levels": 3, "motion_channels": 8,
-            "motion_latent": 12, "residual_channels": 16, "residual_latent": 24,
-            "hyper_channels": 8, "mc_channels": 8, "levels": 4},
-    "fvc": {"class": "FvcCodec", "channels": 8, "offset_channels": 8, "offset_latent": 12,
-            "residual_channels": 16, "residual_latent": 16, "hyper_channels": 8,
-            "offset_groups": 2, "buffer": 2, "levels": 4},
-}
+SMALL = {"intra": SMALL_INTRA, **INTER_ARCHS}
 TIMEOUT = 240
 
 

@@ -56,19 +56,10 @@ from gopflow.zoo.registry import (
     install_model,
     read_registry,
 )
+from small_codecs import INTER_ARCHS, SMALL_INTRA
 
 torch.set_num_threads(1)
 
-SMALL_INTRA = {"class": "IntraCodec", "channels": 16, "latent_channels": 24,
-               "hyper_channels": 16, "levels": 4}
-INTER_ARCHS: dict[str, dict[str, Any]] = {
-    "dvc": {"class": "DvcCodec", "flow_channels": 8, "flow_levels": 3, "motion_channels": 8,
-            "motion_latent": 12, "residual_channels": 16, "residual_latent": 24,
-            "hyper_channels": 8, "mc_channels": 8, "levels": 4},
-    "fvc": {"class": "FvcCodec", "channels": 8, "offset_channels": 8, "offset_latent": 12,
-            "residual_channels": 16, "residual_latent": 16, "hyper_channels": 8,
-            "offset_groups": 2, "buffer": 2, "levels": 4},
-}
 
 
 def _model(arch: dict[str, Any], seed: int) -> Any:
