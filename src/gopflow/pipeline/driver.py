@@ -20,8 +20,9 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from gopflow.errors import OutputError, UsageError
@@ -199,43 +200,52 @@ def run_gop_job(
         dynamic_ncols=True,
     ) as bar:
         if saved_plan is None or len(finished) < len(saved_plan):
+            finishing: Future[Finished] | None = None
             # Plan (scene detection runs in an ffmpeg process) while Ray starts up.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan") as pool:
-                planning = pool.submit(plan_tasks)
-                with RayRunner(run.ray_address, run.workers) as runner:
-                    mark("ray_started")
-                    gops, tasks = planning.result()
-                    mark("planned")
-                    cpus = runner.cluster_cpus()
-                    if job.cpus_per_task > cpus:
-                        raise UsageError(
-                            f"--encoder-threads {job.cpus_per_task} exceeds the cluster's "
-                            f"{cpus} CPUs"
+            try:
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan") as pool:
+                    planning = pool.submit(plan_tasks)
+                    with RayRunner(run.ray_address, run.workers) as runner:
+                        mark("ray_started")
+                        gops, tasks = planning.result()
+                        mark("planned")
+                        cpus = runner.cluster_cpus()
+                        if job.cpus_per_task > cpus:
+                            raise UsageError(
+                                f"--encoder-threads {job.cpus_per_task} exceeds the cluster's "
+                                f"{cpus} CPUs"
+                            )
+                        slots = max(1, cpus // job.cpus_per_task)
+                        results = runner.map_lanes(
+                            job.stage_factory(),
+                            tasks,
+                            describe=lambda task: describe_gop(task.gop),
+                            cost=lambda task: task.gop.frame_count,
+                            cpus_per_item=job.cpus_per_task,
+                            actors=min(run.workers or slots, slots),
+                            max_retries=run.max_retries,
                         )
-                    slots = max(1, cpus // job.cpus_per_task)
-                    results = runner.map_lanes(
-                        job.stage_factory(),
-                        tasks,
-                        describe=lambda task: describe_gop(task.gop),
-                        cost=lambda task: task.gop.frame_count,
-                        cpus_per_item=job.cpus_per_task,
-                        actors=min(run.workers or slots, slots),
-                        max_retries=run.max_retries,
-                    )
-                    # Closed here on any error, so in-flight tasks are cancelled and the
-                    # actors stopped while the cluster is still up.
-                    with contextlib.closing(results):
-                        for task, encoded, node in results:
-                            record = job.record(task.gop, encoded, node)
-                            workdir.record(record, encoded.data)
-                            records[record.index] = record
-                            bar.update(encoded.frames)
-                    mark("encoded")
-                    # Join the GOPs while the cluster shuts down (a local one takes a second
-                    # or two to stop): the cluster is not needed for it.
-                    ordered = [records[gop.index] for gop in gops]
-                    finishing = pool.submit(job.finish, info, gops, ordered, workdir)
-                done = finishing.result()
+                        # Closed here on any error, so in-flight tasks are cancelled and the
+                        # actors stopped while the cluster is still up.
+                        with contextlib.closing(results):
+                            for task, encoded, node in results:
+                                record = job.record(task.gop, encoded, node)
+                                workdir.record(record, encoded.data)
+                                records[record.index] = record
+                                bar.update(encoded.frames)
+                        mark("encoded")
+                        # Join the GOPs while the cluster shuts down (a local one takes a second
+                        # or two to stop): the cluster is not needed for it.
+                        ordered = [records[gop.index] for gop in gops]
+                        finishing = pool.submit(job.finish, info, gops, ordered, workdir)
+                    done = finishing.result()
+            except KeyboardInterrupt:
+                # A Ctrl-C while Ray shut down let the pool's exit wait for the join already
+                # under way. An interrupted job leaves no output, not even one that completed
+                # in the meantime: the message says to resume, which re-joins the saved GOPs.
+                if finishing is not None and finishing.done() and not finishing.exception():
+                    Path(output).unlink(missing_ok=True)
+                raise
 
     ordered = [records[gop.index] for gop in gops]
     if done is None:
