@@ -8,6 +8,7 @@ into one file. The public API mirrors the command line, option for option::
     info = gopflow.probe("in.mp4")
     report = gopflow.transcode("in.mp4", "out.mp4", codec="x265", crf=24)
     report = gopflow.transcode("in.mp4", "out.mkv", target_vmaf=93)
+    batch = gopflow.batch(["a.mp4", "videos/"], "out/", codec="x264", crf=23)
     gopflow.transcode("in.mp4", "out.gflv", codec="dvc", quality=4)
     gopflow.decode("out.gflv", "decoded.y4m")
     gopflow.restore("out.mkv", "viewer.mkv")
@@ -24,12 +25,17 @@ from typing import TYPE_CHECKING, Any
 from gopflow.errors import GopflowError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from gopflow.jobs.batch import BatchReport
     from gopflow.jobs.decode import DecodeResult
     from gopflow.jobs.restore import RestoreResult
     from gopflow.types import TranscodeReport, VideoInfo
 
 __version__ = "0.1.0"
-__all__ = ["GopflowError", "__version__", "compare", "decode", "probe", "restore", "transcode"]
+__all__ = [
+    "GopflowError", "__version__", "batch", "compare", "decode", "probe", "restore", "transcode",
+]
 
 
 def probe(path: str) -> VideoInfo:
@@ -45,6 +51,16 @@ def transcode(input: str, output: str, **options: Any) -> TranscodeReport:
     from gopflow.jobs.transcode import transcode as run
 
     return run(input, output, **options)
+
+
+def batch(inputs: str | Sequence[str], output_dir: str, **options: Any) -> BatchReport:
+    """Transcode many videos (files, folders, globs) into ``output_dir`` on one cluster, with
+    ``gopflow batch``'s options by name (``name_template=``, ``list_file=``, ``resume=``,
+    ``report=``) and every transcode option (``codec=``, ``crf=``...). A file that fails is
+    in the report (``report.failed``), not raised."""
+    from gopflow.jobs.batch import batch as run
+
+    return run(inputs, output_dir, **options)
 
 
 def decode(input: str, output: str, **options: Any) -> DecodeResult:

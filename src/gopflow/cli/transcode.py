@@ -34,6 +34,23 @@ def add_transcode_parser(commands: Any, epilog: str) -> argparse.ArgumentParser:
     )
     tr.add_argument("input", metavar="INPUT", help="video file to transcode")
     tr.add_argument("-o", "--output", required=True, help="output file (.mp4/.m4v/.mov/.mkv)")
+    add_transcode_options(tr)
+    out = tr.add_argument_group("reporting")
+    out.add_argument("--report", help="write a JSON report (per-GOP frames, bytes, seconds)")
+    add_progress_option(out)
+    out.add_argument("--plot", metavar="PNG", help="plot per-GOP bitrate, quality and decisions")
+    return tr
+
+
+def add_progress_option(group: Any) -> None:
+    group.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+
+
+def add_transcode_options(tr: argparse.ArgumentParser) -> None:
+    """How each file is coded and run: the flags ``transcode`` and ``batch`` share."""
     enc = tr.add_argument_group("encoding")
     enc.add_argument(
         "--codec", choices=CODECS,
@@ -171,15 +188,6 @@ def add_transcode_parser(commands: Any, epilog: str) -> argparse.ArgumentParser:
     qro.add_argument("--max-reencodes", type=int, help="stricter re-encodes (3)")
     qro.add_argument("--decisions", metavar="FILE", help="apply per-GOP decisions (no search)")
     qro.add_argument("--save-decisions", metavar="FILE", help="write per-GOP decisions (JSON)")
-    out = tr.add_argument_group("reporting")
-    out.add_argument("--report", help="write a JSON report (per-GOP frames, bytes, seconds)")
-    out.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction,
-        help="progress bar (default: when stderr is a terminal)",
-    )
-    out.add_argument("--plot", metavar="PNG", help="plot per-GOP bitrate, quality and decisions")
-
-    return tr
 
 
 def run_transcode_command(args: argparse.Namespace) -> int:

@@ -259,8 +259,7 @@ class TranscodeOptions:
             settings=settings,
             plan=PlanOptions(self.gop_seconds, self.min_gop_seconds, self.scene_detect,
                              self.scene_threshold),
-            run=RunOptions(self.ray_address, self.workers, self.retries, self.work_dir,
-                           self.resume, self.keep_work, self.progress),
+            run=self.run_options(),
             copy_audio=self.audio,
             report=self.report,
             plot=self.plot,
@@ -269,6 +268,11 @@ class TranscodeOptions:
             decisions_out=self.save_decisions,
             learned=learned,
         )
+
+    def run_options(self) -> RunOptions:
+        """How the job runs (cluster, workers, retries, work dir, resume, progress)."""
+        return RunOptions(self.ray_address, self.workers, self.retries, self.work_dir,
+                          self.resume, self.keep_work, self.progress)
 
     def _learned(self) -> LearnedSettings | None:
         learned_only = {
@@ -359,6 +363,45 @@ class TranscodeOptions:
             precoder=self.precoder,
             mode_select=self.mode_select,
         )
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """A batch request: many inputs, one output folder, the transcode options every file
+    shares (a ``--list`` row may override them for its file)."""
+
+    inputs: tuple[str, ...] = ()
+    """Files, folders (searched recursively for videos) and globs."""
+    output_dir: str = ""
+    transcode: TranscodeOptions = field(default_factory=TranscodeOptions)
+    list_file: str | None = None
+    """A CSV with an ``input`` column, optional ``output`` and per-file option columns."""
+    name_template: str = "{stem}.{ext}"
+    """Each output's name under ``output_dir`` (the input's folder tree is mirrored)."""
+    report: str | None = None
+    """The batch's JSON report."""
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise UsageError("name the output folder with -o")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise UsageError(f"-o {self.output_dir} is a file; a batch writes into a folder")
+        if self.inputs and self.list_file:
+            raise UsageError("name inputs or --list FILE, not both")
+        if not self.inputs and not self.list_file:
+            raise UsageError("no inputs: name videos, a folder, a glob or --list FILE")
+        per_file = {"report": "--report", "plot": "--plot", "decisions": "--decisions",
+                    "save_decisions": "--save-decisions"}
+        for name, flag in per_file.items():
+            if getattr(self.transcode, name) is not None:
+                raise UsageError(f"{flag} names one file's output; a batch has its own "
+                                 "--report")
+        if not self.name_template.strip() or self.name_template.endswith(os.sep):
+            raise UsageError(f"--name-template {self.name_template!r} names no file")
+
+    @property
+    def resume(self) -> bool:
+        return self.transcode.resume
 
 
 @dataclass(frozen=True)

@@ -22,21 +22,24 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from gopflow.codecs.learned.bitstream import (
+    MAX_PIXELS,
+    MAX_SIDE,
     StreamHeader,
     Unit,
     UnitKind,
+    frame_size_fits,
     gop_structure,
     units_from_bytes,
     write_stream,
 )
 from gopflow.codecs.x26x import ENCODER_NAMES, GopTask, coded_size
-from gopflow.errors import FrameCountError, GopflowError, OutputError, UsageError
+from gopflow.errors import FrameCountError, GopflowError, InputError, OutputError, UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.jobs.config import TranscodeConfig, TranscodeOptions
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.reader import yuv_colour
 from gopflow.pipeline.assemble import assemble
-from gopflow.pipeline.driver import Finished, GopJob, make_record, run_gop_job
+from gopflow.pipeline.driver import Finished, GopJob, JobResult, make_record, run_gop_job
 from gopflow.pipeline.stages import (
     GopEncodeStage,
     LearnedEncodeStage,
@@ -82,10 +85,11 @@ def run_transcode(
     any other failure (Ctrl-C, a lost cluster, a GOP that failed after its retries, a full
     disk) keeps it for ``--resume``. The work dir's lock is dropped either way.
     """
-    job: GopJob = LearnedJob(config) if config.learned is not None else EncoderJob(config)
+    job = make_job(config)
     with claimed() as workdirs:
         try:
-            return _run_and_report(job, config, log)
+            result = run_gop_job(job, config.input, config.output, config.plan, config.run, log)
+            return settle(config, result)
         except GopflowError as exc:
             if not exc.resumable:
                 for workdir in workdirs:
@@ -97,10 +101,14 @@ def run_transcode(
                 workdir.release()
 
 
-def _run_and_report(
-    job: GopJob, config: TranscodeConfig, log: Callable[[str], None] | None
-) -> TranscodeReport:
-    result = run_gop_job(job, config.input, config.output, config.plan, config.run, log)
+def make_job(config: TranscodeConfig) -> GopJob:
+    """The driver's job for a resolved transcode: learned codec or x264/x265 (QRO or not)."""
+    return LearnedJob(config) if config.learned is not None else EncoderJob(config)
+
+
+def settle(config: TranscodeConfig, result: JobResult) -> TranscodeReport:
+    """The report of a finished transcode; writes it (and the plot) when asked and removes
+    the work dir unless ``--keep-work``."""
     report = TranscodeReport(
         input=result.info.path,
         output=os.path.abspath(config.output),
@@ -259,6 +267,13 @@ class LearnedJob:
                                         self.learned.motion_refinement)
 
     def settings(self, info: VideoInfo) -> dict[str, Any]:
+        if not frame_size_fits(info.width, info.height):
+            # Checked here, before Ray starts, not when the finished stream is written.
+            raise InputError(
+                f"{info.path}: a {info.width}x{info.height} video is too large for a .gflv "
+                f"stream (at most {MAX_SIDE} pixels a side and {MAX_PIXELS} in all); use "
+                "--codec x264 or x265"
+            )
         learned = self.learned
         return {
             "learned": {"codec": learned.codec, "quality": self._quality,
@@ -272,8 +287,8 @@ class LearnedJob:
         return functools.partial(LearnedEncodeStage, self._ref)
 
     def task(self, info: VideoInfo, gop: GopSpec, workdir: WorkDir) -> LearnedGopTask:
-        return LearnedGopTask(info.path, info.stream_index, info.read_mode, gop, self._quality,
-                              self.learned.offset)
+        return LearnedGopTask(info.path, info.stream_index, info.read_mode, gop, info.width,
+                              info.height, self._quality, self.learned.offset)
 
     def record(self, gop: GopSpec, encoded: EncodedGop, node: str) -> GopRecord:
         details = encoded.details or {}

@@ -18,14 +18,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from gopflow.errors import OutputError, UsageError
+from gopflow.errors import GopflowError, OutputError, UsageError
 from gopflow.media.probe import probe_with_timestamps
 from gopflow.pipeline.plan import PlanOptions, plan_video
 from gopflow.pipeline.runner import RayRunner
@@ -144,6 +147,50 @@ def _say_nothing(message: str) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class GopRequest:
+    """One video for the driver: which job writes which output from which input."""
+
+    job: GopJob
+    input: str
+    output: str
+    plan: PlanOptions
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How one request ended: its result, or the one-line error that ended it."""
+
+    index: int
+    request: GopRequest
+    result: JobResult | None = None
+    error: GopflowError | None = None
+
+
+class _Video:
+    """A request being worked on (driver-private, mutable)."""
+
+    def __init__(self, index: int, request: GopRequest) -> None:
+        self.index = index
+        self.request = request
+        self.job = request.job
+        self.phases: dict[str, float] = {}
+        self.info: VideoInfo | None = None
+        self.stamps: list[int | None] = []
+        self.settings: dict[str, Any] = {}
+        self.workdir: WorkDir | None = None
+        self.saved_plan: list[GopSpec] | None = None
+        self.gops: list[GopSpec] = []
+        self.records: dict[int, GopRecord] = {}
+        self.todo: list[Any] = []
+        self.left = 0  # GOPs still to encode
+
+    @property
+    def frames_done(self) -> int:
+        return sum(r.frames for r in self.records.values())
+
+
 def run_gop_job(
     job: GopJob,
     input_path: str,
@@ -157,107 +204,293 @@ def run_gop_job(
     With ``run.resume`` the GOPs an earlier run of the same input and settings finished are
     reused; the caller removes the work dir (``result.workdir``) once it has what it needs.
     """
+    request = GopRequest(job, input_path, output, plan, run.resume)
+    with contextlib.closing(run_gop_jobs([request], run, log, label=job.label)) as outcomes:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+            assert outcome.result is not None
+            return outcome.result
+    raise AssertionError("the driver ended without an outcome")
+
+
+def run_gop_jobs(
+    requests: Sequence[GopRequest],
+    run: RunOptions,
+    log: Callable[[str], None] | None = None,
+    label: str = "",
+    on_gop: Callable[[int, GopRecord], None] | None = None,
+) -> Iterator[JobOutcome]:
+    """Run many videos' GOPs through one cluster and one bounded window; yield one
+    :class:`JobOutcome` per request as it ends (in the order they end).
+
+    The first video is probed before Ray starts (a bad input fails at once) and planned
+    while it starts; later videos are probed and planned in the background, a video ahead,
+    and the runner pulls each one's GOPs when a worker runs out of work, so the next video
+    starts encoding while the last one's GOPs finish. A video is joined (``job.finish``) as
+    soon as its last GOP lands, beside the encoding of the others. A video that fails (bad
+    input, a GOP failed after its retries, a join that fails) ends with its error; the
+    others go on. Every request's job must use the same stage and CPUs per task.
+    ``on_gop(index, record)`` is told of each GOP stored in request ``index``'s work dir.
+    """
     say = log or _say_nothing
     started = time.perf_counter()
-    phases: dict[str, float] = {}
+    videos = [_Video(index, request) for index, request in enumerate(requests)]
+    ended: deque[JobOutcome] = deque()  # appended by the planner and finisher threads
+    failed: set[int] = set()
 
-    def mark(phase: str) -> None:
-        phases[phase] = round(time.perf_counter() - started, 3)
+    def mark(video: _Video, phase: str) -> None:
+        video.phases[phase] = round(time.perf_counter() - started, 3)
 
-    job.check_tools()
-    info, stamps = probe_with_timestamps(input_path)
-    mark("probed")
-    check_output_writable(output)
-    if info.vfr:
-        say(f"note: variable frame rate input; output is constant {float(info.fps):.3f} fps")
-    settings = {**job.settings(info), **plan.to_dict()}
-    workdir = WorkDir(work_root(output, run.work_dir), info.path, settings, output=output)
-    resumed = workdir.prepare(run.resume)
-    saved_plan = workdir.load_plan() if resumed else None
-    finished = workdir.finished() if saved_plan is not None else {}
-    if saved_plan is not None:
-        say(f"resuming: {len(finished)} of {len(saved_plan)} GOPs already done in {workdir.path}")
-    records = {index: replace(record, resumed=True) for index, record in finished.items()}
-    gops = saved_plan or []
-    done: Finished | None = None
+    def end(video: _Video, error: GopflowError) -> None:
+        failed.add(video.index)
+        if video.workdir is not None:
+            if not error.resumable:
+                with contextlib.suppress(OSError, GopflowError):
+                    video.workdir.remove()
+            video.workdir.release()
+        ended.append(JobOutcome(video.index, video.request, error=error))
 
-    def plan_tasks() -> tuple[list[GopSpec], list[Any]]:
-        planned = saved_plan
-        if planned is None:
-            planned = plan_video(info, plan, stamps)
-            workdir.save_plan(info.to_dict(), planned)
-        todo = [job.task(info, gop, workdir) for gop in planned if gop.index not in finished]
-        return planned, todo
+    def prepare(video: _Video) -> bool:
+        """Probe, check and lock one video's work dir; False (and an outcome) on failure."""
+        request = video.request
+        try:
+            request.job.check_tools()
+            info, stamps = probe_with_timestamps(request.input)
+            mark(video, "probed")
+            check_output_writable(request.output)
+            if info.vfr:
+                say(
+                    f"note: variable frame rate input {request.input}; output is constant "
+                    f"{float(info.fps):.3f} fps"
+                )
+            video.info, video.stamps = info, stamps
+            video.settings = {**request.job.settings(info), **request.plan.to_dict()}
+            workdir = WorkDir(
+                work_root(request.output, run.work_dir),
+                info.path,
+                video.settings,
+                output=request.output,
+            )
+            video.workdir = workdir
+            resumed = workdir.prepare(request.resume)
+            video.saved_plan = workdir.load_plan() if resumed else None
+            finished = workdir.finished() if video.saved_plan is not None else {}
+            if video.saved_plan is not None:
+                say(
+                    f"resuming: {len(finished)} of {len(video.saved_plan)} GOPs already done "
+                    f"in {workdir.path}"
+                )
+            video.records = {i: replace(r, resumed=True) for i, r in finished.items()}
+        except GopflowError as exc:
+            end(video, exc)
+            return False
+        return True
+
+    def plan(video: _Video) -> bool:
+        """Plan one prepared video's GOPs and tasks; False (and an outcome) on failure."""
+        assert video.info is not None and video.workdir is not None
+        try:
+            planned = video.saved_plan
+            if planned is None:
+                planned = plan_video(video.info, video.request.plan, video.stamps)
+                video.workdir.save_plan(video.info.to_dict(), planned)
+            video.gops = planned
+            video.todo = [
+                video.job.task(video.info, gop, video.workdir)
+                for gop in planned
+                if gop.index not in video.records
+            ]
+            video.left = len(video.todo)
+            mark(video, "planned")
+        except GopflowError as exc:
+            end(video, exc)
+            return False
+        return True
+
+    # The first video that can be probed is checked before Ray starts.
+    ready: list[_Video] = []
+    for video in videos:
+        if prepare(video):
+            ready.append(video)
+            break
+    if not ready:
+        yield from ended
+        return
+    first = ready[0]
+    later = videos[first.index + 1 :]
+    complete = first.saved_plan is not None and len(first.records) == len(first.saved_plan)
+    need_cluster = bool(later) or not complete
 
     from tqdm import tqdm
 
-    with tqdm(
-        total=info.frame_count,
-        initial=sum(r.frames for r in records.values()),
+    bar = tqdm(
+        total=first.info.frame_count if first.info else None,
+        initial=first.frames_done,
         unit="frame",
-        desc=job.label,
+        desc=label or first.job.label,
         disable=(not run.progress) if run.progress is not None else None,
         dynamic_ncols=True,
-    ) as bar:
-        if saved_plan is None or len(finished) < len(saved_plan):
-            finishing: Future[Finished] | None = None
-            # Plan (scene detection runs in an ffmpeg process) while Ray starts up.
+    )
+    stop = threading.Event()
+    planned: queue.Queue[_Video | BaseException | None] = queue.Queue(maxsize=1)
+
+    def hand_over(item: _Video | BaseException | None) -> None:
+        while not stop.is_set():
             try:
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan") as pool:
-                    planning = pool.submit(plan_tasks)
+                planned.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def planner() -> None:
+        """Plan the first video, then probe and plan the later ones, one ahead."""
+        try:
+            if plan(first):
+                hand_over(first)
+            for video in later:
+                if stop.is_set():
+                    return
+                if prepare(video) and plan(video):
+                    assert video.info is not None
+                    bar.total = (bar.total or 0) + video.info.frame_count
+                    bar.update(video.frames_done)
+                    hand_over(video)
+        except BaseException as exc:  # handed to the main thread, raised there
+            hand_over(exc)
+            return
+        hand_over(None)
+
+    by_group: list[_Video] = []
+    finishing: dict[Future[Finished], _Video] = {}
+    reported: set[int] = set()
+
+    def finish(video: _Video, pool: ThreadPoolExecutor) -> None:
+        assert video.info is not None and video.workdir is not None
+        ordered = [video.records[gop.index] for gop in video.gops]
+        mark(video, "encoded")
+        finishing[pool.submit(video.job.finish, video.info, video.gops, ordered, video.workdir)] = (
+            video
+        )
+
+    def collect(wait: bool) -> Iterator[JobOutcome]:
+        """Outcomes of the joins that are done (all of them with ``wait``), then the rest."""
+        for future in list(finishing):
+            if not wait and not future.done():
+                continue
+            video = finishing.pop(future)
+            try:
+                done = future.result()
+            except GopflowError as exc:
+                end(video, exc)
+                continue
+            mark(video, "assembled")
+            assert video.info is not None and video.workdir is not None
+            reported.add(video.index)
+            ended.append(
+                JobOutcome(
+                    video.index,
+                    video.request,
+                    result=JobResult(
+                        info=video.info,
+                        gops=tuple(video.gops),
+                        records=tuple(video.records[gop.index] for gop in video.gops),
+                        settings=video.settings,
+                        finished=done,
+                        workdir=video.workdir,
+                        phases=video.phases,
+                        wall_seconds=time.perf_counter() - started,
+                    ),
+                )
+            )
+        while ended:
+            yield ended.popleft()
+
+    def groups(pool: ThreadPoolExecutor) -> Iterator[list[Any]]:
+        """Each planned video's tasks, in order; a video with nothing left is joined."""
+        while True:
+            item = planned.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if item.left == 0:
+                finish(item, pool)
+                continue
+            by_group.append(item)
+            yield item.todo
+
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="plan")
+    try:
+        with bar:
+            try:
+                pool.submit(planner)
+                if not need_cluster:
+                    item = planned.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if isinstance(item, _Video):
+                        finish(item, pool)
+                else:
                     with RayRunner(run.ray_address, run.workers) as runner:
-                        mark("ray_started")
-                        gops, tasks = planning.result()
-                        mark("planned")
+                        mark(first, "ray_started")
                         cpus = runner.cluster_cpus()
-                        if job.cpus_per_task > cpus:
+                        per_task = first.job.cpus_per_task
+                        if per_task > cpus:
                             raise UsageError(
-                                f"--encoder-threads {job.cpus_per_task} exceeds the cluster's "
-                                f"{cpus} CPUs"
+                                f"--encoder-threads {per_task} exceeds the cluster's {cpus} CPUs"
                             )
-                        slots = max(1, cpus // job.cpus_per_task)
-                        results = runner.map_lanes(
-                            job.stage_factory(),
-                            tasks,
+                        slots = max(1, cpus // per_task)
+                        results = runner.map_groups(
+                            first.job.stage_factory(),
+                            groups(pool),
                             describe=lambda task: describe_gop(task.gop),
                             cost=lambda task: task.gop.frame_count,
-                            cpus_per_item=job.cpus_per_task,
+                            cpus_per_item=per_task,
                             actors=min(run.workers or slots, slots),
                             max_retries=run.max_retries,
+                            dropped=lambda group: by_group[group].index in failed,
                         )
                         # Closed here on any error, so in-flight tasks are cancelled and the
                         # actors stopped while the cluster is still up.
                         with contextlib.closing(results):
-                            for task, encoded, node in results:
-                                record = job.record(task.gop, encoded, node)
-                                workdir.record(record, encoded.data)
-                                records[record.index] = record
-                                bar.update(encoded.frames)
-                        mark("encoded")
-                        # Join the GOPs while the cluster shuts down (a local one takes a second
-                        # or two to stop): the cluster is not needed for it.
-                        ordered = [records[gop.index] for gop in gops]
-                        finishing = pool.submit(job.finish, info, gops, ordered, workdir)
-                    done = finishing.result()
-            except KeyboardInterrupt:
-                # A Ctrl-C while Ray shut down let the pool's exit wait for the join already
-                # under way. An interrupted job leaves no output, not even one that completed
-                # in the meantime: the message says to resume, which re-joins the saved GOPs.
-                if finishing is not None and finishing.done() and not finishing.exception():
-                    Path(output).unlink(missing_ok=True)
-                raise
-
-    ordered = [records[gop.index] for gop in gops]
-    if done is None:
-        done = job.finish(info, gops, ordered, workdir)
-    mark("assembled")
-    return JobResult(
-        info=info,
-        gops=tuple(gops),
-        records=tuple(ordered),
-        settings=settings,
-        finished=done,
-        workdir=workdir,
-        phases=phases,
-        wall_seconds=time.perf_counter() - started,
-    )
+                            for outcome in results:
+                                video = by_group[outcome.group]
+                                if video.index in failed:
+                                    continue
+                                if outcome.error is not None:
+                                    end(video, outcome.error)
+                                else:
+                                    encoded: EncodedGop = outcome.value
+                                    task = outcome.item
+                                    try:
+                                        record = video.job.record(
+                                            task.gop, encoded, outcome.node_id
+                                        )
+                                    except GopflowError as exc:
+                                        end(video, exc)
+                                        continue
+                                    assert video.workdir is not None
+                                    video.workdir.record(record, encoded.data)
+                                    video.records[record.index] = record
+                                    video.left -= 1
+                                    bar.update(encoded.frames)
+                                    if on_gop is not None:
+                                        on_gop(video.index, record)
+                                    if video.left == 0:
+                                        finish(video, pool)
+                                yield from collect(wait=False)
+                        # The last joins run while the cluster shuts down (a local one takes a
+                        # second or two to stop): they do not need it.
+                yield from collect(wait=True)
+            finally:
+                stop.set()
+                pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        # The pool's shutdown waited for the joins under way. An interrupted run leaves no
+        # output it has not reported, not even one completed in the meantime: the message
+        # says to resume, which re-joins the saved GOPs.
+        for future, video in finishing.items():
+            if future.done() and not future.exception() and video.index not in reported:
+                Path(video.request.output).unlink(missing_ok=True)
+        raise

@@ -5,10 +5,12 @@ connects to an existing one (``address`` / ``RAY_ADDRESS``) and runs a stage ove
 bounded work in flight (backpressure: the driver never holds more than that many results),
 retries, and results yielded as they arrive (any order; assembly restores order by index).
 
-``map_lanes`` runs stateful stages (``factory() -> stage``, ``stage(item)``) in one Ray actor
-per slot. Items are split into contiguous lanes, one per actor, so an actor sees consecutive
-GOPs and can keep its decoder running; an actor whose lane runs dry takes work from the far
-end of the longest remaining lane (work stealing), so no core idles while work is left.
+``map_groups`` runs stateful stages (``factory() -> stage``, ``stage(item)``) in one Ray
+actor per slot over a stream of groups (one video's GOPs each: a batch's files, or the one
+file of a transcode). Each actor works through a contiguous lane of one group, so it sees
+consecutive GOPs and can keep its decoder running; an actor whose lane runs dry pulls the
+next group, then steals from the far end of the longest remaining lane (work stealing), so
+no core idles while work is left and the next video starts while the last one finishes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,6 +62,18 @@ def _quiet_error_listener() -> None:
 
     if hasattr(ray_worker, "print_to_stdstream"):
         ray_worker.print_to_stdstream = _ray_message
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One item's end: the stage's result and the node it ran on, or the error that ended
+    it after its retries. ``group`` is the ordinal of the group the item came in."""
+
+    group: int
+    item: Any
+    value: Any = None
+    node_id: str = ""
+    error: GopflowError | None = None
 
 
 @dataclass(frozen=True)
@@ -180,63 +194,117 @@ class RayRunner:
 
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def map_lanes(
+    def map_groups(
         self,
         factory: Callable[[], Callable[[Item], Result]],
-        items: Sequence[Item],
+        groups: Iterable[Sequence[Item]],
         describe: Callable[[Item], str],
         cost: Callable[[Item], float],
         cpus_per_item: float = 1,
         actors: int = 2,
         depth: int = 2,
         max_retries: int = 2,
-    ) -> Iterator[tuple[Item, Result, str]]:
-        """Yield ``(item, stage(item), node_id)``; each actor works through a contiguous lane.
+        dropped: Callable[[int], bool] = lambda group: False,
+    ) -> Iterator[Outcome]:
+        """Run ``stage(item)`` for every item of every group; yield an :class:`Outcome` per
+        item as it finishes (a failed item is an outcome with ``error``, not an exception).
 
-        At most ``actors * depth`` items are in flight. ``items`` must be in stream order.
+        A group is one video's GOPs in stream order. The groups are pulled lazily, when an
+        actor runs out of work, so a caller can plan the next video while this one encodes.
+        Idle actors share the group they pull in contiguous lanes of similar cost; an actor
+        whose lane runs dry pulls the next group whole, and once the groups are exhausted it
+        steals from the far end of the longest remaining lane. An actor so sees consecutive
+        GOPs and keeps its decoder running, and no core idles while work is left. Items of a
+        group for which ``dropped(group)`` turns true (its video failed) are not started.
+        At most ``actors * depth`` items are in flight.
         """
         import ray
 
-        if not items:
-            return
-        lanes = [deque(run) for run in split_lanes([cost(i) for i in items], actors)]
         actor_class = ray.remote(_StageActor).options(
             num_cpus=cpus_per_item, max_restarts=max_retries, max_task_retries=max_retries
         )
-        pool = [actor_class.remote(factory) for _ in lanes]
+        slots = max(1, actors)
+        pool: list[Any] = [None] * slots  # actors start with their first item
+        lanes: list[deque[int]] = [deque() for _ in range(slots)]
+        busy = [0] * slots
+        items: dict[int, tuple[int, Item]] = {}  # position -> (group, item)
         pending: dict[Any, tuple[int, int]] = {}  # ref -> (actor, item position)
+        source = iter(groups)
+        pulled = 0
+        next_position = 0
+
+        def lane_cost(lane: deque[int]) -> float:
+            return sum(cost(items[p][1]) for p in lane)
+
+        def pull(actor: int) -> bool:
+            """Split the next group among ``actor`` and the other idle actors (``actor``'s
+            lane first); False once the groups are spent."""
+            nonlocal pulled, next_position
+            for group in source:
+                ordinal, pulled = pulled, pulled + 1
+                if not group:
+                    continue
+                positions = list(range(next_position, next_position + len(group)))
+                next_position += len(group)
+                for position, item in zip(positions, group, strict=True):
+                    items[position] = (ordinal, item)
+                idle = [actor] + [
+                    a for a in range(slots) if a != actor and not busy[a] and not lanes[a]
+                ]
+                runs = split_lanes([cost(item) for item in group], len(idle))
+                for owner, run in zip(idle, runs, strict=False):
+                    lanes[owner].extend(positions[i] for i in run)
+                return True
+            return False
+
+        def take(actor: int) -> int | None:
+            while True:
+                if lanes[actor] or pull(actor):
+                    position = lanes[actor].popleft()
+                else:
+                    # Steal from the far end of the lane with the most work left.
+                    donor = max(range(slots), key=lambda i: lane_cost(lanes[i]))
+                    if not lanes[donor]:
+                        return None
+                    position = lanes[donor].pop()
+                if not dropped(items[position][0]):
+                    return position
+                del items[position]
 
         def submit(actor: int) -> bool:
-            lane = lanes[actor]
-            if lane:
-                position = lane.popleft()
-            else:
-                # Steal from the far end of the lane with the most work left.
-                donor = max(range(len(lanes)), key=lambda i: sum(cost(items[p]) for p in lanes[i]))
-                if not lanes[donor]:
-                    return False
-                position = lanes[donor].pop()
-            ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(items[position])
+            position = take(actor)
+            if position is None:
+                return False
+            if pool[actor] is None:
+                pool[actor] = actor_class.remote(factory)
+            item = items[position][1]
+            ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(item)
             pending[ref] = (actor, position)
+            busy[actor] += 1
             return True
 
         try:
-            for actor in range(len(pool)):
-                for _ in range(depth):
+            for _ in range(depth):
+                for actor in range(slots):
                     submit(actor)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     actor, position = pending.pop(ref)
-                    item = items[position]
+                    busy[actor] -= 1
+                    group, item = items.pop(position)
                     try:
                         placed: Placed = ray.get(ref)
                     except ray.exceptions.RayError as exc:
-                        raise _failure(describe(item), exc, max_retries) from None
+                        outcome = Outcome(
+                            group, item, error=_failure(describe(item), exc, max_retries)
+                        )
+                    else:
+                        outcome = Outcome(group, item, placed.value, placed.node_id)
                     submit(actor)
-                    yield item, placed.value, placed.node_id
+                    yield outcome
         finally:
-            _release(pending, pool)
+            _release(pending, [handle for handle in pool if handle is not None])
 
     def map_ordered(
         self,
@@ -271,8 +339,10 @@ class RayRunner:
             while emitted < len(items):
                 while idle and submitted < len(items) and submitted - emitted < window:
                     actor = idle.popleft()
-                    ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(
-                        items[submitted]
+                    ref = (
+                        pool[actor]
+                        .run.options(retry_exceptions=list(RETRYABLE))
+                        .remote(items[submitted])
                     )
                     pending[ref] = (actor, submitted)
                     submitted += 1
