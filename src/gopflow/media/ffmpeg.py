@@ -611,3 +611,82 @@ def x264_proxy_command(
     encoder = {"c:v": "libx264", "preset": preset, "crf": f"{crf:g}", "threads": threads}
     extra = _filter_threads(encoder) if video is not frames else ()
     return _finish(ffmpeg.output(video, output, **encoder), exe, True, *extra)
+
+
+# -- streaming ladders -------------------------------------------------------------------
+
+CMAF_MOVFLAGS = "+empty_moov+default_base_moof+skip_trailer+cmaf"
+"""Fragmented MP4 as CMAF wants it: an init segment without samples (``empty_moov``),
+fragments addressed from their own ``moof`` (``default_base_moof``), no ``mfra`` index
+(``skip_trailer``), ``cmaf`` brands and ``trun`` version 1."""
+
+
+def cmaf_video_command(list_path: str, output: str, exe: str | None = None) -> list[str]:
+    """The video of every file in the ffconcat list ``list_path`` joined by stream copy into
+    one fragmented MP4 with a fragment starting at every keyframe (so at every GOP's IDR),
+    bit-exact and without metadata: the packager cuts it into CMAF segments."""
+    video = ffmpeg.input(list_path, f="concat", safe=0)["v:0"]
+    options = {
+        "c": "copy", "movflags": "+frag_keyframe" + CMAF_MOVFLAGS, "map_metadata": -1,
+        "fflags": "+bitexact", "flags:v": "+bitexact",
+    }
+    return _finish(ffmpeg.output(video, output, format="mp4", **options), exe)
+
+
+def cmaf_audio_command(
+    source: str,
+    stream_index: int,
+    output: str,
+    *,
+    trim_seconds: float,
+    delay_seconds: float,
+    duration_seconds: float,
+    bitrate_kbps: int,
+    channels: int,
+    fragment_seconds: float,
+    exe: str | None = None,
+) -> list[str]:
+    """Stream ``stream_index`` of ``source`` -> its first ``trim_seconds`` dropped, at most
+    ``duration_seconds`` kept -> ``delay_seconds`` of silence ahead -> AAC-LC at
+    ``bitrate_kbps`` with ``channels`` channels -> a fragmented MP4, one fragment per
+    ``fragment_seconds`` (each becomes one audio segment)."""
+    audio = (
+        ffmpeg.input(source)[str(stream_index)]
+        .filter("atrim", start=f"{max(0.0, trim_seconds):.6f}",
+                duration=f"{duration_seconds:.6f}")
+        .filter("asetpts", "PTS-STARTPTS")
+    )
+    if delay_seconds > 0:
+        # Silence before the first sample: the mp4 muxer puts a fragmented track's first
+        # sample at time 0 whatever -output_ts_offset says.
+        audio = audio.filter("adelay", delays=f"{delay_seconds * 1000:.3f}", all=1)
+    options: dict[str, Any] = {
+        "c:a": "aac", "b:a": f"{bitrate_kbps}k", "ac": channels, "vn": None, "sn": None,
+        "dn": None, "movflags": CMAF_MOVFLAGS, "frag_duration": round(fragment_seconds * 1e6),
+        "map_metadata": -1, "fflags": "+bitexact", "flags:a": "+bitexact",
+    }
+    return _finish(ffmpeg.output(audio, output, format="mp4", **options), exe)
+
+
+def scaled_encode_command(
+    source: str,
+    output: str,
+    *,
+    width: int,
+    height: int,
+    scaler: str,
+    encoder: Options,
+    exe: str | None = None,
+) -> list[str]:
+    """The video of ``source`` scaled to ``width`` x ``height`` with ``scaler`` (``lanczos``,
+    ``bicubic``...; no scaling at the source's own size) -> ``encoder`` (codec and rate
+    options) -> a bit-exact MP4 without audio or metadata at ``output``: one probe encode
+    of a streaming ladder's convex hull."""
+    video = ffmpeg.input(source)["v:0"]
+    if width and height:
+        video = video.filter("scale", width, height, flags=scaler)
+    options: dict[str, Any] = {"an": None, "sn": None, "dn": None, "map_metadata": -1,
+                               "fflags": "+bitexact", "flags:v": "+bitexact"}
+    options.update(encoder)
+    threads = _filter_threads(encoder)
+    return _finish(ffmpeg.output(video, output, format="mp4", **options), exe, True, *threads)
