@@ -1,0 +1,140 @@
+"""A real browser plays a packaged 2-rung H.264 ladder: headless Chromium (Debian's
+``chromium``, driven by Playwright through ``executable_path``; nothing downloaded at run
+time) with hls.js and dash.js (npm, installed into tests/browser/node_modules by ``make
+setup``), the ladder served on 127.0.0.1. Each player starts on the low rung, is switched
+up and then down while playing, and must play to the end with no player error event; the
+picture size seen by the <video> element must follow the switches.
+
+A screenshot of each player on the high rung goes to ``$GOPFLOW_SCREENSHOT_DIR`` (default:
+the test's temp folder). Skips, with the reason, where chromium, the npm players or
+playwright are missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from gopflow.packaging.package import AudioSource, package_ladder
+from integration.ladder_media import RungSpec, encode_rungs, make_source
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1] / "browser"
+PLAYERS = {
+    "hls": ROOT / "node_modules" / "hls.js" / "dist" / "hls.min.js",
+    "dash": ROOT / "node_modules" / "dashjs" / "dist" / "modern" / "umd" / "dash.all.min.js",
+}
+RUNGS = (RungSpec("180p", 320, 180, kbps=250), RungSpec("360p", 640, 360, kbps=900))
+GOP_FRAMES = (60, 45, 75, 60, 60)  # 10 s at 30 fps; segments of whole GOPs, about 2 s
+SECONDS = sum(GOP_FRAMES) / 30
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no system chromium (make setup installs Debian's `chromium` with apt)")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of a web root on 127.0.0.1 holding the ladder, both players and the
+    test page."""
+    browser = _chromium()
+    for name, path in PLAYERS.items():
+        if not path.exists():
+            pytest.skip(f"{name} player missing at {path} (make setup runs npm ci there)")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed (dev extra)")
+    root = tmp_path_factory.mktemp("web")
+    source = make_source(root / "source.mp4", seconds=SECONDS)
+    rungs = encode_rungs(source, GOP_FRAMES, RUNGS, root / "gops")
+    package_ladder(rungs, str(root / "ladder"), gop_frames=GOP_FRAMES, fps=Fraction(30),
+                   audio=AudioSource(source, 1), segment_seconds=2.0)
+    for path in (*PLAYERS.values(), ROOT / "player.html"):
+        shutil.copy(path, root / path.name)
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    os.environ["GOPFLOW_TEST_CHROMIUM"] = browser
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map: ClassVar[dict[str, str]] = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".m3u8": "application/vnd.apple.mpegurl", ".mpd": "application/dash+xml",
+        ".m4s": "video/iso.segment", ".mp4": "video/mp4",
+    }
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _wait(page, expression: str, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if page.evaluate(expression):
+            return
+        errors = page.evaluate("result.errors")
+        assert not errors, f"player errors while waiting for {what}: {errors}"
+        time.sleep(0.1)
+    state = page.evaluate("JSON.stringify({t: video.currentTime, r: result})")
+    raise AssertionError(f"timed out waiting for {what}: {state}")
+
+
+@pytest.mark.parametrize("kind", ["hls", "dash"])
+def test_browser_plays_ladder_and_switches_rungs(served, kind, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base = served
+    shots = Path(os.environ.get("GOPFLOW_SCREENSHOT_DIR") or tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=os.environ["GOPFLOW_TEST_CHROMIUM"], headless=True,
+            args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 640, "height": 360})
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            page.goto(f"{base}/player.html?kind={kind}")
+            _wait(page, "video.currentTime > 1.0 && video.videoHeight === 180", 30,
+                  "playback on 180p")
+            page.evaluate("switchTo(360)")
+            _wait(page, "video.videoHeight === 360", 30, "the switch up to 360p")
+            page.screenshot(path=str(shots / f"ladder-{kind}-playing.png"))
+            page.evaluate("switchTo(180)")
+            _wait(page, "video.videoHeight === 180 && result.switched.length >= 2", 30,
+                  "the switch down to 180p")
+            _wait(page, "result.ended", SECONDS + 30, "the end of the video")
+            result = page.evaluate("result")
+            played = page.evaluate("video.currentTime")
+        finally:
+            browser.close()
+    assert not result["errors"], result["errors"]
+    assert not [line for line in console if line.startswith("pageerror")], console
+    assert played == pytest.approx(SECONDS, abs=0.5)
+    heights = [h for _, _, h in result["sizes"]]
+    assert 360 in heights and heights[-1] == 180, result["sizes"]
+    assert [level[1] for level in result["levels"]] == [180, 360]
+    assert (shots / f"ladder-{kind}-playing.png").stat().st_size > 1000
+    print(json.dumps({"kind": kind, "switched": result["switched"], "sizes": result["sizes"]}))
