@@ -364,6 +364,7 @@ def run_gop_jobs(
     by_group: list[_Video] = []
     finishing: dict[Future[Finished], _Video] = {}
     reported: set[int] = set()
+    settled: list[int] = []
 
     def finish(video: _Video, pool: ThreadPoolExecutor) -> None:
         assert video.info is not None and video.workdir is not None
@@ -404,7 +405,11 @@ def run_gop_jobs(
                 )
             )
         while ended:
-            yield ended.popleft()
+            outcome = ended.popleft()
+            settled.append(outcome.index)
+            if len(videos) > 1:
+                bar.set_postfix_str(f"{len(settled)}/{len(videos)} files")
+            yield outcome
 
     def groups(pool: ThreadPoolExecutor) -> Iterator[list[Any]]:
         """Each planned video's tasks, in order; a video with nothing left is joined."""
