@@ -98,12 +98,16 @@ def _trun_samples(data: bytes, offset: int, size: int, header: int) -> int:
 
 
 def codec_string(stream: av.stream.Stream) -> str:
-    """The RFC 6381 codec string of a video or audio stream, from its decoder configuration
-    record (``avcC``, ``hvcC``, ``av1C``, AAC's AudioSpecificConfig)."""
+    """The RFC 6381 codec string of a video or audio stream (see :func:`codec_string_of`)."""
     ctx = stream.codec_context
-    extra = bytes(ctx.extradata or b"")
-    name = ctx.name
     tag = (ctx.codec_tag or "").strip("\0") if isinstance(ctx.codec_tag, str) else ""
+    return codec_string_of(ctx.name, tag, bytes(ctx.extradata or b""))
+
+
+def codec_string_of(name: str, tag: str, extra: bytes) -> str:
+    """The RFC 6381 codec string of decoder ``name`` with sample-entry ``tag`` (``avc1``,
+    ``hvc1``...), from its decoder configuration record ``extra`` (``avcC``, ``hvcC``,
+    ``av1C``, AAC's AudioSpecificConfig)."""
     if name == "h264":
         if len(extra) < 4 or extra[0] != 1:
             raise InputError("H.264 track without an avcC record: cannot name its codec")

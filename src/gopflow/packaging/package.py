@@ -222,9 +222,12 @@ def _video_groups(
                 "(every GOP must be closed and start with an IDR)"
             )
         nxt = frame + frames
-        last = starts[nxt] - 1 if nxt < total else len(track.fragments) - 1
         if nxt < total and nxt not in starts:
-            raise InputError(f"rung {rung}: no IDR at frame {nxt}, where a segment must start")
+            raise InputError(
+                f"rung {rung}: no IDR at frame {nxt}, where a segment must start "
+                "(every GOP must be closed and start with an IDR)"
+            )
+        last = starts[nxt] - 1 if nxt < total else len(track.fragments) - 1
         groups.append((starts[frame], last))
         frame = nxt
     return groups
