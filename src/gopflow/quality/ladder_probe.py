@@ -1,0 +1,183 @@
+"""Probe encodes for a per-title ladder: (height, CRF) grid -> :class:`RatePoint` per encode.
+
+Data flow: for each probed frame range of the source (a short representative clip, or a
+few GOPs): its frames, read frame-accurately (:class:`gopflow.media.reader.GopReader`) ->
+a lossless FFV1 reference at the source size -> per grid point: scaled to the height
+(``scaler``, width keeping the aspect, even) and encoded (:mod:`gopflow.codecs.streaming`)
+-> VMAF against the reference, the encode upscaled bicubic to the source size as a player
+does (:func:`gopflow.quality.vmaf.vmaf_scores`) -> bitrate from the encoded video packets'
+bytes over the ranges' duration, VMAF the frame-weighted mean over all ranges.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import av
+
+from gopflow.codecs.streaming import ENCODERS, StreamingCodec, StreamingEncode
+from gopflow.errors import EncoderError, InputError, UsageError
+from gopflow.media.ffmpeg import (
+    feed_process,
+    find_ffmpeg,
+    restore_writer_command,
+    scaled_encode_command,
+)
+from gopflow.media.probe import probe
+from gopflow.media.reader import GopReader, frame_bytes
+from gopflow.quality.hull import RatePoint
+from gopflow.quality.vmaf import vmaf_scores
+from gopflow.types import GopSpec
+
+DEFAULT_HEIGHTS = (1080, 720, 540, 432, 360, 270, 216)
+DEFAULT_CRFS: dict[str, tuple[float, ...]] = {
+    # Low enough at the top to reach VMAF 95 on detailed clips (x264 CRF 18 at 540p gave
+    # 94.7 on flower_960x540), high enough at the bottom for a ~150 kbit/s floor.
+    "x264": (16, 21, 26, 31, 37),
+    "x265": (18, 23, 28, 33, 39),
+    "svtav1": (22, 30, 38, 46, 55),
+}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The grid's points and what they cost (wall seconds of encoding and of scoring)."""
+
+    points: tuple[RatePoint, ...]
+    frames: int
+    encode_seconds: float
+    vmaf_seconds: float
+    wall_seconds: float
+
+
+def ladder_heights(
+    source_height: int, heights: Sequence[int] = DEFAULT_HEIGHTS
+) -> tuple[int, ...]:
+    """The even probe heights no taller than the source, plus the source's own height
+    (one row less if odd: 4:2:0 needs even sizes)."""
+    kept = {h - h % 2 for h in (*heights, source_height) if 2 <= h <= source_height}
+    return tuple(sorted(kept, reverse=True))
+
+
+def scaled_width(width: int, height: int, target_height: int) -> int:
+    """The even width that keeps ``width``:``height`` at ``target_height`` (the source's
+    own width, less one column if odd, at its own height)."""
+    if target_height >= height - 1:
+        return max(2, width - width % 2)
+    return max(2, round(width * target_height / height / 2) * 2)
+
+
+def _reference(
+    source: str, ranges: Sequence[tuple[int, int]], folder: str, exe: str
+) -> list[tuple[str, int]]:
+    """Each frame range of ``source`` as a lossless FFV1 file: (path, frames)."""
+    info = probe(source)
+    out: list[tuple[str, int]] = []
+    with GopReader(info.path, info.stream_index, info.read_mode) as reader:
+        for number, (start, count) in enumerate(ranges):
+            path = os.path.join(folder, f"ref_{number}.mkv")
+            gop = GopSpec(index=number, start_frame=start, frame_count=count, start_pts=None,
+                          scene_cut=False)
+            pix_fmt = "yuv420p"
+            command = restore_writer_command(
+                path, ".mkv", width=info.width, height=info.height, fps=info.fps,
+                pix_fmt=pix_fmt, exe=exe,
+            )
+            chunks = (frame_bytes(frame, pix_fmt) for frame in reader.read(gop))
+            code, reason = feed_process(command, chunks, os.path.join(folder, "ref.log"))
+            if code != 0:
+                raise EncoderError(f"writing the probe reference failed: {reason}")
+            out.append((path, count))
+    return out
+
+
+def _packet_bytes(path: str) -> int:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return sum(p.size for p in container.demux(stream) if p.size)
+
+
+def probe_grid(
+    source: str,
+    ranges: Sequence[tuple[int, int]] | None = None,
+    *,
+    codec: StreamingCodec = "x264",
+    heights: Sequence[int] = DEFAULT_HEIGHTS,
+    crfs: Sequence[float] | None = None,
+    preset: str | None = None,
+    scaler: str = "lanczos",
+    threads: int | None = None,
+    workers: int = 1,
+) -> ProbeResult:
+    """Encode ``ranges`` of ``source`` ((first frame, frame count) pairs; default: the
+    first 4 seconds) at every (height, CRF) of the grid and score each with VMAF at the
+    source size. ``workers`` grid points run at once, each encode and score with
+    ``threads`` threads (default: the CPUs over ``workers``)."""
+    began = time.perf_counter()
+    if codec not in ENCODERS:
+        raise UsageError(f"unknown codec {codec!r}; choose x264, x265 or svtav1")
+    tool = find_ffmpeg()
+    tool.require(encoders=[ENCODERS[codec]], filters=["libvmaf", "scale"])
+    info = probe(source)
+    if ranges is None:
+        ranges = [(0, min(info.frame_count, max(1, round(4 * info.fps))))]
+    for start, count in ranges:
+        if start < 0 or count < 1 or start + count > info.frame_count:
+            raise UsageError(
+                f"probe range ({start}, {count}) lies outside the source's "
+                f"{info.frame_count} frames"
+            )
+    if workers < 1:
+        raise UsageError("workers must be at least 1")
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    crfs = tuple(crfs if crfs is not None else DEFAULT_CRFS[codec])
+    grid = [(h, c) for h in ladder_heights(info.height, heights) for c in crfs]
+    frames = sum(count for _, count in ranges)
+    seconds = frames / float(info.fps)
+    encode_time = vmaf_time = 0.0
+    with tempfile.TemporaryDirectory(prefix="gopflow-probe-") as folder:
+        references = _reference(source, ranges, folder, tool.path)
+
+        def run(point: tuple[int, float]) -> tuple[RatePoint, float, float]:
+            height, crf = point
+            width = scaled_width(info.width, info.height, height)
+            settings = StreamingEncode(codec=codec, preset=preset, crf=crf, threads=threads)
+            total_bytes, weighted, enc, score = 0, 0.0, 0.0, 0.0
+            for number, (reference, count) in enumerate(references):
+                output = os.path.join(folder, f"p_{height}_{crf:g}_{number}.mp4")
+                same = (width, height) == (info.width, info.height)
+                command = scaled_encode_command(
+                    reference, output, width=0 if same else width, height=0 if same else height,
+                    scaler=scaler, encoder=settings.options(), exe=tool.path,
+                )
+                tick = time.perf_counter()
+                done = subprocess.run(command, capture_output=True, text=True)
+                enc += time.perf_counter() - tick
+                if done.returncode != 0:
+                    last = (done.stderr.strip().splitlines() or ["?"])[-1]
+                    raise EncoderError(f"probe encode {codec} {height}p CRF {crf:g}: {last}")
+                total_bytes += _packet_bytes(output)
+                tick = time.perf_counter()
+                scores = vmaf_scores(reference, output, ("vmaf",), scale=not same,
+                                     threads=threads)
+                score += time.perf_counter() - tick
+                weighted += scores.summary()["vmaf"].mean * count
+                os.unlink(output)
+            kbps = total_bytes * 8 / seconds / 1000
+            return RatePoint(width, height, float(crf), kbps, weighted / frames), enc, score
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(run, grid))
+    if not results:
+        raise InputError(f"nothing to probe in {source}")
+    points = tuple(r[0] for r in results)
+    encode_time = sum(r[1] for r in results)
+    vmaf_time = sum(r[2] for r in results)
+    return ProbeResult(points, frames, round(encode_time, 3), round(vmaf_time, 3),
+                       round(time.perf_counter() - began, 3))
