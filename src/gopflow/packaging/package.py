@@ -28,8 +28,6 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
-import av
-
 from gopflow.errors import CorruptInputError, InputError, OutputError, UsageError
 from gopflow.fileio import atomic_write_bytes
 from gopflow.media.ffmpeg import cmaf_audio_command, cmaf_video_command, find_ffmpeg
@@ -61,7 +59,8 @@ class RungSource:
 @dataclass(frozen=True)
 class AudioSource:
     """Where the audio rendition comes from: stream ``stream_index`` of ``path``, which
-    starts ``offset_seconds`` after the source's first video frame (negative: before)."""
+    starts ``offset_seconds`` after the source's first video frame (negative: before; from
+    a probe: ``info.audio[i].start_seconds - info.start_seconds``)."""
 
     path: str
     stream_index: int
@@ -378,18 +377,4 @@ def package_ladder(
         if os.path.isdir(temp):
             with contextlib.suppress(OSError):
                 shutil.rmtree(temp)
-
-
-def stream_offset_seconds(source: str, video_stream: int, audio_stream: int) -> float:
-    """How long after the source's video stream its audio stream starts (seconds)."""
-    with av.open(source) as container:
-        video = container.streams[video_stream]
-        sound = container.streams[audio_stream]
-
-        def start(stream: Any) -> float:
-            if stream.start_time is None:
-                return 0.0
-            return float(stream.start_time * stream.time_base)
-
-        return start(sound) - start(video)
 
