@@ -54,7 +54,7 @@ def add_transcode_options(tr: argparse.ArgumentParser) -> None:
     enc = tr.add_argument_group("encoding")
     enc.add_argument(
         "--codec", choices=CODECS,
-        help="x264/x265 through ffmpeg, or a learned codec writing a .gflv file: dvc (DVC), "
+        help="x264/x265/svtav1 through ffmpeg, or a learned codec writing a .gflv file: dvc (DVC), "
         "fvc (FVC), intra (learned image codec on every frame) (default: x264)",
     )
     enc.add_argument(
@@ -97,14 +97,28 @@ def add_transcode_options(tr: argparse.ArgumentParser) -> None:
     )
     rate = enc.add_mutually_exclusive_group()
     rate.add_argument(
-        "--crf", type=float, help="constant rate factor 0-51 (default: 23 x264, 28 x265)"
+        "--crf", type=float,
+        help="constant rate factor 0-51, 0-63 for svtav1 (default: 23 x264, 28 x265, 35 svtav1)"
     )
     rate.add_argument(
         "--bitrate", help="average bitrate with VBV, e.g. 3000k or 3M"
     )
-    enc.add_argument("--maxrate", help="VBV max rate (default: --bitrate)")
+    enc.add_argument(
+        "--maxrate",
+        help="VBV max rate (default: --bitrate); with CRF, caps it (capped CRF, as streaming "
+        "wants)",
+    )
     enc.add_argument("--bufsize", help="VBV buffer (default: 2x maxrate)")
-    enc.add_argument("--preset", help="x264/x265 preset (default: medium)")
+    enc.add_argument(
+        "--height", type=int,
+        help="scale down (Lanczos) to this height, the width in proportion and even "
+        "(default: the source's size; never scales up)",
+    )
+    enc.add_argument(
+        "--preset",
+        help="x264/x265 preset (default: medium); svtav1: 0-13 or an x264 name mapped onto it "
+        "(medium is 7)",
+    )
     enc.add_argument("--pix-fmt", help="output pixel format (default: yuv420p)")
     enc.add_argument(
         "--encoder-threads",

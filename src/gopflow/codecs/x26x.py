@@ -1,4 +1,4 @@
-"""x264/x265 hand-off through the ffmpeg CLI.
+"""x264/x265/SVT-AV1 hand-off through the ffmpeg CLI.
 
 Data flow: decoded frames -> packed planar bytes on ffmpeg's stdin (``-f rawvideo``) ->
 [pad odd sizes to even, edge pixels replicated] -> libx264/libx265 -> an MP4 segment in a
@@ -29,13 +29,21 @@ from gopflow.media.ffmpeg import (
 from gopflow.media.reader import check_frame_size, feed_format, frame_bytes
 from gopflow.types import GopSpec, ReadMode, SourceFormat
 
-ENCODER_NAMES = {"x264": "libx264", "x265": "libx265"}
+ENCODER_NAMES = {"x264": "libx264", "x265": "libx265", "svtav1": "libsvtav1"}
 PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast",
     "medium", "slow", "slower", "veryslow", "placebo",
 )
-DEFAULT_CRF = {"x264": 23.0, "x265": 28.0}
-"""Each encoder's own default CRF (x265's scale sits about 5 above x264's for equal quality)."""
+DEFAULT_CRF = {"x264": 23.0, "x265": 28.0, "svtav1": 35.0}
+"""Each encoder's own default CRF (x265's scale sits about 5 above x264's for equal quality;
+SVT-AV1's runs 0-63)."""
+MAX_CRF = {"x264": 51.0, "x265": 51.0, "svtav1": 63.0}
+SVTAV1_PRESETS = {
+    "ultrafast": 12, "superfast": 11, "veryfast": 10, "faster": 9, "fast": 8,
+    "medium": 7, "slow": 5, "slower": 4, "veryslow": 2, "placebo": 1,
+}
+"""SVT-AV1 takes a preset number (0 slowest .. 13 fastest): x264's names map onto it, and a
+number is taken as it is."""
 PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 
 
@@ -48,7 +56,7 @@ class EncodeSettings:
     (``maxrate`` default: the bitrate; ``bufsize`` default: twice the maxrate).
     """
 
-    codec: Literal["x264", "x265"] = "x264"
+    codec: Literal["x264", "x265", "svtav1"] = "x264"
     preset: str = "medium"
     crf: float | None = None
     bitrate_kbps: int | None = None
@@ -58,22 +66,34 @@ class EncodeSettings:
     threads: int = 1
     keyint: int = 250
     lookahead_tail: int = 0
+    height: int | None = None
+    """Scale each picture down (Lanczos) to this height, the width in proportion (even);
+    None, or a height at or above the source's, keeps the source's size."""
 
     def __post_init__(self) -> None:
         if self.codec not in ENCODER_NAMES:
-            raise UsageError(f"unknown codec {self.codec!r}; choose x264 or x265")
-        if self.preset not in PRESETS:
+            raise UsageError(f"unknown codec {self.codec!r}; choose {', '.join(ENCODER_NAMES)}")
+        if self.codec == "svtav1":
+            if not (self.preset in SVTAV1_PRESETS or (self.preset.isdigit()
+                    and 0 <= int(self.preset) <= 13)):
+                raise UsageError(f"unknown SVT-AV1 preset {self.preset!r}: 0-13 or one of "
+                                 f"{', '.join(SVTAV1_PRESETS)}")
+        elif self.preset not in PRESETS:
             raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.height is not None and self.height < 2:
+            raise UsageError(f"the output height must be at least 2, got {self.height}")
         if self.pix_fmt not in PIX_FMTS:
             raise UsageError(
                 f"unsupported pixel format {self.pix_fmt!r}; use {', '.join(PIX_FMTS)}"
             )
         if self.bitrate_kbps is None:
-            if self.maxrate_kbps is not None or self.bufsize_kbps is not None:
-                raise UsageError("--maxrate/--bufsize need --bitrate")
+            # CRF, capped by --maxrate/--bufsize when given (streaming's capped VBR).
+            if self.bufsize_kbps is not None and self.maxrate_kbps is None:
+                raise UsageError("--bufsize needs --maxrate or --bitrate")
             crf = DEFAULT_CRF[self.codec] if self.crf is None else float(self.crf)
-            if not 0 <= crf <= 51:
-                raise UsageError(f"--crf must be between 0 and 51, got {crf:g}")
+            if not 0 <= crf <= MAX_CRF[self.codec]:
+                raise UsageError(f"--crf must be between 0 and {MAX_CRF[self.codec]:g} for "
+                                 f"{self.codec}, got {crf:g}")
             object.__setattr__(self, "crf", crf)
         elif self.crf is not None:
             raise UsageError("--crf and --bitrate are alternatives: give one")
@@ -129,7 +149,11 @@ def _rate_args(settings: EncodeSettings) -> dict[str, str]:
         }
     # EncodeSettings resolves the codec's default CRF when it is made.
     assert settings.crf is not None
-    return {"crf": f"{settings.crf:g}"}
+    rate = {"crf": f"{settings.crf:g}"}
+    if settings.maxrate_kbps:
+        rate.update(maxrate=f"{settings.maxrate_kbps}k",
+                    bufsize=f"{settings.bufsize_kbps or 2 * settings.maxrate_kbps}k")
+    return rate
 
 
 def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> dict[str, str]:
@@ -162,7 +186,32 @@ def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> dict[str, st
             "x265-params": ":".join(params),
             "tag:v": "hvc1",
         }
-    raise UsageError(f"unknown codec {settings.codec!r}; choose x264 or x265")
+    if settings.codec == "svtav1":
+        preset = SVTAV1_PRESETS.get(settings.preset, settings.preset)
+        return {
+            "c:v": "libsvtav1",
+            "preset": str(preset),
+            "g": str(settings.keyint),
+            # lp: the encoder's thread pool, fixed like x264's threads; closed key frames.
+            "svtav1-params": f"lp={threads}:irefresh-type=2",
+        }
+    raise UsageError(f"unknown codec {settings.codec!r}; choose {', '.join(ENCODER_NAMES)}")
+
+
+def scaled_size(width: int, height: int, target: int | None) -> tuple[int, int] | None:
+    """The even size a picture of ``width`` x ``height`` is scaled to for a ``target``
+    height, or None when it is not scaled (no target, or one at or above ``height``)."""
+    if target is None or target >= height:
+        return None
+    out_height = max(2, target - target % 2)
+    out_width = max(2, round(width * out_height / height / 2) * 2)
+    return out_width, out_height
+
+
+def output_size(width: int, height: int, settings: EncodeSettings) -> tuple[int, int]:
+    """The picture size a GOP of a ``width`` x ``height`` source is coded at."""
+    return scaled_size(width, height, settings.height) or coded_size(width, height,
+                                                                     settings.pix_fmt)
 
 
 # Colour primaries x265 refuses ("Color Primaries must be ..."); x264 takes them all.
@@ -192,6 +241,9 @@ def build_command(
     Assembled by :func:`gopflow.media.ffmpeg.encode_raw_command`; here: the codec's part.
     """
     pad_to: tuple[int, int] | None = coded_size(source.width, source.height, settings.pix_fmt)
+    scaled = scaled_size(source.width, source.height, settings.height)
+    if scaled is not None:
+        pre_filters = [*pre_filters, f"scale={scaled[0]}:{scaled[1]}:flags=lanczos"]
     if any(f.startswith("scale=") for f in pre_filters):
         # A precoder's scaler already chose an even coded size.
         pad_to = None
@@ -216,11 +268,12 @@ def build_command(
 
 
 class FfmpegEncoder:
-    """Runs libx264/libx265 in ffmpeg."""
+    """Runs libx264/libx265/libsvtav1 in ffmpeg."""
 
     def __init__(self, settings: EncodeSettings) -> None:
         if settings.codec not in ENCODER_NAMES:
-            raise UsageError(f"unknown codec {settings.codec!r}; choose x264 or x265")
+            raise UsageError(f"unknown codec {settings.codec!r}; choose "
+                             f"{', '.join(ENCODER_NAMES)}")
         self.settings = settings
 
     def encode_gop(

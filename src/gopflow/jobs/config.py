@@ -183,6 +183,7 @@ class TranscodeOptions:
     pix_fmt: str | None = None
     encoder_threads: int = 1
     lookahead_tail: int | None = None
+    height: int | None = None
     quality: int | None = None
     registry: str | None = None
     adaptive_intra: bool | None = None
@@ -235,6 +236,11 @@ class TranscodeOptions:
         if qro is not None and self.crf is not None:
             raise UsageError("--crf and a QRO target cannot both apply: QRO chooses each GOP's "
                              "CRF; drop --crf")
+        if qro is not None and self.codec not in ("x264", "x265"):
+            raise UsageError("QRO works with x264 and x265")
+        if qro is not None and self.height is not None:
+            raise UsageError("--height and a QRO target cannot both apply: QRO chooses each "
+                             "GOP's scale")
         if qro is not None and self.bitrate is not None:
             raise UsageError("--bitrate and a QRO target cannot both apply; for a rate budget "
                              "use --max-bitrate")
@@ -252,6 +258,7 @@ class TranscodeOptions:
                 pix_fmt=self.pix_fmt or "yuv420p",
                 threads=self.encoder_threads,
                 lookahead_tail=0 if self.lookahead_tail is None else self.lookahead_tail,
+                height=self.height,
             )
         return TranscodeConfig(
             input=input_path,
@@ -290,7 +297,8 @@ class TranscodeOptions:
         encoder_only = {
             "--crf": self.crf, "--bitrate": self.bitrate, "--maxrate": self.maxrate,
             "--bufsize": self.bufsize, "--preset": self.preset, "--pix-fmt": self.pix_fmt,
-            "--lookahead-tail": self.lookahead_tail, "--target-vmaf": self.target_vmaf,
+            "--lookahead-tail": self.lookahead_tail, "--height": self.height,
+            "--target-vmaf": self.target_vmaf,
             "--target-vmaf-neg": self.target_vmaf_neg, "--target-psnr": self.target_psnr,
             "--max-bitrate": self.max_bitrate, "--decisions": self.decisions,
             "--save-decisions": self.save_decisions, "--plot": self.plot,

@@ -32,7 +32,7 @@ from gopflow.codecs.learned.bitstream import (
     units_from_bytes,
     write_stream,
 )
-from gopflow.codecs.x26x import ENCODER_NAMES, GopTask, coded_size
+from gopflow.codecs.x26x import ENCODER_NAMES, GopTask, output_size
 from gopflow.errors import FrameCountError, GopflowError, InputError, OutputError, UsageError
 from gopflow.fileio import atomic_write_json
 from gopflow.jobs.config import TranscodeConfig, TranscodeOptions
@@ -220,7 +220,7 @@ class EncoderJob:
         segments = [workdir.segment_path(g.index) for g in gops]
         tags = source_tags(info)
         if config.qro is None:
-            expected = coded_size(info.width, info.height, config.settings.pix_fmt)
+            expected = output_size(info.width, info.height, config.settings)
             check = assemble(segments, info, config.output, workdir.path, expected,
                              copy_audio=config.copy_audio, tags=tags)
         else:
