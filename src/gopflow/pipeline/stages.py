@@ -28,7 +28,7 @@ from gopflow.codecs.learned.api import CodedFrame, LearnedVideoCodec
 from gopflow.codecs.learned.bitstream import GopExtent, Unit, read_gop
 from gopflow.codecs.x26x import FfmpegEncoder, GopTask
 from gopflow.errors import FrameCountError
-from gopflow.media.reader import ReaderCache
+from gopflow.media.reader import ReaderCache, check_frame_size
 from gopflow.types import EncodedGop, GopSpec, ReadMode
 
 
@@ -121,14 +121,25 @@ def psnr_rgb(sources: Sequence[np.ndarray], recon: Sequence[np.ndarray]) -> floa
 
 @dataclass(frozen=True)
 class LearnedGopTask:
-    """One GOP to code: where its frames are, the quality and the intra offset."""
+    """One GOP to code: where its frames are, the stream's size (as probed: every frame must
+    have it), the quality and the intra offset."""
 
     input_path: str
     stream_index: int
     read_mode: ReadMode
     gop: GopSpec
+    width: int
+    height: int
     quality: int
     intra_offset: int = 0
+
+
+def sized_frames(frames: Iterable[Any], width: int, height: int) -> Iterator[Any]:
+    """``frames``, each checked to be ``width`` x ``height`` (a stream that changes size
+    mid-way is refused, as in the x264/x265 path, before its frames are coded)."""
+    for frame in frames:
+        check_frame_size(frame, width, height)
+        yield frame
 
 
 class LearnedEncodeStage:
@@ -142,7 +153,7 @@ class LearnedEncodeStage:
         started = time.perf_counter()
         gop = task.gop
         reader = self._readers.reader(task.input_path, task.stream_index, task.read_mode)
-        sources = rgb_frames(reader.read(gop))
+        sources = rgb_frames(sized_frames(reader.read(gop), task.width, task.height))
         coded = self.codec.encode_gop(sources, task.quality, task.intra_offset)
         if len(coded.frames) != gop.frame_count or len(coded.recon) != gop.frame_count:
             raise FrameCountError(

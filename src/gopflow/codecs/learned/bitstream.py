@@ -84,6 +84,14 @@ MAX_PIXELS = 1 << 25
 """The largest frame area (``width x height``) a stream may declare: 33.5 million pixels,
 8K UHD (7680 x 4320) fits. A decoder allocates frames and latents from the header's size,
 so a header must not be able to ask for more before any unit is read."""
+
+
+def frame_size_fits(width: int, height: int) -> bool:
+    """Whether a stream may declare ``width`` x ``height`` frames (:data:`MAX_SIDE`,
+    :data:`MAX_PIXELS`): what a transcode to .gflv checks before it codes anything."""
+    return max(width, height) <= MAX_SIDE and width * height <= MAX_PIXELS
+
+
 MIN_UNIT = _UNIT.size + _CRC.size
 """Bytes of the smallest unit (an empty payload): a header's frame count must fit the file."""
 _READ_CHUNK = 1 << 20
@@ -174,7 +182,7 @@ class StreamHeader:
             )
         if self.fps <= 0:
             raise UsageError(f"frame rate must be positive, got {self.fps}")
-        if max(self.width, self.height) > MAX_SIDE or self.width * self.height > MAX_PIXELS:
+        if not frame_size_fits(self.width, self.height):
             raise UsageError(
                 f"a {self.width}x{self.height} frame is too large for a stream (at most "
                 f"{MAX_SIDE} a side and {MAX_PIXELS} pixels)"
