@@ -102,24 +102,26 @@ def start_ray_node(ray: str, temp_root: str, name: str, *args: str) -> subproces
 def stop_ray_node(process: subprocess.Popen[bytes]) -> None:
     """Stop one node this fixture started, and nothing else: its process group (``ray start``,
     the GCS, the raylet, the agents), then any of its descendants that left the group (Ray's
-    workers run in groups of their own)."""
+    workers run in groups of their own). SIGTERM gets 5 s, then SIGKILL: ``ray start
+    --block`` waits about 30 s for its GCS to shut down gracefully, which a test's throwaway
+    node does not need."""
     import psutil
 
     try:
         descendants = psutil.Process(process.pid).children(recursive=True)
     except psutil.Error:
         descendants = []
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
         for child in descendants:
             with contextlib.suppress(psutil.Error):
                 child.send_signal(sig)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             continue
-        _, alive = psutil.wait_procs(descendants, timeout=30)
+        _, alive = psutil.wait_procs(descendants, timeout=grace)
         if not alive:
             return
     process.wait()
