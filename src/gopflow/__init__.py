@@ -9,6 +9,7 @@ into one file. The public API mirrors the command line, option for option::
     report = gopflow.transcode("in.mp4", "out.mp4", codec="x265", crf=24)
     report = gopflow.transcode("in.mp4", "out.mkv", target_vmaf=93)
     batch = gopflow.batch(["a.mp4", "videos/"], "out/", codec="x264", crf=23)
+    ladder = gopflow.ladder("in.mp4", "ladder/", codec="x264")
     gopflow.transcode("in.mp4", "out.gflv", codec="dvc", quality=4)
     gopflow.decode("out.gflv", "decoded.y4m")
     gopflow.restore("out.mkv", "viewer.mkv")
@@ -29,12 +30,14 @@ if TYPE_CHECKING:
 
     from gopflow.jobs.batch import BatchReport
     from gopflow.jobs.decode import DecodeResult
+    from gopflow.jobs.ladder import LadderReport
     from gopflow.jobs.restore import RestoreResult
     from gopflow.types import TranscodeReport, VideoInfo
 
 __version__ = "0.1.0"
 __all__ = [
-    "GopflowError", "__version__", "batch", "compare", "decode", "probe", "restore", "transcode",
+    "GopflowError", "__version__", "batch", "compare", "decode", "ladder", "probe", "restore",
+    "transcode",
 ]
 
 
@@ -61,6 +64,14 @@ def batch(inputs: str | Sequence[str], output_dir: str, **options: Any) -> Batch
     from gopflow.jobs.batch import batch as run
 
     return run(inputs, output_dir, **options)
+
+
+def ladder(input: str, output_dir: str, **options: Any) -> LadderReport:
+    """A per-title streaming ladder of ``input`` in ``output_dir`` (HLS + DASH), with
+    ``gopflow ladder``'s options by name (``codec="svtav1"``, ``rungs=6``, ...)."""
+    from gopflow.jobs.ladder import ladder as run
+
+    return run(input, output_dir, **options)
 
 
 def decode(input: str, output: str, **options: Any) -> DecodeResult:

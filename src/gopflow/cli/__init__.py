@@ -18,6 +18,7 @@ from typing import NoReturn
 from gopflow import __version__
 from gopflow.cli.batch import add_batch_parser, run_batch_command
 from gopflow.cli.compare import add_compare_parser, run_compare
+from gopflow.cli.ladder import add_ladder_parser, run_ladder_command
 from gopflow.cli.train import add_train_parser, run_train
 from gopflow.cli.transcode import add_transcode_parser, run_transcode_command
 from gopflow.errors import GopflowError
@@ -31,6 +32,7 @@ EPILOG = """examples:
   gopflow transcode input.mp4 -o out.mkv --target-vmaf 93 --report r.json --plot r.png
   gopflow batch videos/ -o out/ --codec x265 --crf 24                  # every video under videos/
   gopflow batch videos/ -o out/ --resume                                # after a crash/Ctrl-C
+  gopflow ladder input.mp4 -o ladder/ --codec x264 --plot hull.png      # HLS + DASH ladder
   gopflow restore out.mkv -o viewer.mkv                                 # full size and rate
   gopflow transcode input.mp4 -o out.gflv --codec dvc --quality 4      # learned codec
   gopflow decode out.gflv -o decoded.y4m                                # exact frames
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("input", metavar="INPUT", help="video file")
     add_transcode_parser(commands, EPILOG)
     add_batch_parser(commands, EPILOG)
+    add_ladder_parser(commands, EPILOG)
     restore = commands.add_parser(
         "restore",
         help="full-size, full-rate video from a gopflow output",
@@ -184,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "probe": _probe,
         "transcode": run_transcode_command,
         "batch": run_batch_command,
+        "ladder": run_ladder_command,
         "restore": _restore,
         "decode": _decode,
         "demo": _demo,

@@ -412,6 +412,106 @@ class BatchOptions:
         return self.transcode.resume
 
 
+LADDER_CODECS = tuple(ENCODER_NAMES)
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """A resolved ladder request (defaults applied, values checked)."""
+
+    input: str
+    output_dir: str
+    codec: str
+    preset: str
+    probe_preset: str
+    rungs: int | None
+    max_height: int | None
+    top_vmaf: float
+    floor_kbps: int
+    max_kbps: int | None
+    segment_seconds: float
+    audio: bool
+    plan: PlanOptions
+    run: RunOptions
+    report: str | None
+    plot: str | None
+
+
+@dataclass(frozen=True)
+class LadderOptions:
+    """``gopflow ladder``'s options by flag name; ``None`` means "not given"."""
+
+    codec: str = "x264"
+    preset: str | None = None
+    probe_preset: str | None = None
+    rungs: int | None = None
+    max_height: int | None = None
+    top_vmaf: float = 95.0
+    floor_bitrate: int | float | str = "150k"
+    max_bitrate: int | float | str | None = None
+    segment_seconds: float = 4.0
+    scene_threshold: float = DEFAULT_SCENE_THRESHOLD
+    scene_detect: bool = True
+    audio: bool = True
+    ray_address: str | None = None
+    workers: int | None = None
+    retries: int = 2
+    work_dir: str | None = None
+    resume: bool = False
+    keep_work: bool = False
+    progress: bool | None = None
+    report: str | None = None
+    plot: str | None = None
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> LadderOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UsageError(f"unknown ladder option(s): {', '.join(unknown)}")
+        return cls(**options)
+
+    def resolve(self, input_path: str, output_dir: str) -> LadderConfig:
+        if self.codec not in LADDER_CODECS:
+            raise UsageError(f"a ladder codec is one of {', '.join(LADDER_CODECS)}, "
+                             f"not {self.codec!r}")
+        if self.rungs is not None and not 1 <= self.rungs <= 12:
+            raise UsageError(f"--rungs must be 1 to 12, got {self.rungs}")
+        if self.max_height is not None and self.max_height < 16:
+            raise UsageError(f"--max-height must be at least 16, got {self.max_height}")
+        if not 50 <= self.top_vmaf <= 100:
+            raise UsageError(f"--top-vmaf must be 50 to 100, got {self.top_vmaf:g}")
+        if not 1 <= self.segment_seconds <= 20:
+            raise UsageError(f"--segment-seconds must be 1 to 20, got {self.segment_seconds:g}")
+        floor = parse_bitrate(self.floor_bitrate, "--floor-bitrate")
+        ceiling = None if self.max_bitrate is None else parse_bitrate(self.max_bitrate,
+                                                                      "--max-bitrate")
+        if ceiling is not None and ceiling <= floor:
+            raise UsageError("--max-bitrate must be above --floor-bitrate")
+        preset = self.preset or "medium"
+        # Probe with the preset the rungs are encoded with: CRF -> bitrate depends on it.
+        probe_preset = self.probe_preset or preset
+        for name in (preset, probe_preset):
+            EncodeSettings(codec=self.codec, preset=name)  # type: ignore[arg-type]
+        if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+            raise UsageError(f"-o {output_dir} is a file; a ladder is written into a folder")
+        if os.path.abspath(output_dir) in (os.path.abspath(input_path), os.sep):
+            raise UsageError(f"-o {output_dir} cannot hold the ladder")
+        # Segments hold whole GOPs: GOPs of at most half a segment keep them near its length.
+        gop_seconds = self.segment_seconds / 2
+        return LadderConfig(
+            input=input_path, output_dir=output_dir, codec=self.codec, preset=preset,
+            probe_preset=probe_preset, rungs=self.rungs, max_height=self.max_height,
+            top_vmaf=self.top_vmaf, floor_kbps=floor, max_kbps=ceiling,
+            segment_seconds=self.segment_seconds, audio=self.audio,
+            plan=PlanOptions(gop_seconds, min(0.5, gop_seconds), self.scene_detect,
+                             self.scene_threshold),
+            run=RunOptions(self.ray_address, self.workers, self.retries, self.work_dir,
+                           self.resume, self.keep_work, self.progress),
+            report=self.report, plot=self.plot,
+        )
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """A ``gopflow decode`` request: a .gflv file to Y4M, MP4 or MKV."""

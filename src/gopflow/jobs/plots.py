@@ -1,4 +1,5 @@
-"""Plots of a transcode report: per-GOP bitrate, quality and QRO decisions over time.
+"""Plots: a transcode report's per-GOP bitrate, quality and QRO decisions over time; a
+ladder's probe curves, hull and rungs.
 
 Data flow: :class:`TranscodeReport` -> matplotlib (Agg, no display) -> PNG written to a temp
 name, then renamed.
@@ -7,6 +8,7 @@ name, then renamed.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from gopflow.types import TranscodeReport
 
@@ -50,6 +52,44 @@ def plot_gops(report: TranscodeReport, path: str) -> None:
     axis.legend(loc="upper left")
     axis.set_title(os.path.basename(report.output))
     figure.tight_layout()
+    _save(figure, path)
+
+
+def _save(figure: Any, path: str) -> None:
     temp = f"{path}.partial.png"
     figure.savefig(temp, format="png")
     os.replace(temp, path)
+
+
+def plot_hull(ladder: dict[str, Any], path: str) -> None:
+    """Draw a ladder's probe curves (one per height), their upper convex hull and the rungs
+    chosen on it: bitrate (log scale) against VMAF."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 6), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot(1, 1, 1)
+    heights = sorted({p["height"] for p in ladder["points"]}, reverse=True)
+    for height in heights:
+        curve = sorted((p for p in ladder["points"] if p["height"] == height),
+                       key=lambda p: p["kbps"])
+        axis.plot([p["kbps"] for p in curve], [p["vmaf"] for p in curve], marker=".",
+                  linewidth=1, label=f"{height}p")
+    hull = ladder["hull"]
+    axis.plot([p["kbps"] for p in hull], [p["vmaf"] for p in hull], color="black",
+              linewidth=2, label="upper convex hull")
+    rungs = ladder["rungs"]
+    axis.scatter([r["kbps"] for r in rungs], [r["vmaf"] for r in rungs], s=90, marker="D",
+                 color="red", zorder=5, label="rungs")
+    for rung in rungs:
+        axis.annotate(rung.get("name", f"{rung['height']}p"), (rung["kbps"], rung["vmaf"]),
+                      textcoords="offset points", xytext=(6, -12), fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlabel("bitrate (kbit/s)")
+    axis.set_ylabel("VMAF (at the source size)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_title(os.path.basename(ladder.get("input", "")))
+    figure.tight_layout()
+    _save(figure, path)

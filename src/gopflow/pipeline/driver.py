@@ -156,6 +156,9 @@ class GopRequest:
     output: str
     plan: PlanOptions
     resume: bool = False
+    gops: tuple[GopSpec, ...] | None = None
+    """A plan made once for several outputs of one input (a ladder's rungs share their GOPs,
+    so every rendition has its IDRs at the same frames); None: plan this input here."""
 
 
 @dataclass(frozen=True)
@@ -292,7 +295,10 @@ def run_gop_jobs(
         assert video.info is not None and video.workdir is not None
         try:
             planned = video.saved_plan
-            if planned is None:
+            if planned is None and video.request.gops is not None:
+                planned = list(video.request.gops)
+                video.workdir.save_plan(video.info.to_dict(), planned)
+            elif planned is None:
                 planned = plan_video(video.info, video.request.plan, video.stamps)
                 video.workdir.save_plan(video.info.to_dict(), planned)
             video.gops = planned
