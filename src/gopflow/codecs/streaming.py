@@ -20,8 +20,10 @@ CRF_RANGE: dict[str, tuple[int, int]] = {"x264": (0, 51), "x265": (0, 51), "svta
 
 @dataclass(frozen=True)
 class StreamingEncode:
-    """One encoder setting: ``crf`` or a capped average (``kbps`` with ``maxrate_kbps``,
-    ``bufsize_kbps``; defaults 1.5x and 2x the average)."""
+    """One encoder setting: ``crf`` (capped CRF with ``maxrate_kbps``, buffer
+    ``bufsize_kbps``, default twice the cap), or a capped average (``kbps`` with
+    ``maxrate_kbps`` and ``bufsize_kbps``; defaults 1.5x and 2x the average; SVT-AV1 caps
+    only CRF encodes, so its average is plain VBR)."""
 
     codec: StreamingCodec = "x264"
     preset: str | None = None
@@ -67,6 +69,9 @@ class StreamingEncode:
                 "scd=0", "irefresh-type=2", f"lp={self.threads}"])})
         if self.crf is not None:
             opts["crf"] = f"{self.crf:g}"
+            if self.maxrate_kbps is not None:
+                opts["maxrate"] = f"{self.maxrate_kbps}k"
+                opts["bufsize"] = f"{self.bufsize_kbps or 2 * self.maxrate_kbps}k"
         elif self.codec == "svtav1":
             # SVT-AV1 caps only CRF encodes ("Max Bitrate only supported with CRF mode"):
             # a bitrate is plain VBR; peaks are measured from the files in any case.
