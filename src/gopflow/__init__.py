@@ -41,6 +41,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # ``gopflow.dataset`` (``gopflow.dataset.open(root)``) is imported on first use.
+    if name == "dataset":
+        import gopflow.dataset
+
+        return gopflow.dataset
+    raise AttributeError(f"module 'gopflow' has no attribute {name!r}")
+
+
 def probe(path: str) -> VideoInfo:
     """What gopflow knows of ``path``'s video stream (and its audio streams)."""
     from gopflow.media.probe import probe as probe_video

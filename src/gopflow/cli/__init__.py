@@ -18,6 +18,7 @@ from typing import NoReturn
 from gopflow import __version__
 from gopflow.cli.batch import add_batch_parser, run_batch_command
 from gopflow.cli.compare import add_compare_parser, run_compare
+from gopflow.cli.dataset import add_dataset_parser, run_dataset_command
 from gopflow.cli.ladder import add_ladder_parser, run_ladder_command
 from gopflow.cli.train import add_train_parser, run_train
 from gopflow.cli.transcode import add_transcode_parser, run_transcode_command
@@ -33,6 +34,8 @@ EPILOG = """examples:
   gopflow batch videos/ -o out/ --codec x265 --crf 24                  # every video under videos/
   gopflow batch videos/ -o out/ --resume                                # after a crash/Ctrl-C
   gopflow ladder input.mp4 -o ladder/ --codec x264 --plot hull.png      # HLS + DASH ladder
+  gopflow dataset compress clips/ -o clips.gfd/ --codec x265 --crf 22   # GOP-indexed archive
+  gopflow dataset read clips.gfd/ --video street_01 --frames 120:136 -o clip.y4m
   gopflow restore out.mkv -o viewer.mkv                                 # full size and rate
   gopflow transcode input.mp4 -o out.gflv --codec dvc --quality 4      # learned codec
   gopflow decode out.gflv -o decoded.y4m                                # exact frames
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_transcode_parser(commands, EPILOG)
     add_batch_parser(commands, EPILOG)
     add_ladder_parser(commands, EPILOG)
+    add_dataset_parser(commands, EPILOG, _Parser)
     restore = commands.add_parser(
         "restore",
         help="full-size, full-rate video from a gopflow output",
@@ -188,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "transcode": run_transcode_command,
         "batch": run_batch_command,
         "ladder": run_ladder_command,
+        "dataset": run_dataset_command,
         "restore": _restore,
         "decode": _decode,
         "demo": _demo,

@@ -1,0 +1,213 @@
+"""The dataset job: compress many videos into a GOP-indexed archive on the one driver.
+
+``gopflow dataset compress clips/ -o clips.gfd/`` finds the videos as ``gopflow batch``
+does, runs every video's GOPs through one cluster (:func:`run_gop_jobs`), and as each video
+finishes appends its GOP payloads to the run's shard and keeps its index rows; at the end
+the run's index part is written, then the card (atomically) that makes it part of the
+archive. A video already in the archive (same path, size and SHA-256) is skipped, so a
+second run appends only new videos; a run with other coding settings is refused, so an
+archive never mixes them. A crash leaves the card as it was: the next run with
+``--resume`` reuses every finished GOP from the work dirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gopflow.codecs.x26x import output_size
+from gopflow.dataset.archive import (
+    FORMAT,
+    VERSION,
+    GopRow,
+    ShardWriter,
+    read_card,
+    write_card,
+    write_part,
+)
+from gopflow.errors import GopflowError, InputError, UsageError
+from gopflow.jobs.batch import find_inputs, settings_hash
+from gopflow.jobs.config import TranscodeConfig, TranscodeOptions
+from gopflow.jobs.transcode import EncoderJob
+from gopflow.pipeline.driver import Finished, GopRequest, run_gop_jobs
+from gopflow.pipeline.workdir import WorkDir, claimed, file_sha256
+from gopflow.types import GopRecord, GopSpec, VideoInfo
+
+DATASET_CODECS = ("x264", "x265", "svtav1")
+PER_FILE_ONLY = ("report", "plot", "decisions", "save_decisions", "target_vmaf",
+                 "target_vmaf_neg", "target_psnr", "max_bitrate")
+
+
+class DatasetJob(EncoderJob):
+    """One video of a dataset: its GOPs coded as a transcode would; ``finish`` appends the
+    payloads to the run's shard instead of joining them into a file."""
+
+    def __init__(self, config: TranscodeConfig, video_id: str, shards: ShardWriter) -> None:
+        super().__init__(config)
+        self.video_id = video_id
+        self.shards = shards
+        self.rows: list[GopRow] = []
+        self.label = "dataset"
+
+    def finish(
+        self, info: VideoInfo, gops: list[GopSpec], records: list[GopRecord], workdir: WorkDir
+    ) -> Finished:
+        payloads = []
+        for gop in gops:
+            with open(workdir.segment_path(gop.index), "rb") as handle:
+                payloads.append(handle.read())
+        source_sha = file_sha256(info.path)
+        coded_w, coded_h = output_size(info.width, info.height, self.config.settings)
+        placed = self.shards.append(payloads)
+        self.rows = [
+            GopRow(
+                video_id=self.video_id, source_path=info.path, source_sha256=source_sha,
+                source_bytes=os.path.getsize(info.path), gop_index=gop.index,
+                first_frame=gop.start_frame, frame_count=gop.frame_count, shard=shard,
+                offset=offset, length=length, sha256=hashlib.sha256(data).hexdigest(),
+                codec=self.config.settings.codec, width=min(info.width, coded_w),
+                height=min(info.height, coded_h), coded_width=coded_w, coded_height=coded_h,
+                fps_num=info.fps.numerator, fps_den=info.fps.denominator,
+            )
+            for gop, data, (shard, offset, length) in zip(gops, payloads, placed, strict=True)
+        ]
+        return Finished(sum(g.frame_count for g in gops), sum(len(p) for p in payloads),
+                        coded_w, coded_h)
+
+
+def _video_ids(paths: Sequence[tuple[str, str]], taken: set[str]) -> list[str]:
+    """A unique id per video: its path below the searched folder, without extension."""
+    ids = []
+    for path, relative in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        base = stem if relative == "." else f"{relative}/{stem}"
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}~{n}", n + 1
+        taken.add(name)
+        ids.append(name)
+    return ids
+
+
+def compress(
+    inputs: Sequence[str],
+    output: str,
+    options: TranscodeOptions,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compress ``inputs`` (files, folders, globs) into the archive ``output`` (created, or
+    appended to); return the archive's card."""
+    started = time.perf_counter()
+    given = [name for name in PER_FILE_ONLY if getattr(options, name) is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} does not apply to a dataset")
+    if options.codec not in DATASET_CODECS:
+        raise UsageError(f"a dataset is coded with {', '.join(DATASET_CODECS)}, not "
+                         f"{options.codec!r}")
+    options = dataclasses.replace(options, audio=False)
+    root = os.path.abspath(output)
+    found = find_inputs(inputs)
+    probe_config = options.resolve(found[0][0] if found else "x", os.path.join(root, "x.mp4"))
+    wanted = settings_hash(probe_config)
+    card: dict[str, Any]
+    if os.path.exists(os.path.join(root, "card.json")):
+        card = read_card(root)
+        if card["settings_hash"] != wanted:
+            raise UsageError(f"{output} was compressed with other settings "
+                             f"({card['settings']['encode']}); use a new archive")
+    elif os.path.exists(root) and (not os.path.isdir(root) or set(os.listdir(root))
+                                   - {"shards", "index", ".gopflow-work"}):
+        raise UsageError(f"{output} exists and is not a gopflow dataset")
+    else:
+        card = {"format": FORMAT, "version": VERSION, "settings_hash": wanted,
+                "settings": {"encode": dataclasses.asdict(probe_config.settings),
+                             "plan": dataclasses.asdict(probe_config.plan)},
+                "parts": [], "videos": 0, "gops": 0, "frames": 0, "bytes": 0,
+                "source_bytes": 0}
+    os.makedirs(root, exist_ok=True)
+    known = _known_sources(root, card)
+    todo = []
+    for path, relative in found:
+        try:
+            key = (os.path.abspath(path), os.path.getsize(path))
+        except OSError:
+            raise InputError(f"input not found: {path}") from None
+        if key in known and known[key] == file_sha256(path):
+            continue
+        todo.append((path, relative))
+    say = log or (lambda message: None)
+    say(f"{len(found) - len(todo)} of {len(found)} videos already in {output}")
+    if not todo:
+        return card
+    run_id = uuid.uuid4().hex[:8]
+    shards = ShardWriter(root, f"shard-{run_id}")
+    ids = _video_ids(todo, set(card.get("video_ids", [])))
+    jobs = []
+    requests = []
+    for (path, _), video_id in zip(todo, ids, strict=True):
+        # The name is never written: it keys the video's work dir inside the archive.
+        virtual = os.path.join(root, f".{video_id.replace('/', '__')}.mp4")
+        config = options.resolve(path, virtual)
+        config = dataclasses.replace(config, run=dataclasses.replace(
+            config.run, work_dir=config.run.work_dir or os.path.join(root, ".gopflow-work")))
+        job = DatasetJob(config, video_id, shards)
+        jobs.append(job)
+        requests.append(GopRequest(job, path, virtual, config.plan, config.run.resume))
+    failures: list[str] = []
+    rows: list[GopRow] = []
+    run = requests[0].job.config.run if requests else options.run_options()
+    with claimed() as workdirs:
+        try:
+            outcomes = run_gop_jobs(requests, run, log, label="dataset")
+            with contextlib.closing(outcomes):
+                for outcome in outcomes:
+                    job = jobs[outcome.index]
+                    if outcome.error is not None:
+                        failures.append(f"{todo[outcome.index][0]}: {outcome.error}")
+                        say(f"failed: {todo[outcome.index][0]}: {outcome.error}")
+                        continue
+                    rows.extend(job.rows)
+                    assert outcome.result is not None
+                    if not run.keep_work:
+                        outcome.result.workdir.remove()
+        except GopflowError:
+            raise
+        finally:
+            for workdir in workdirs:
+                workdir.release()
+    if rows:
+        part = write_part(root, f"part-{run_id}", rows)
+        card = {
+            **card,
+            "parts": [*card["parts"], part],
+            "video_ids": sorted({*card.get("video_ids", []),
+                                 *(r.video_id for r in rows)}),
+            "videos": card["videos"] + len({r.video_id for r in rows}),
+            "gops": card["gops"] + len(rows),
+            "frames": card["frames"] + sum(r.frame_count for r in rows),
+            "bytes": card["bytes"] + sum(r.length for r in rows),
+            "source_bytes": card["source_bytes"] + sum(
+                {r.video_id: r.source_bytes for r in rows}.values()),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_card(root, card)
+    say(f"compressed {len(todo) - len(failures)} videos in {time.perf_counter() - started:.1f} s")
+    if failures:
+        raise InputError(f"{len(failures)} of {len(todo)} videos failed (the others are in "
+                         f"the archive): {failures[0]}")
+    return card
+
+
+def _known_sources(root: str, card: dict[str, Any]) -> dict[tuple[str, int], str]:
+    """(path, size) -> SHA-256 of every source already in the archive."""
+    if not card.get("parts"):
+        return {}
+    from gopflow.dataset.archive import Dataset
+
+    return {(r.source_path, r.source_bytes): r.source_sha256 for r in Dataset(root).rows}

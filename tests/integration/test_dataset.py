@@ -1,0 +1,133 @@
+"""``gopflow dataset``: compress on Ray into a GOP-indexed archive, read exact frames by
+decoding only the GOPs a clip needs, append without redoing, refuse mixed settings,
+verify catches damage, feed PyTorch and Ray Data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import make_clip
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dataset") / "clips"
+    root.mkdir()
+    # Lossless sources, coded losslessly (CRF 0): the archive's frames must equal them.
+    make_clip(root / "street.mkv", "-f", "lavfi", "-i",
+              "testsrc2=size=96x64:rate=25:duration=3", "-pix_fmt", "yuv420p", "-c:v", "ffv1")
+    make_clip(root / "field.mkv", "-f", "lavfi", "-i",
+              "mandelbrot=size=64x48:rate=25", "-t", "2", "-pix_fmt", "yuv420p", "-c:v", "ffv1")
+    return root
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gopflow", "dataset", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def _compress(*args: str) -> subprocess.CompletedProcess[str]:
+    return _cli("compress", *args, "--codec", "x264", "--crf", "0", "--preset", "ultrafast",
+                "--no-progress")
+
+
+def _source_frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def archive(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("archive") / "clips.gfd"
+    done = _compress(str(clips / "street.mkv"), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_reads_exact_frames_decoding_only_the_covering_gops(
+    archive: Path, clips: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gopflow
+    import gopflow.dataset.archive as archive_module
+
+    ds = gopflow.dataset.open(str(archive))
+    assert ds.videos == ["street"] and ds.frames("street") == 75
+    gops = [r for r in ds.rows if r.video_id == "street"]
+    assert len(gops) == 3 and all(r.frame_count == 25 for r in gops)  # 1 s GOPs
+    decoded: list[int] = []
+    real = archive_module.decode_gop
+    monkeypatch.setattr(archive_module, "decode_gop",
+                        lambda data: decoded.append(len(data)) or real(data))
+    clip = ds.read("street", 20, 10)  # frames 20-29: GOPs 0 and 1
+    assert clip.shape == (10, 64, 96, 3) and clip.dtype == np.uint8
+    assert len(decoded) == 2
+    np.testing.assert_array_equal(clip, _source_frames(clips / "street.mkv")[20:30])
+    with pytest.raises(gopflow.GopflowError, match="outside"):
+        ds.read("street", 70, 10)
+
+
+def test_append_skips_known_videos_and_refuses_other_settings(
+    archive: Path, clips: Path
+) -> None:
+    before = json.loads((archive / "card.json").read_text())
+    again = _compress(str(clips), "-o", str(archive))  # street again, plus field
+    assert again.returncode == 0, again.stderr
+    after = json.loads((archive / "card.json").read_text())
+    assert after["videos"] == 2 and len(after["parts"]) == len(before["parts"]) + 1
+    assert after["gops"] == before["gops"] + 2  # only field's 2 GOPs were coded
+    mixed = _cli("compress", str(clips), "-o", str(archive), "--crf", "30", "--no-progress")
+    assert mixed.returncode == 2 and "other settings" in mixed.stderr
+    assert len(mixed.stderr.strip().splitlines()) == 1
+    assert json.loads((archive / "card.json").read_text()) == after
+    info = _cli("info", str(archive))
+    assert info.returncode == 0 and info.stdout.startswith("2 videos, 5 GOPs, 125 frames")
+
+
+def test_read_command_and_verify_catch_damage(archive: Path, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.y4m"
+    done = _cli("read", str(archive), "--video", "street", "--frames", "5:15", "-o", str(clip))
+    assert done.returncode == 0, done.stderr
+    assert clip.read_bytes().startswith(b"YUV4MPEG2 W96 H64")
+    assert _cli("verify", str(archive)).returncode == 0
+    copy = tmp_path / "damaged.gfd"
+    subprocess.run(["cp", "-r", str(archive), str(copy)], check=True)
+    shard = next((copy / "shards").glob("*.bin"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    bad = _cli("verify", str(copy))
+    assert bad.returncode != 0 and "damaged" in bad.stderr and "Traceback" not in bad.stderr
+    partial = tmp_path / "partial.gfd"
+    (partial / "shards").mkdir(parents=True)
+    missing = _cli("info", str(partial))
+    assert missing.returncode != 0 and "not a complete gopflow dataset" in missing.stderr
+
+
+def test_torch_and_ray_data_clips(archive: Path) -> None:
+    import torch
+
+    import gopflow
+
+    ds = gopflow.dataset.open(str(archive))
+    loader = torch.utils.data.DataLoader(ds.to_torch(clip_len=8, stride=8), batch_size=4)
+    batch = next(iter(loader))
+    first = ds.videos[0]  # its clips come first; at least 4 of 8 frames each
+    height, width = ds.read(first, 0, 1).shape[1:3]
+    assert batch.shape == (4, 8, height, width, 3)
+    np.testing.assert_array_equal(batch[1].numpy(), ds.read(first, 8, 8))
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        rows = ds.to_ray(clip_len=16, stride=16).take(2)
+    finally:
+        ray.shutdown()
+    assert {(r["video"], r["start"]) for r in rows} <= {(v, s) for v, s in ds.clips(16, 16)}
+    assert np.asarray(rows[0]["frames"]).shape[0] == 16
