@@ -1,4 +1,4 @@
-"""A real browser plays a packaged 2-rung H.264 ladder: headless Chromium (Debian's
+"""A real browser plays packaged 2-rung H.264 and AV1 ladders: headless Chromium (Debian's
 ``chromium``, driven by Playwright through ``executable_path``; nothing downloaded at run
 time) with hls.js and dash.js (npm, installed into tests/browser/node_modules by ``make
 setup``), the ladder served on 127.0.0.1. Each player starts on the low rung, is switched
@@ -39,6 +39,7 @@ PLAYERS = {
 RUNGS = (RungSpec("180p", 320, 180, kbps=250), RungSpec("360p", 640, 360, kbps=900))
 GOP_FRAMES = (60, 45, 75, 60, 60)  # 10 s at 30 fps; segments of whole GOPs, about 2 s
 SECONDS = sum(GOP_FRAMES) / 30
+CODECS = {"x264": "veryfast", "svtav1": "10"}  # avc1 and av01: what browsers' MSE plays
 
 
 def _chromium() -> str:
@@ -60,9 +61,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("playwright.sync_api", reason="playwright not installed (dev extra)")
     root = tmp_path_factory.mktemp("web")
     source = make_source(root / "source.mp4", seconds=SECONDS)
-    rungs = encode_rungs(source, GOP_FRAMES, RUNGS, root / "gops")
-    package_ladder(rungs, str(root / "ladder"), gop_frames=GOP_FRAMES, fps=Fraction(30),
-                   audio=AudioSource(source, 1), segment_seconds=2.0)
+    for codec, preset in CODECS.items():
+        rungs = encode_rungs(source, GOP_FRAMES, RUNGS, root / f"gops-{codec}", codec=codec,
+                             preset=preset)
+        package_ladder(rungs, str(root / f"ladder-{codec}"), gop_frames=GOP_FRAMES,
+                       fps=Fraction(30), audio=AudioSource(source, 1), segment_seconds=2.0)
     for path in (*PLAYERS.values(), ROOT / "player.html"):
         shutil.copy(path, root / path.name)
     handler = functools.partial(_QuietHandler, directory=str(root))
@@ -88,7 +91,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _wait(page, expression: str, timeout: float, what: str) -> None:
+def _wait(page, expression: str, timeout: float, what: str, console: list[str]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if page.evaluate(expression):
@@ -96,12 +99,17 @@ def _wait(page, expression: str, timeout: float, what: str) -> None:
         errors = page.evaluate("result.errors")
         assert not errors, f"player errors while waiting for {what}: {errors}"
         time.sleep(0.1)
-    state = page.evaluate("JSON.stringify({t: video.currentTime, r: result})")
-    raise AssertionError(f"timed out waiting for {what}: {state}")
+    state = page.evaluate(
+        "JSON.stringify({t: video.currentTime, ready: video.readyState, paused: video.paused,"
+        " duration: video.duration, buffered: Array.from({length: video.buffered.length},"
+        " (_, i) => [video.buffered.start(i), video.buffered.end(i)]), r: result})"
+    )
+    raise AssertionError(f"timed out waiting for {what}: {state}; console: {console[-20:]}")
 
 
+@pytest.mark.parametrize("codec", list(CODECS))
 @pytest.mark.parametrize("kind", ["hls", "dash"])
-def test_browser_plays_ladder_and_switches_rungs(served, kind, tmp_path):
+def test_browser_plays_ladder_and_switches_rungs(served, kind, codec, tmp_path):
     from playwright.sync_api import sync_playwright
 
     base = served
@@ -116,16 +124,16 @@ def test_browser_plays_ladder_and_switches_rungs(served, kind, tmp_path):
             console: list[str] = []
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
             page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            page.goto(f"{base}/player.html?kind={kind}")
+            page.goto(f"{base}/player.html?kind={kind}&ladder=ladder-{codec}")
             _wait(page, "video.currentTime > 1.0 && video.videoHeight === 180", 30,
-                  "playback on 180p")
+                  "playback on 180p", console)
             page.evaluate("switchTo(360)")
-            _wait(page, "video.videoHeight === 360", 30, "the switch up to 360p")
-            page.screenshot(path=str(shots / f"ladder-{kind}-playing.png"))
+            _wait(page, "video.videoHeight === 360", 30, "the switch up to 360p", console)
+            page.screenshot(path=str(shots / f"ladder-{codec}-{kind}-playing.png"))
             page.evaluate("switchTo(180)")
             _wait(page, "video.videoHeight === 180 && result.switched.length >= 2", 30,
-                  "the switch down to 180p")
-            _wait(page, "result.ended", SECONDS + 30, "the end of the video")
+                  "the switch down to 180p", console)
+            _wait(page, "result.ended", SECONDS + 30, "the end of the video", console)
             result = page.evaluate("result")
             played = page.evaluate("video.currentTime")
         finally:
@@ -136,5 +144,6 @@ def test_browser_plays_ladder_and_switches_rungs(served, kind, tmp_path):
     heights = [h for _, _, h in result["sizes"]]
     assert 360 in heights and heights[-1] == 180, result["sizes"]
     assert [level[1] for level in result["levels"]] == [180, 360]
-    assert (shots / f"ladder-{kind}-playing.png").stat().st_size > 1000
-    print(json.dumps({"kind": kind, "switched": result["switched"], "sizes": result["sizes"]}))
+    assert (shots / f"ladder-{codec}-{kind}-playing.png").stat().st_size > 1000
+    print(json.dumps({"kind": kind, "codec": codec, "switched": result["switched"],
+                      "sizes": result["sizes"], "levels": result["levels"]}))
