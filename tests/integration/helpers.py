@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -125,3 +126,16 @@ def stop_ray_node(process: subprocess.Popen[bytes]) -> None:
         if not alive:
             return
     process.wait()
+
+
+def slow_ffmpeg(folder: Path, seconds: float = 1.0) -> Path:
+    """An ffmpeg that waits ``seconds`` before every libx264 encode (``GOPFLOW_FFMPEG``), so
+    a test can stop a job part-way."""
+    wrapper = folder / "slow_ffmpeg"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *libx264*) sleep {seconds};; esac\n'
+        f'exec "{ffmpeg_exe()}" "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return wrapper

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -16,9 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import inspect
+from helpers import inspect, slow_ffmpeg
 
-from conftest import ffmpeg_exe, make_clip
+from conftest import make_clip
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +85,6 @@ def test_batch_codes_the_good_files_and_names_the_bad_ones(videos: Path, tmp_pat
     assert not (out / ".gopflow-work").exists() or not any((out / ".gopflow-work").iterdir())
 
 
-def _slow_ffmpeg(tmp_path: Path) -> Path:
-    wrapper = tmp_path / "slow_ffmpeg"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in *libx264*) sleep 0.7;; esac\n'
-        f'exec "{ffmpeg_exe()}" "$@"\n'
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    return wrapper
-
-
 def _gop_events(manifest: Path) -> list[tuple[str, int]]:
     return [(e["output"], e["gop"]) for e in map(json.loads, manifest.read_text().splitlines())
             if e["event"] == "gop"]
@@ -113,7 +101,7 @@ def test_sigkilled_batch_resumes_with_nothing_redone(videos: Path, tmp_path: Pat
 
     out = tmp_path / "out"
     manifest = out / "gopflow-batch.jsonl"
-    env = {**os.environ, "GOPFLOW_FFMPEG": str(_slow_ffmpeg(tmp_path))}
+    env = {**os.environ, "GOPFLOW_FFMPEG": str(slow_ffmpeg(tmp_path, 0.7))}
     killed = subprocess.Popen(
         [sys.executable, "-m", "gopflow", "batch", str(good), "-o", str(out), "--no-progress",
          "--preset", "ultrafast", *options],

@@ -8,26 +8,15 @@ import contextlib
 import glob
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
+from helpers import slow_ffmpeg
 
-from conftest import ffmpeg_exe, make_clip
-
-
-def _slow_ffmpeg(tmp_path: Path) -> Path:
-    wrapper = tmp_path / "slow_ffmpeg"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in *libx264*) sleep 1;; esac\n'
-        f'exec "{ffmpeg_exe()}" "$@"\n'
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    return wrapper
+from conftest import make_clip
 
 
 def _command(source: str, out: Path, *extra: str) -> list[str]:
@@ -46,7 +35,7 @@ def test_sigkilled_run_resumes_byte_identical(tmp_path: Path) -> None:
 
     out, work = tmp_path / "out" / "out.mp4", tmp_path / "work"
     out.parent.mkdir()
-    env = {**os.environ, "GOPFLOW_FFMPEG": str(_slow_ffmpeg(tmp_path))}
+    env = {**os.environ, "GOPFLOW_FFMPEG": str(slow_ffmpeg(tmp_path))}
     killed = subprocess.Popen(_command(source, out, "--work-dir", str(work)), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: list[psutil.Process] = []

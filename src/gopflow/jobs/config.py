@@ -37,6 +37,20 @@ PRECODERS = ("none", "dvp", "vistra")
 MODE_SELECTS = ("probe", "predict")
 
 
+def _known(cls: Any, options: dict[str, Any], what: str) -> dict[str, Any]:
+    """``options`` if every name is a field of ``cls``; else a one-line error."""
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise UsageError(f"unknown {what} option(s): {', '.join(unknown)}")
+    return options
+
+
+def _run_options(options: Any) -> RunOptions:
+    """The execution flags every job shares (same names on every command)."""
+    return RunOptions(options.ray_address, options.workers, options.retries,
+                      options.work_dir, options.resume, options.keep_work, options.progress)
+
+
 def parse_bitrate(value: int | float | str, flag: str = "--bitrate") -> int:
     """kbit/s from ``3000``, ``"3000"``, ``"3000k"`` or ``"3M"``; one-line error otherwise."""
     if isinstance(value, bool):
@@ -221,11 +235,7 @@ class TranscodeOptions:
     @classmethod
     def from_kwargs(cls, **options: Any) -> TranscodeOptions:
         """Options from keyword arguments; an unknown name is a one-line error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise UsageError(f"unknown transcode option(s): {', '.join(unknown)}")
-        return cls(**options)
+        return cls(**_known(cls, options, "transcode"))
 
     def resolve(self, input_path: str, output: str) -> TranscodeConfig:
         """The checked :class:`TranscodeConfig` of this request (defaults applied)."""
@@ -278,8 +288,7 @@ class TranscodeOptions:
 
     def run_options(self) -> RunOptions:
         """How the job runs (cluster, workers, retries, work dir, resume, progress)."""
-        return RunOptions(self.ray_address, self.workers, self.retries, self.work_dir,
-                          self.resume, self.keep_work, self.progress)
+        return _run_options(self)
 
     def _learned(self) -> LearnedSettings | None:
         learned_only = {
@@ -465,11 +474,8 @@ class LadderOptions:
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> LadderOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise UsageError(f"unknown ladder option(s): {', '.join(unknown)}")
-        return cls(**options)
+        """Options from keyword arguments; an unknown name is a one-line error."""
+        return cls(**_known(cls, options, "ladder"))
 
     def resolve(self, input_path: str, output_dir: str) -> LadderConfig:
         if self.codec not in LADDER_CODECS:
@@ -506,8 +512,7 @@ class LadderOptions:
             segment_seconds=self.segment_seconds, audio=self.audio,
             plan=PlanOptions(gop_seconds, min(0.5, gop_seconds), self.scene_detect,
                              self.scene_threshold),
-            run=RunOptions(self.ray_address, self.workers, self.retries, self.work_dir,
-                           self.resume, self.keep_work, self.progress),
+            run=_run_options(self),
             report=self.report, plot=self.plot,
         )
 
