@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,69 @@ class _StageActor:
 
         return Placed(self.stage(item), ray.get_runtime_context().get_node_id())
 
+    def node(self) -> str:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
+
+class _NodeWatch:
+    """Finds the actors whose node died, so that their GOPs go to the actors left.
+
+    Ray restarts the actor of a dead node (``max_restarts``), but the restart needs a CPU
+    and the pool holds one actor per cluster CPU: with the node gone there is none, so the
+    restart, and every task queued on it, would wait forever (the job hung). Every
+    ``interval`` seconds the watch asks the GCS which nodes are alive; an actor on a dead
+    node is stopped for good and its slot retired, and the caller hands its tasks to the
+    others. A worker process that dies on a live node is still Ray's to restart.
+    """
+
+    interval = 2.0
+
+    def __init__(self) -> None:
+        self.where: dict[int, Any] = {}  # slot -> node id, or the ref that will tell it
+        self.lost: set[int] = set()
+        self._checked = time.monotonic()
+
+    def placed(self, slot: int, handle: Any) -> None:
+        self.where[slot] = handle.node.remote()
+
+    def reclaim(
+        self, pool: list[Any], pending: dict[Any, tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """``(slot, position)`` of every task taken off an actor whose node died (removed
+        from ``pending``); at most one look at the cluster per ``interval``."""
+        import ray
+
+        now = time.monotonic()
+        if now - self._checked < self.interval:
+            return []
+        self._checked = now
+        alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+        taken: list[tuple[int, int]] = []
+        for slot, where in list(self.where.items()):
+            if slot in self.lost:
+                continue
+            if not isinstance(where, str):
+                ready, _ = ray.wait([where], timeout=0)
+                if not ready:
+                    continue
+                try:
+                    where = self.where[slot] = str(ray.get(ready[0]))
+                except ray.exceptions.RayError:
+                    continue
+            if where in alive:
+                continue
+            self.lost.add(slot)
+            with contextlib.suppress(Exception):
+                ray.kill(pool[slot], no_restart=True)
+            for ref, (owner, position) in list(pending.items()):
+                if owner == slot:
+                    del pending[ref]
+                    taken.append((slot, position))
+            _LOG.debug("node %s of actor %d died; %d tasks moved", where, slot, len(taken))
+        return taken
+
 
 def _release(pending: dict[Any, Any], pool: list[Any]) -> None:
     """Cancel the tasks still in flight and stop the actors (a generator closed early, by an
@@ -110,6 +174,40 @@ def _release(pending: dict[Any, Any], pool: list[Any]) -> None:
     for handle in pool:
         with contextlib.suppress(Exception):
             ray.kill(handle)
+
+
+def _hand_over(
+    taken: list[tuple[int, int]],
+    lanes: list[deque[int]],
+    busy: list[int],
+    submit: Callable[[int], bool],
+    depth: int,
+) -> None:
+    """Put the tasks taken off lost actors back in their lanes, for the other actors to
+    steal, and fill every actor that has room; a :class:`ClusterError` (resumable) when no
+    actor is left to run them."""
+    if not taken:
+        return
+    for slot, position in taken:
+        busy[slot] -= 1
+        lanes[slot].append(position)
+    for slot in range(len(busy)):
+        while busy[slot] < depth and submit(slot):
+            pass
+    if not any(busy) and any(lanes):  # no actor left to take them
+        raise ClusterError("lost the Ray nodes running every worker; run again with --resume")
+
+
+def _actor_lost(exc: BaseException, position: int, tries: dict[int, int], limit: int) -> bool:
+    """Whether a task whose actor was lost or unreachable under it (its node died: Ray says
+    the task "may or may not have been executed" and does not retry it) gets another go,
+    at most ``limit`` times per item. The stage's own errors are not this."""
+    import ray
+
+    if not isinstance(exc, ray.exceptions.RayActorError):
+        return False
+    tries[position] = tries.get(position, 0) + 1
+    return tries[position] <= limit
 
 
 def split_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
@@ -232,6 +330,8 @@ class RayRunner:
         source = iter(groups)
         pulled = 0
         next_position = 0
+        watch = _NodeWatch()
+        lost_tries: dict[int, int] = {}  # position -> times its actor was lost under it
 
         def lane_cost(lane: deque[int]) -> float:
             return sum(cost(items[p][1]) for p in lane)
@@ -272,11 +372,12 @@ class RayRunner:
                 del items[position]
 
         def submit(actor: int) -> bool:
-            position = take(actor)
+            position = None if actor in watch.lost else take(actor)
             if position is None:
                 return False
             if pool[actor] is None:
                 pool[actor] = actor_class.remote(factory)
+                watch.placed(actor, pool[actor])
             item = items[position][1]
             ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(item)
             pending[ref] = (actor, position)
@@ -288,14 +389,22 @@ class RayRunner:
                 for actor in range(slots):
                     submit(actor)
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=watch.interval)
+                _hand_over(watch.reclaim(pool, pending), lanes, busy, submit, depth)
                 for ref in ready:
+                    if ref not in pending:
+                        continue  # taken off a lost actor just now
                     actor, position = pending.pop(ref)
                     busy[actor] -= 1
                     group, item = items.pop(position)
                     try:
                         placed: Placed = ray.get(ref)
                     except ray.exceptions.RayError as exc:
+                        if _actor_lost(exc, position, lost_tries, max_retries):
+                            items[position] = (group, item)
+                            busy[actor] += 1  # counted off again by _hand_over
+                            _hand_over([(actor, position)], lanes, busy, submit, depth)
+                            continue
                         outcome = Outcome(
                             group, item, error=_failure(describe(item), exc, max_retries)
                         )

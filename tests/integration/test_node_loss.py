@@ -1,0 +1,107 @@
+"""A node of a two-node Ray cluster is lost mid-job, stopped (SIGTERM: it leaves the cluster
+at once) or crashed (all its Ray processes SIGKILLed, as when a machine fails): the GOPs it
+was coding go to the node left, and the job finishes with the same bytes as an
+uninterrupted run on the whole cluster.
+
+Before the runner watched its actors' nodes, a stopped node hung the job (Ray's restart of
+its actor waited forever for a CPU: the pool holds one actor per cluster CPU), and a crashed
+one failed it ("GOP 9 (frames 225-249) failed: The actor ... is unavailable: ... rpc_code:
+14. The task may or may not have been executed on the actor.").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import media
+from integration.helpers import free_port, start_ray_node, stop_ray_node
+
+CLIP = "car_traffic_768x432.mp4"  # 377 frames at 12.5 fps: 16 GOPs
+TIMEOUT_S = 300
+
+
+@pytest.fixture()
+def two_nodes() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A head and a worker node on this machine (one CPU each); yields the address and the
+    worker's ``ray start`` process. Both are stopped by their PIDs afterwards."""
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
+    if ray is None:
+        pytest.skip("the ray CLI is not installed beside this Python")
+    temp_root = tempfile.mkdtemp(prefix="gfray-")  # short: Ray's socket paths must fit
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        started.append(start_ray_node(
+            ray, temp_root, "head", "--head", f"--port={port}", "--include-dashboard=false",
+            f"--dashboard-port={free_port()}", "--disable-usage-stats"))
+        started.append(start_ray_node(ray, temp_root, "worker", f"--address={address}"))
+        yield address, started[1]
+    finally:
+        for process in reversed(started):
+            stop_ray_node(process)
+        shutil.rmtree(temp_root, ignore_errors=True)
+
+
+def _crash(node: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process of one node (its group and the workers that left it)."""
+    import psutil
+
+    descendants = psutil.Process(node.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(node.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def _command(source: str, output: Path, address: str, work: Path) -> list[str]:
+    return [sys.executable, "-m", "gopflow", "transcode", source, "-o", str(output),
+            "--crf", "26", "--preset", "faster", "--no-progress", "--ray-address", address,
+            "--work-dir", str(work)]
+
+
+@pytest.mark.parametrize("how", ["stopped", "crashed"])
+def test_a_node_lost_mid_job_its_gops_rerun_on_the_other(
+    how: str, tmp_path: Path, two_nodes: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    address, worker = two_nodes
+    source = media(CLIP)
+    reference = tmp_path / "reference.mp4"
+    done = subprocess.run(_command(source, reference, address, tmp_path / "work-ref"),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+
+    output, work = tmp_path / "out.mp4", tmp_path / "work"
+    job = subprocess.Popen(_command(source, output, address, work),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT_S
+    while job.poll() is None and time.monotonic() < deadline:
+        if len(glob.glob(str(work / "*" / "done" / "gop_*.json"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, "the job finished before a node could be lost"
+    finished = len(glob.glob(str(work / "*" / "done" / "gop_*.json")))
+    (_crash if how == "crashed" else stop_ray_node)(worker)
+    try:
+        stdout, stderr = job.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        job.communicate()
+        pytest.fail(f"the job hung after losing a node ({finished} GOPs were done)")
+    assert "Traceback" not in stderr and stdout == "", stdout + stderr
+    assert job.returncode == 0, stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"wrote {output}"), stderr
+    assert output.read_bytes() == reference.read_bytes()
