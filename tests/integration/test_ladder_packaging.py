@@ -22,7 +22,8 @@ import pytest
 from mpegdash.parser import MPEGDASHParser
 
 from conftest import ffmpeg_exe
-from gopflow.errors import InputError, OutputError
+from gopflow.errors import CorruptInputError, InputError, OutputError
+from gopflow.packaging.cmaf import fragment_bytes, read_track
 from gopflow.packaging.package import (
     AudioSource,
     PackagedLadder,
@@ -238,3 +239,20 @@ def test_hevc_and_av1_ladders(made, codec, prefix, tmp_path):
     frames = [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
     assert len(frames) == sum(gops)
     assert [s.samples for s in ladder.video[0].segments] == [30, 30, 30]
+
+
+def test_read_track_takes_apart_a_cmaf_file_and_refuses_a_cut_one(ladder, tmp_path):
+    track = ladder.video[0]
+    folder = Path(ladder.output_dir)
+    parts = [Path(folder, track.init_uri).read_bytes()]
+    parts += [Path(folder, s.uri).read_bytes() for s in track.segments]
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(b"".join(parts))
+    read = read_track(str(whole))
+    assert read.init == parts[0] and read.kind == "video" and read.codecs == track.codecs
+    assert read.samples == FRAMES and read.timescale == track.timescale
+    assert fragment_bytes(read, 0, len(read.fragments) - 1) == b"".join(parts[1:])
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(b"".join(parts)[:-1000])
+    with pytest.raises(CorruptInputError):
+        read_track(str(cut))

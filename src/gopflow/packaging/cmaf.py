@@ -4,17 +4,21 @@ RFC 6381 ``CODECS`` string of its track.
 ffmpeg writes one fragmented MP4 per track (a fragment at every keyframe for video, one per
 segment duration for audio, see :mod:`gopflow.media.ffmpeg`); here it is cut at top-level
 box boundaries: ``ftyp`` + ``moov`` are the init segment, each ``moof`` + ``mdat`` pair a
-fragment, and whole fragments are grouped into media segments. By hand, because it is a
-byte split at box headers plus two fields (``trun``'s sample count) that no maintained
-Python MP4 library exposes more simply; sample timing comes from PyAV's demuxer.
+fragment, and whole fragments are grouped into media segments. Only box headers, ``moov``
+and ``moof`` are read, never the media data, so memory does not grow with the title. By
+hand, because it is a byte split at box headers plus two fields (``mdhd``'s timescale,
+``trun``'s sample count) that no maintained Python MP4 library exposes more simply; sample
+timing comes from PyAV's demuxer.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 
@@ -141,35 +145,66 @@ def codec_string_of(name: str, tag: str, extra: bytes) -> str:
     raise InputError(f"no streaming codec string for {name!r} (use H.264, HEVC, AV1 or AAC)")
 
 
+def _top_level(handle: BinaryIO, path: str) -> Iterator[tuple[str, int, int, int]]:
+    """Top-level boxes of an open file, read header by header (media data is skipped, so
+    memory does not grow with the file)."""
+    end = os.fstat(handle.fileno()).st_size
+    pos = 0
+    while pos < end:
+        handle.seek(pos)
+        head = handle.read(16)
+        if len(head) < 8:
+            raise CorruptInputError(f"{path}: truncated box header at byte {pos}")
+        size, kind = struct.unpack_from(">I4s", head)
+        header = 8
+        if size == 1:
+            if len(head) < 16:
+                raise CorruptInputError(f"{path}: truncated box header at byte {pos}")
+            size, header = struct.unpack_from(">Q", head, 8)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            raise CorruptInputError(f"{path}: box {kind!r} at byte {pos} runs past the file")
+        yield kind.decode("latin-1"), pos, size, header
+        pos += size
+
+
+def _read_box(handle: BinaryIO, offset: int, size: int) -> bytes:
+    handle.seek(offset)
+    return handle.read(size)
+
+
 def read_track(path: str) -> FragmentedTrack:
     """Take apart a one-track fragmented MP4 written by ffmpeg with ``empty_moov``."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    init_end = 0
+    init = bytearray()
     fragments: list[tuple[int, int, int]] = []
     moof: tuple[int, int, int] | None = None
     timescale = 0
-    for kind, offset, size, header in boxes(data):
-        if kind in ("ftyp", "moov"):
-            if fragments or moof:
-                raise CorruptInputError(f"{path}: {kind} after the first fragment")
-            init_end = offset + size
-            if kind == "moov":
-                trak = _child(data, offset, size, header, "trak")
-                mdia = _child(data, *trak, "mdia")
-                mdhd, _, mdhd_header = _child(data, *mdia, "mdhd")
-                version = data[mdhd + mdhd_header]
-                at = mdhd + mdhd_header + (20 if version == 1 else 12)
-                timescale = struct.unpack_from(">I", data, at)[0]
-        elif kind == "moof":
-            moof = (offset, size, _trun_samples(data, offset, size, header))
-        elif kind == "mdat":
-            if moof is None:
-                raise CorruptInputError(f"{path}: mdat without a moof")
-            fragments.append((moof[0], offset + size - moof[0], moof[2]))
-            moof = None
-    if not init_end or not timescale:
+    with open(path, "rb") as handle:
+        for kind, offset, size, header in _top_level(handle, path):
+            if kind in ("ftyp", "moov"):
+                if fragments or moof:
+                    raise CorruptInputError(f"{path}: {kind} after the first fragment")
+                data = _read_box(handle, offset, size)
+                init += data
+                if kind == "moov":
+                    trak = _child(data, 0, size, header, "trak")
+                    mdia = _child(data, *trak, "mdia")
+                    mdhd, _, mdhd_header = _child(data, *mdia, "mdhd")
+                    version = data[mdhd + mdhd_header]
+                    at = mdhd + mdhd_header + (20 if version == 1 else 12)
+                    timescale = struct.unpack_from(">I", data, at)[0]
+            elif kind == "moof":
+                data = _read_box(handle, offset, size)
+                moof = (offset, size, _trun_samples(data, 0, size, header))
+            elif kind == "mdat":
+                if moof is None:
+                    raise CorruptInputError(f"{path}: mdat without a moof")
+                fragments.append((moof[0], offset + size - moof[0], moof[2]))
+                moof = None
+    if not init or not timescale:
         raise CorruptInputError(f"{path}: no init segment (ftyp + moov) with a timescale")
+    out: list[Fragment] = []
     with av.open(path) as container:
         stream = container.streams[0]
         if Fraction(stream.time_base) != Fraction(1, timescale):
@@ -181,22 +216,29 @@ def read_track(path: str) -> FragmentedTrack:
         height = getattr(ctx, "height", 0) or 0
         sample_rate = getattr(ctx, "sample_rate", 0) or 0
         channels = getattr(ctx, "channels", 0) or 0
-        timing = [
-            (int(p.pts), int(p.pts) + int(p.duration or 0))
-            for p in container.demux(stream) if p.size and p.pts is not None
-        ]
-    out: list[Fragment] = []
-    used = 0
-    for offset, size, samples in fragments:
-        span = timing[used:used + samples]
-        if len(span) != samples or not samples:
-            raise CorruptInputError(f"{path}: fragment at byte {offset} lists {samples} samples")
-        out.append(Fragment(offset, size, samples, min(s for s, _ in span),
-                            max(e for _, e in span)))
-        used += samples
-    if used != len(timing):
-        raise CorruptInputError(f"{path}: {len(timing)} samples, fragments list {used}")
-    return FragmentedTrack(path, data[:init_end], tuple(out), timescale, codecs, kind,
+        # Samples come in the order the fragments list them: each fragment takes the next
+        # ``samples`` packets; its start is their earliest presentation time.
+        pending = iter(fragments)
+        current: tuple[int, int, int] | None = None
+        taken, start, stop = 0, 0, 0
+        for packet in container.demux(stream):
+            if not packet.size or packet.pts is None:
+                continue
+            if current is None:
+                current = next(pending, None)
+                if current is None:
+                    raise CorruptInputError(f"{path}: more samples than its fragments list")
+                taken, start, stop = 0, int(packet.pts), 0
+            pts = int(packet.pts)
+            start = min(start, pts)
+            stop = max(stop, pts + int(packet.duration or 0))
+            taken += 1
+            if taken == current[2]:
+                out.append(Fragment(current[0], current[1], current[2], start, stop))
+                current = None
+    if current is not None or len(out) != len(fragments) or any(f[2] < 1 for f in fragments):
+        raise CorruptInputError(f"{path}: fewer samples than its fragments list")
+    return FragmentedTrack(path, bytes(init), tuple(out), timescale, codecs, kind,
                            width, height, sample_rate, channels)
 
 

@@ -28,7 +28,13 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
-from gopflow.errors import CorruptInputError, InputError, OutputError, UsageError
+from gopflow.errors import (
+    CorruptInputError,
+    GopflowError,
+    InputError,
+    OutputError,
+    UsageError,
+)
 from gopflow.fileio import atomic_write_bytes
 from gopflow.media.ffmpeg import cmaf_audio_command, cmaf_video_command, find_ffmpeg
 from gopflow.packaging.cmaf import FragmentedTrack, fragment_bytes, read_track
@@ -370,7 +376,7 @@ def package_ladder(
         _place(temp, output_dir, overwrite)
         return ladder
     except OSError as exc:
-        if isinstance(exc, OutputError | InputError):
+        if isinstance(exc, GopflowError):
             raise
         raise OutputError(f"cannot write {output_dir}: {exc.strerror or exc}") from exc
     finally:
