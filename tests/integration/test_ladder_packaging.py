@@ -211,7 +211,7 @@ def test_packaging_is_deterministic_atomic_and_checks_idrs(ladder, made):
         package_ladder([shuffled], str(root / "bad"), gop_frames=GOP_FRAMES, fps=Fraction(FPS),
                        segment_seconds=2.0)
     assert not (root / "bad").exists()
-    assert not [p for p in os.listdir(root) if p.endswith(".partial")]
+    assert not [p for p in os.listdir(root) if p.endswith((".partial", ".scratch"))]
     # An existing ladder is replaced only when asked.
     with pytest.raises(OutputError, match="not empty"):
         package_ladder(rungs[:1], str(root / "again"), gop_frames=GOP_FRAMES,
@@ -220,7 +220,7 @@ def test_packaging_is_deterministic_atomic_and_checks_idrs(ladder, made):
     package_ladder(rungs[:1], str(root / "again"), gop_frames=GOP_FRAMES, fps=Fraction(FPS),
                    segment_seconds=4.0, overwrite=True)
     assert not Path(root, "again", "360p").exists() and not Path(root, "again", "audio").exists()
-    assert not [p for p in os.listdir(root) if p.endswith((".partial", ".old"))]
+    assert not [p for p in os.listdir(root) if p.endswith((".partial", ".old", ".scratch"))]
 
 
 @pytest.mark.parametrize("codec, prefix", [("x265", "hvc1.1.6.L"), ("svtav1", "av01.0.")])

@@ -253,6 +253,7 @@ def _package_video(
     os.makedirs(target)
     atomic_write_bytes(os.path.join(target, INIT_NAME), track.init)
     segments = _write_segments(track, groups, target, rung.name)
+    os.unlink(joined)  # one rung's joined copy on disk at a time
     return Track(rung.name, "video", track.codecs, track.timescale, f"{rung.name}/{INIT_NAME}",
                  f"{rung.name}/{PLAYLIST_NAME}", segments, width=track.width,
                  height=track.height)
@@ -352,7 +353,9 @@ def package_ladder(
         raise OutputError(f"cannot write {output_dir}: {exc.strerror or exc}") from exc
     exe = find_ffmpeg().path
     try:
-        with tempfile.TemporaryDirectory(prefix="gopflow-package-") as scratch:
+        # Scratch beside the output, on its file system (not a small /tmp).
+        with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(output_dir)}.",
+                                         suffix=".scratch", dir=parent) as scratch:
             video = tuple(
                 _package_video(rung, segment_frames, temp, scratch, exe) for rung in rungs
             )
