@@ -104,7 +104,7 @@ def _wait(page, expression: str, timeout: float, what: str, console: list[str]) 
         " duration: video.duration, buffered: Array.from({length: video.buffered.length},"
         " (_, i) => [video.buffered.start(i), video.buffered.end(i)]), r: result})"
     )
-    raise AssertionError(f"timed out waiting for {what}: {state}; console: {console[-20:]}")
+    raise AssertionError(f"timed out waiting for {what}: {state}; console: {console[-40:]}")
 
 
 @pytest.mark.parametrize("codec", list(CODECS))

@@ -136,6 +136,11 @@ def test_dash_mpd_matches_the_segments(ladder):
     text = Path(folder, "manifest.mpd").read_text()
     mpd = MPEGDASHParser.parse(text)
     assert mpd.type == "static" and mpd.profiles == "urn:mpeg:dash:profile:isoff-live:2011"
+    # The presentation lasts to the end of the longest track, from the first video frame.
+    start = ladder.video[0].start / ladder.video[0].timescale
+    ends = [t.start / t.timescale + t.duration_seconds for t in (*ladder.video, ladder.audio)]
+    assert mpd.media_presentation_duration == f"PT{max(ends) - start:.3f}S"
+    assert max(ends) - start >= FRAMES / FPS
     video_set, audio_set = mpd.periods[0].adaptation_sets
     assert video_set.mime_type == "video/mp4" and audio_set.mime_type == "audio/mp4"
     for rep, track in zip(video_set.representations + audio_set.representations,

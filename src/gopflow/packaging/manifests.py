@@ -121,8 +121,11 @@ def dash_mpd(ladder: PackagedLadder) -> str:
     """A static MPD (isoff-live profile): one video adaptation set with every rung, one
     audio adaptation set; the presentation starts at the first video frame."""
     start = min(t.start / t.timescale for t in ladder.video)
-    duration = max(t.duration_seconds + t.start / t.timescale for t in ladder.video) - start
     tracks = list(ladder.video) + ([ladder.audio] if ladder.audio else [])
+    # Up to the end of the longest track (AAC's last frame overhangs the video by up to
+    # ~21 ms): with a shorter duration dash.js reaches "the end" before the media element
+    # does, declares playback ended itself, seeks back 0.5 s and pauses.
+    duration = max(t.duration_seconds + t.start / t.timescale for t in tracks) - start
     longest = max(s.duration / t.timescale for t in tracks for s in t.segments)
     mpd = nodes.MPEGDASH()
     mpd.xmlns = "urn:mpeg:dash:schema:mpd:2011"
