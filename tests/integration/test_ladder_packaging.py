@@ -18,6 +18,7 @@ from pathlib import Path
 
 import av
 import m3u8
+import numpy as np
 import pytest
 from mpegdash.parser import MPEGDASHParser
 
@@ -261,3 +262,22 @@ def test_read_track_takes_apart_a_cmaf_file_and_refuses_a_cut_one(ladder, tmp_pa
     cut.write_bytes(b"".join(parts)[:-1000])
     with pytest.raises(CorruptInputError):
         read_track(str(cut))
+
+
+def test_audio_keeps_the_sources_av_sync(ladder, tmp_path):
+    """The tone starts with the picture in the source; it must in the ladder too (the
+    rendition is delayed to the first frame's presentation time, less AAC's priming)."""
+    audio = ladder.audio
+    folder = Path(ladder.output_dir)
+    joined = tmp_path / "audio.mp4"
+    joined.write_bytes(Path(folder, audio.init_uri).read_bytes()
+                       + b"".join(Path(folder, s.uri).read_bytes() for s in audio.segments))
+    with av.open(str(joined)) as container:
+        stream = container.streams.audio[0]
+        frames = list(container.decode(stream))
+        first = float(frames[0].pts * stream.time_base)
+        samples = np.concatenate([f.to_ndarray()[0] for f in frames])
+        onset = first + int(np.argmax(np.abs(samples) > 0.02)) / stream.sample_rate
+    video_start = ladder.video[0].start / ladder.video[0].timescale
+    assert video_start > 0  # x264's B-frame delay: the first frame is presented late
+    assert onset == pytest.approx(video_start, abs=0.002)

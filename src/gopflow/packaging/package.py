@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
+import av
+
 from gopflow.errors import (
     CorruptInputError,
     GopflowError,
@@ -45,6 +47,8 @@ PLAYLIST_NAME = "index.m3u8"
 MASTER_NAME = "master.m3u8"
 MPD_NAME = "manifest.mpd"
 AUDIO_NAME = "audio"
+AAC_PRIMING = 1024
+"""Samples ffmpeg's AAC encoder puts ahead of the first input sample."""
 _RUNG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -265,8 +269,13 @@ def _package_audio(
 ) -> Track:
     joined = os.path.join(scratch, "audio.mp4")
     # Keep the source's A/V sync: the audio starts where the video's first frame is
-    # presented plus the audio's own offset; a lead before the first frame is cut off.
-    delay = start_seconds + audio.offset_seconds
+    # presented plus the audio's own offset, less the AAC encoder's priming (1024 samples
+    # that players of fragmented MP4 present as they are); a lead before it is cut off.
+    with av.open(audio.path) as container:
+        rate = container.streams[audio.stream_index].codec_context.sample_rate
+    if not rate:
+        raise InputError(f"stream {audio.stream_index} of {audio.path} is not audio")
+    delay = start_seconds + audio.offset_seconds - AAC_PRIMING / rate
     command = cmaf_audio_command(
         audio.path, audio.stream_index, joined, trim_seconds=max(0.0, -delay),
         delay_seconds=max(0.0, delay), duration_seconds=duration_seconds - max(0.0, delay)
