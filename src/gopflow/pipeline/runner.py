@@ -349,7 +349,9 @@ class RayRunner:
                 for position, item in zip(positions, group, strict=True):
                     items[position] = (ordinal, item)
                 idle = [actor] + [
-                    a for a in range(slots) if a != actor and not busy[a] and not lanes[a]
+                    a
+                    for a in range(slots)
+                    if a != actor and not busy[a] and not lanes[a] and a not in watch.lost
                 ]
                 runs = split_lanes([cost(item) for item in group], len(idle))
                 for owner, run in zip(idle, runs, strict=False):
