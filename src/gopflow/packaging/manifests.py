@@ -90,7 +90,8 @@ def write_hls(ladder: PackagedLadder, folder: str) -> None:
 
 
 def _duration(seconds: float) -> str:
-    return f"PT{seconds:.3f}S"
+    """An xs:duration in whole milliseconds, rounded up (never shorter than the media)."""
+    return f"PT{math.ceil(seconds * 1000 - 1e-6) / 1000:.3f}S"
 
 
 def _template(track: Track, presentation_offset: int) -> nodes.SegmentTemplate:
@@ -123,8 +124,8 @@ def dash_mpd(ladder: PackagedLadder) -> str:
     start = min(t.start / t.timescale for t in ladder.video)
     tracks = list(ladder.video) + ([ladder.audio] if ladder.audio else [])
     # Up to the end of the longest track (AAC's last frame overhangs the video by up to
-    # ~21 ms): with a shorter duration dash.js reaches "the end" before the media element
-    # does, declares playback ended itself, seeks back 0.5 s and pauses.
+    # ~21 ms), rounded up: with a shorter duration dash.js reaches "the end" before the
+    # media element does, declares playback ended itself, seeks back 0.5 s and pauses.
     duration = max(t.duration_seconds + t.start / t.timescale for t in tracks) - start
     longest = max(s.duration / t.timescale for t in tracks for s in t.segments)
     mpd = nodes.MPEGDASH()
