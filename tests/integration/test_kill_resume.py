@@ -48,6 +48,9 @@ def test_sigkilled_run_resumes_byte_identical(tmp_path: Path) -> None:
         children = psutil.Process(killed.pid).children(recursive=True)
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=60)
+        # Its reaper stops the local cluster it started (GCS, raylet, agents, workers).
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, [f"{p.pid} {p.name()}" for p in alive]
     finally:
         if killed.poll() is None:
             killed.kill()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gopflow.errors import ClusterError, EncoderError, GopFailedError, GopflowError
+from gopflow.pipeline import reaper
 
 _LOG = logging.getLogger("gopflow.ray")
 Item = TypeVar("Item")
@@ -210,6 +212,21 @@ def _actor_lost(exc: BaseException, position: int, tries: dict[int, int], limit:
     return tries[position] <= limit
 
 
+def _local_cluster_pids() -> list[int]:
+    """The processes of the local cluster this driver started (GCS, raylet, monitors)."""
+    import ray._private.worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    try:
+        return (
+            [getattr(proc, "process", proc).pid for _, proc in node.live_processes()]
+            if node
+            else []
+        )
+    except Exception:  # a private API: without it there is just no reaper
+        return []
+
+
 def split_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
     """Split positions ``0..n-1`` into at most ``lanes`` contiguous runs of similar cost."""
     total = float(sum(costs))
@@ -245,6 +262,7 @@ class RayRunner:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
         self._started_here = False
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> RayRunner:
         _quiet_ray_environment()
@@ -277,6 +295,8 @@ class RayRunner:
             where = self.address or "a local cluster"
             raise ClusterError(f"cannot start or reach Ray at {where}: {exc}") from exc
         self._started_here = True
+        if not self.address:
+            self._reaper = reaper.spawn(_local_cluster_pids())
         _quiet_error_listener()
         return self
 
@@ -285,6 +305,8 @@ class RayRunner:
             import ray
 
             ray.shutdown()
+            reaper.release(self._reaper)
+            self._reaper = None
 
     @staticmethod
     def cluster_cpus() -> int:
