@@ -65,13 +65,17 @@ def make_inputs(ffmpeg: str, count: int, folder: Path) -> list[Path]:
         source = MEDIA / SOURCES[i % len(SOURCES)]
         width, height = SIZES[(i * 3) % len(SIZES)]
         seconds = DURATIONS[i % len(DURATIONS)]
+        # A raw stream cannot be looped (no seeking back): at most its own length.
+        raw = source.suffix in (".264", ".265")
+        if raw:
+            seconds = min(seconds, int(probe(str(source)).duration_seconds))
         audio = i % 3 == 0
         path = folder / f"clip{i:02d}_{width}x{height}_{seconds}s{'_a' if audio else ''}.mp4"
         clips.append(path)
         if path.exists():
             continue
-        command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-stream_loop", "-1",
-                   "-i", str(source)]
+        command = [ffmpeg, "-nostdin", "-loglevel", "error", "-y",
+                   *([] if raw else ["-stream_loop", "-1"]), "-i", str(source)]
         if audio:
             command += ["-f", "lavfi", "-i", f"sine=frequency={220 + 40 * i}:sample_rate=48000",
                         "-ac", "2", "-c:a", "aac", "-b:a", "128k"]
