@@ -131,3 +131,14 @@ def test_torch_and_ray_data_clips(archive: Path) -> None:
         ray.shutdown()
     assert {(r["video"], r["start"]) for r in rows} <= {(v, s) for v, s in ds.clips(16, 16)}
     assert np.asarray(rows[0]["frames"]).shape[0] == 16
+
+
+def test_the_same_inputs_give_the_same_archive(archive: Path, clips: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again.gfd"
+    done = _compress(str(clips / "street.mkv"), "-o", str(again))
+    assert done.returncode == 0, done.stderr
+    first = json.loads((archive / "card.json").read_text())
+    part = first["parts"][0]
+    assert (again / part).read_bytes() == (archive / part).read_bytes()
+    for shard in (archive / "shards").glob("shard-00000-*.bin"):
+        assert (again / "shards" / shard.name).read_bytes() == shard.read_bytes()

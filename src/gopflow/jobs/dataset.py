@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,11 +31,11 @@ from gopflow.dataset.archive import (
     write_card,
     write_part,
 )
-from gopflow.errors import GopflowError, InputError, UsageError
+from gopflow.errors import InputError, UsageError
 from gopflow.jobs.batch import find_inputs, settings_hash
 from gopflow.jobs.config import TranscodeConfig, TranscodeOptions
 from gopflow.jobs.transcode import EncoderJob
-from gopflow.pipeline.driver import Finished, GopRequest, run_gop_jobs
+from gopflow.pipeline.driver import Finished, GopRequest, JobResult, run_gop_jobs
 from gopflow.pipeline.workdir import WorkDir, claimed, file_sha256
 from gopflow.types import GopRecord, GopSpec, VideoInfo
 
@@ -45,28 +45,32 @@ PER_FILE_ONLY = ("report", "plot", "decisions", "save_decisions", "target_vmaf",
 
 
 class DatasetJob(EncoderJob):
-    """One video of a dataset: its GOPs coded as a transcode would; ``finish`` appends the
-    payloads to the run's shard instead of joining them into a file."""
+    """One video of a dataset: its GOPs coded as a transcode would; nothing to join (the
+    run appends every video's GOPs to its shard, in input order, once all are coded)."""
 
-    def __init__(self, config: TranscodeConfig, video_id: str, shards: ShardWriter) -> None:
+    def __init__(self, config: TranscodeConfig, video_id: str) -> None:
         super().__init__(config)
         self.video_id = video_id
-        self.shards = shards
-        self.rows: list[GopRow] = []
         self.label = "dataset"
 
     def finish(
         self, info: VideoInfo, gops: list[GopSpec], records: list[GopRecord], workdir: WorkDir
     ) -> Finished:
-        payloads = []
-        for gop in gops:
-            with open(workdir.segment_path(gop.index), "rb") as handle:
-                payloads.append(handle.read())
-        source_sha = file_sha256(info.path)
         coded_w, coded_h = output_size(info.width, info.height, self.config.settings)
-        placed = self.shards.append(payloads)
-        self.rows = [
-            GopRow(
+        return Finished(sum(g.frame_count for g in gops), sum(r.bytes for r in records),
+                        coded_w, coded_h)
+
+    def rows(self, result: JobResult, shards: ShardWriter) -> list[GopRow]:
+        """Append this video's GOP payloads to ``shards``; its index rows."""
+        info = result.info
+        coded_w, coded_h = result.finished.width, result.finished.height
+        source_sha = file_sha256(info.path)
+        rows = []
+        for gop in result.gops:
+            with open(result.workdir.segment_path(gop.index), "rb") as handle:
+                data = handle.read()
+            ((shard, offset, length),) = shards.append([data])
+            rows.append(GopRow(
                 video_id=self.video_id, source_path=info.path, source_sha256=source_sha,
                 source_bytes=os.path.getsize(info.path), gop_index=gop.index,
                 first_frame=gop.start_frame, frame_count=gop.frame_count, shard=shard,
@@ -74,11 +78,8 @@ class DatasetJob(EncoderJob):
                 codec=self.config.settings.codec, width=min(info.width, coded_w),
                 height=min(info.height, coded_h), coded_width=coded_w, coded_height=coded_h,
                 fps_num=info.fps.numerator, fps_den=info.fps.denominator,
-            )
-            for gop, data, (shard, offset, length) in zip(gops, payloads, placed, strict=True)
-        ]
-        return Finished(sum(g.frame_count for g in gops), sum(len(p) for p in payloads),
-                        coded_w, coded_h)
+            ))
+        return rows
 
 
 def _video_ids(paths: Sequence[tuple[str, str]], taken: set[str]) -> list[str]:
@@ -145,7 +146,14 @@ def compress(
     say(f"{len(found) - len(todo)} of {len(found)} videos already in {output}")
     if not todo:
         return card
-    run_id = uuid.uuid4().hex[:8]
+    # Runs are numbered by the parts the card lists: a run that crashed before its card left
+    # files under its number that nothing references; they are dropped, so a rerun writes
+    # exactly what an uninterrupted run would have.
+    run_id = f"{len(card['parts']):05d}"
+    for stale in (*glob.glob(os.path.join(root, "shards", f"shard-{run_id}-*.bin")),
+                  os.path.join(root, "index", f"part-{run_id}.parquet")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
     shards = ShardWriter(root, f"shard-{run_id}")
     ids = _video_ids(todo, set(card.get("video_ids", [])))
     jobs = []
@@ -156,11 +164,12 @@ def compress(
         config = options.resolve(path, virtual)
         config = dataclasses.replace(config, run=dataclasses.replace(
             config.run, work_dir=config.run.work_dir or os.path.join(root, ".gopflow-work")))
-        job = DatasetJob(config, video_id, shards)
+        job = DatasetJob(config, video_id)
         jobs.append(job)
         requests.append(GopRequest(job, path, virtual, config.plan, config.run.resume))
     failures: list[str] = []
     rows: list[GopRow] = []
+    done: dict[int, JobResult] = {}
     run = requests[0].job.config.run if requests else options.run_options()
     with claimed() as workdirs:
         try:
@@ -172,12 +181,15 @@ def compress(
                         failures.append(f"{todo[outcome.index][0]}: {outcome.error}")
                         say(f"failed: {todo[outcome.index][0]}: {outcome.error}")
                         continue
-                    rows.extend(job.rows)
                     assert outcome.result is not None
-                    if not run.keep_work:
-                        outcome.result.workdir.remove()
-        except GopflowError:
-            raise
+                    done[outcome.index] = outcome.result
+            # In input order, whatever order the videos finished in: the same archive bytes
+            # from every run.
+            for index in sorted(done):
+                rows.extend(jobs[index].rows(done[index], shards))
+            if not run.keep_work:
+                for result in done.values():
+                    result.workdir.remove()
         finally:
             for workdir in workdirs:
                 workdir.release()
@@ -194,7 +206,6 @@ def compress(
             "bytes": card["bytes"] + sum(r.length for r in rows),
             "source_bytes": card["source_bytes"] + sum(
                 {r.video_id: r.source_bytes for r in rows}.values()),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_card(root, card)
     say(f"compressed {len(todo) - len(failures)} videos in {time.perf_counter() - started:.1f} s")
