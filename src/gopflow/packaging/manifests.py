@@ -23,7 +23,7 @@ from mpegdash.parser import MPEGDASHParser
 from gopflow.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from gopflow.packaging.package import PackagedLadder, Track
+    from gopflow.packaging.model import PackagedLadder, Track
 
 AUDIO_GROUP = "audio"
 
