@@ -142,3 +142,52 @@ def test_the_same_inputs_give_the_same_archive(archive: Path, clips: Path, tmp_p
     assert (again / part).read_bytes() == (archive / part).read_bytes()
     for shard in (archive / "shards").glob("shard-00000-*.bin"):
         assert (again / "shards" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_dataloader_with_two_workers(archive: Path) -> None:
+    import torch
+
+    import gopflow
+
+    ds = gopflow.dataset.open(str(archive))
+    clips = ds.to_torch(clip_len=5, stride=5)
+    loader = torch.utils.data.DataLoader(clips, batch_size=1, num_workers=2)
+    got = [batch[0].numpy() for batch in loader]
+    assert len(got) == len(clips)
+    for (video, start), clip in zip(ds.clips(5, 5), got, strict=True):
+        np.testing.assert_array_equal(clip, ds.read(video, start, 5))
+
+
+def test_killed_compression_resumes_to_the_same_archive(clips: Path, tmp_path: Path) -> None:
+    import glob
+    import os
+    import signal
+    import time
+
+    from helpers import slow_ffmpeg
+
+    straight = tmp_path / "straight.gfd"
+    assert _compress(str(clips), "-o", str(straight), "--gop-seconds", "0.4").returncode == 0
+    out = tmp_path / "killed.gfd"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "gopflow", "dataset", "compress", str(clips), "-o", str(out),
+         "--codec", "x264", "--crf", "0", "--preset", "ultrafast", "--no-progress",
+         "--gop-seconds", "0.4", "--workers", "1"],
+        env={**os.environ, "GOPFLOW_FFMPEG": str(slow_ffmpeg(tmp_path, 0.7))},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while len(glob.glob(str(out / ".gopflow-work" / "*" / "done" / "gop_*.json"))) < 4:
+        assert killed.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not (out / "card.json").exists()  # not mistaken for an archive
+    resumed = _compress(str(clips), "-o", str(out), "--gop-seconds", "0.4", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "GOPs already done" in resumed.stderr  # finished GOPs reused, not coded again
+    files = sorted(p.relative_to(straight) for p in straight.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for name in files:
+        assert (out / name).read_bytes() == (straight / name).read_bytes(), name
