@@ -90,3 +90,39 @@ def test_ladder_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     wrong = _ladder(str(bad), tmp_path / "out2", "--codec", "dvc")
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+
+
+def test_killed_ladder_resumes_to_the_same_ladder(source: str, tmp_path: Path) -> None:
+    import glob
+    import os
+    import signal
+    import time
+
+    from helpers import slow_ffmpeg
+
+    straight = tmp_path / "straight"
+    assert _ladder(source, straight).returncode == 0
+    out, work = tmp_path / "out", tmp_path / "work"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "gopflow", "ladder", source, "-o", str(out), "--no-progress",
+         "--preset", "ultrafast", "--segment-seconds", "2", "--rungs", "3",
+         "--floor-bitrate", "100k", "--work-dir", str(work), "--workers", "1"],
+        env={**os.environ, "GOPFLOW_FFMPEG": str(slow_ffmpeg(tmp_path, 0.5))},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while len(glob.glob(str(work / "*" / "done" / "gop_*.json"))) < 3:
+        assert killed.poll() is None, "the ladder ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not out.exists()
+    resumed = _ladder(source, out, "--work-dir", str(work), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "GOPs already done" in resumed.stderr
+    files = sorted(p.relative_to(straight) for p in straight.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for name in files:
+        if name.name != "ladder.json":  # holds wall times
+            assert (out / name).read_bytes() == (straight / name).read_bytes(), name
