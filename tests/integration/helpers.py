@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,3 +140,37 @@ def slow_ffmpeg(folder: Path, seconds: float = 1.0) -> Path:
     )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     return wrapper
+
+
+@contextlib.contextmanager
+def ray_cluster(
+    nodes: int = 2, head_cpus: int = 1
+) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A cluster of ``nodes`` ``ray start`` nodes on this machine (the head with
+    ``head_cpus`` CPUs, workers with one each); yields its address and the nodes' processes,
+    stopped by their PIDs afterwards: never ``ray stop``, which stops every Ray process of
+    the machine (a user's own cluster too). Skips the test without the ``ray`` CLI."""
+    import shutil
+    import sys
+    import tempfile
+
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
+    if ray is None:
+        pytest.skip("the ray CLI is not installed beside this Python")
+    temp_root = tempfile.mkdtemp(prefix="gfray-")  # short: Ray's socket paths must fit
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        started.append(start_ray_node(
+            ray, temp_root, "head", "--head", f"--port={port}", f"--num-cpus={head_cpus}",
+            "--include-dashboard=false", f"--dashboard-port={free_port()}",
+            "--disable-usage-stats"))
+        for number in range(1, nodes):
+            started.append(start_ray_node(ray, temp_root, f"worker{number}",
+                                          f"--address={address}"))
+        yield address, started
+    finally:
+        for process in reversed(started):
+            stop_ray_node(process)
+        shutil.rmtree(temp_root, ignore_errors=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import inspect, slow_ffmpeg
 
 from conftest import make_clip
+from integration.helpers import inspect, slow_ffmpeg
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import glob
 import os
-import stat
 import subprocess
 import sys
 import time
@@ -14,19 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ffmpeg_exe, make_clip
-from integration.helpers import inspect
-
-
-def _slow_ffmpeg(tmp_path: Path, seconds: float) -> Path:
-    wrapper = tmp_path / "slow_ffmpeg"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'case "$*" in *libx264*) sleep {seconds};; esac\n'
-        f'exec "{ffmpeg_exe()}" "$@"\n'
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    return wrapper
+from conftest import make_clip
+from integration.helpers import inspect, slow_ffmpeg
 
 
 def _start(source: str, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -56,7 +44,7 @@ def test_a_second_run_of_the_same_job_fails_at_once_naming_the_first(
     tmp_path: Path, clip: str
 ) -> None:
     out = tmp_path / "c.mp4"
-    first = _start(clip, out, {"GOPFLOW_FFMPEG": str(_slow_ffmpeg(tmp_path, 8))})
+    first = _start(clip, out, {"GOPFLOW_FFMPEG": str(slow_ffmpeg(tmp_path, 8))})
     try:
         _wait_for_lock(tmp_path / ".gopflow-work", first)
         second = subprocess.run(
@@ -82,7 +70,7 @@ def test_a_second_run_of_the_same_job_fails_at_once_naming_the_first(
 
 
 def test_runs_to_different_outputs_never_share_a_work_dir(tmp_path: Path, clip: str) -> None:
-    first = _start(clip, tmp_path / "a.mp4", {"GOPFLOW_FFMPEG": str(_slow_ffmpeg(tmp_path, 6))})
+    first = _start(clip, tmp_path / "a.mp4", {"GOPFLOW_FFMPEG": str(slow_ffmpeg(tmp_path, 6))})
     try:
         _wait_for_lock(tmp_path / ".gopflow-work", first)
         second = subprocess.run(

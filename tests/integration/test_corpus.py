@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -28,26 +26,15 @@ import pytest
 from gopflow.codecs.x26x import coded_size
 from gopflow.media.probe import probe
 from integration.corpus import CASES, Case
-from integration.helpers import free_port, start_ray_node, stop_ray_node
+from integration.helpers import ray_cluster
 
 TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
-    if ray is None:
-        pytest.skip("the ray CLI is not installed beside this Python")
-    temp_root = tempfile.mkdtemp(prefix="gfray-")  # short: Ray's socket paths must fit
-    port = free_port()
-    head = start_ray_node(ray, temp_root, "head", "--head", f"--port={port}", "--num-cpus=2",
-                          "--include-dashboard=false", f"--dashboard-port={free_port()}",
-                          "--disable-usage-stats")
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_ray_node(head)
-        shutil.rmtree(temp_root, ignore_errors=True)
+    with ray_cluster(nodes=1, head_cpus=2) as (address, _):
+        yield address
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:

@@ -164,7 +164,7 @@ def test_killed_compression_resumes_to_the_same_archive(clips: Path, tmp_path: P
     import signal
     import time
 
-    from helpers import slow_ffmpeg
+    from integration.helpers import slow_ffmpeg
 
     straight = tmp_path / "straight.gfd"
     assert _compress(str(clips), "-o", str(straight), "--gop-seconds", "0.4").returncode == 0

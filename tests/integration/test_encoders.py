@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import inspect
 
 from conftest import make_clip
+from integration.helpers import inspect
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,7 @@ def test_killed_ladder_resumes_to_the_same_ladder(source: str, tmp_path: Path) -
     import signal
     import time
 
-    from helpers import slow_ffmpeg
+    from integration.helpers import slow_ffmpeg
 
     straight = tmp_path / "straight"
     assert _ladder(source, straight).returncode == 0

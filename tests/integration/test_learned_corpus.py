@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from integration.corpus import CASES, clip
-from integration.helpers import free_port, start_ray_node, stop_ray_node
+from integration.helpers import ray_cluster
 
 TIMEOUT_S = 120
 _CORPUS = {case.name: case for case in CASES}
@@ -30,19 +28,8 @@ _CORPUS = {case.name: case for case in CASES}
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
-    if ray is None:
-        pytest.skip("the ray CLI is not installed beside this Python")
-    temp_root = tempfile.mkdtemp(prefix="gfray-")  # short: Ray's socket paths must fit
-    port = free_port()
-    head = start_ray_node(ray, temp_root, "head", "--head", f"--port={port}", "--num-cpus=2",
-                          "--include-dashboard=false", f"--dashboard-port={free_port()}",
-                          "--disable-usage-stats")
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_ray_node(head)
-        shutil.rmtree(temp_root, ignore_errors=True)
+    with ray_cluster(nodes=1, head_cpus=2) as (address, _):
+        yield address
 
 
 def _gopflow(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import media
-from integration.helpers import free_port, start_ray_node, stop_ray_node
+from integration.helpers import ray_cluster, stop_ray_node
 
 CLIP = "car_traffic_768x432.mp4"  # 377 frames at 12.5 fps: 16 GOPs
 TIMEOUT_S = 300
@@ -35,24 +33,9 @@ TIMEOUT_S = 300
 @pytest.fixture()
 def two_nodes() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A head and a worker node on this machine (one CPU each); yields the address and the
-    worker's ``ray start`` process. Both are stopped by their PIDs afterwards."""
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
-    if ray is None:
-        pytest.skip("the ray CLI is not installed beside this Python")
-    temp_root = tempfile.mkdtemp(prefix="gfray-")  # short: Ray's socket paths must fit
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        started.append(start_ray_node(
-            ray, temp_root, "head", "--head", f"--port={port}", "--include-dashboard=false",
-            f"--dashboard-port={free_port()}", "--disable-usage-stats"))
-        started.append(start_ray_node(ray, temp_root, "worker", f"--address={address}"))
+    worker's ``ray start`` process."""
+    with ray_cluster(nodes=2) as (address, started):
         yield address, started[1]
-    finally:
-        for process in reversed(started):
-            stop_ray_node(process)
-        shutil.rmtree(temp_root, ignore_errors=True)
 
 
 def _crash(node: subprocess.Popen[bytes]) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import glob
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import media
-from integration.helpers import free_port, start_ray_node, stop_ray_node
+from integration.helpers import ray_cluster
 
 CLIP = "car_traffic_768x432.mp4"  # 377 frames at 12.5 fps: 15 GOPs of 2 s
 
@@ -84,26 +81,9 @@ def test_interrupted_run_resumes_byte_identical(tmp_path: Path, reference: bytes
 
 @pytest.fixture()
 def two_node_cluster() -> Iterator[str]:
-    """A head and a worker node on this machine, stopped by their PIDs afterwards: never
-    ``ray stop``, which stops every Ray process of the machine (a user's own cluster too)."""
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
-    if ray is None:
-        pytest.skip("the ray CLI is not installed beside this Python")
-    # Short: Ray's socket paths under it must fit in 107 bytes.
-    temp_root = tempfile.mkdtemp(prefix="gfray-")
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        started.append(start_ray_node(
-            ray, temp_root, "head", "--head", f"--port={port}", "--include-dashboard=false",
-            f"--dashboard-port={free_port()}", "--disable-usage-stats"))
-        started.append(start_ray_node(ray, temp_root, "worker", f"--address={address}"))
+    """A head and a worker node on this machine (one CPU each)."""
+    with ray_cluster(nodes=2) as (address, _):
         yield address
-    finally:
-        for process in reversed(started):
-            stop_ray_node(process)
-        shutil.rmtree(temp_root, ignore_errors=True)
 
 
 def test_existing_two_node_cluster_gives_identical_output(

@@ -184,20 +184,29 @@ def find_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def _value(field_type: Any, text: str, name: str) -> Any:
-    kind = str(field_type)
+    """A CSV cell as the option's type (its annotation, e.g. ``"float | None"``)."""
+    kinds = {kind.strip() for kind in str(field_type).split("|")}
     try:
-        if "bool" in kind:
+        if "str" in kinds:
+            return text
+        if "bool" in kinds:
             lowered = text.strip().lower()
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(text)
             return lowered in ("1", "true", "yes", "on")
-        if kind.startswith("int"):
-            return int(text)
-        if kind.startswith("float") or "float" in kind.split("|")[0]:
+        if "float" in kinds:
             return float(text)
+        if "int" in kinds:
+            return int(text)
     except ValueError:
         raise UsageError(f"bad value {text!r} for {name}") from None
     return text
+
+
+# Options that name one file's side outputs or how the whole batch runs: not per row.
+BATCH_ONLY_FILE_OPTIONS = frozenset({"report", "plot", "decisions", "save_decisions",
+                                     "ray_address", "workers", "retries", "work_dir", "resume",
+                                     "keep_work", "progress"})
 
 
 def read_list(path: str) -> list[tuple[str, str, dict[str, Any], str | None]]:
@@ -238,11 +247,6 @@ def read_list(path: str) -> list[tuple[str, str, dict[str, Any], str | None]]:
     return out
 
 
-# Options that name one file's side outputs: a batch has its own report, one per batch.
-BATCH_ONLY_FILE_OPTIONS = frozenset({"report", "plot", "decisions", "save_decisions",
-                                     "ray_address", "workers", "retries", "work_dir", "resume",
-                                     "keep_work", "progress"})
-
 
 def _extension(options: TranscodeOptions) -> str:
     if options.codec in LEARNED_CODECS:
@@ -254,7 +258,7 @@ def _extension(options: TranscodeOptions) -> str:
 
 def output_name(template: str, path: str, relative_dir: str, options: TranscodeOptions) -> str:
     """``template`` filled in for one input (the fields are :data:`TEMPLATE_FIELDS`)."""
-    stem, extension = os.path.splitext(os.path.basename(path))
+    stem = os.path.splitext(os.path.basename(path))[0]
     crf = options.crf
     values = {
         "stem": stem, "name": os.path.basename(path), "ext": _extension(options),
@@ -270,7 +274,6 @@ def output_name(template: str, path: str, relative_dir: str, options: TranscodeO
     if unknown:
         raise UsageError(f"unknown field(s) {', '.join(unknown)} in --name-template; use "
                          f"{', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
-    del extension
     return template.format(**values)
 
 

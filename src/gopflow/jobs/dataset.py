@@ -170,13 +170,12 @@ def compress(
     failures: list[str] = []
     rows: list[GopRow] = []
     done: dict[int, JobResult] = {}
-    run = requests[0].job.config.run if requests else options.run_options()
+    run = jobs[0].config.run
     with claimed() as workdirs:
         try:
             outcomes = run_gop_jobs(requests, run, log, label="dataset")
             with contextlib.closing(outcomes):
                 for outcome in outcomes:
-                    job = jobs[outcome.index]
                     if outcome.error is not None:
                         failures.append(f"{todo[outcome.index][0]}: {outcome.error}")
                         say(f"failed: {todo[outcome.index][0]}: {outcome.error}")
