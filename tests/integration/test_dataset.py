@@ -4,6 +4,7 @@ verify catches damage, feed PyTorch and Ray Data."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def test_reads_exact_frames_decoding_only_the_covering_gops(
 
     ds = gopflow.dataset.open(str(archive))
     assert ds.videos == ["street"] and ds.frames("street") == 75
+    assert all(r.quality == float("inf") for r in ds.rows)  # CRF 0: measured exact
     gops = [r for r in ds.rows if r.video_id == "street"]
     assert len(gops) == 3 and all(r.frame_count == 25 for r in gops)  # 1 s GOPs
     decoded: list[int] = []
@@ -191,3 +193,70 @@ def test_killed_compression_resumes_to_the_same_archive(clips: Path, tmp_path: P
     assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     for name in files:
         assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def _luma_psnr(source: np.ndarray, decoded: np.ndarray) -> float:
+    diff = source.astype(np.float64) / 255 - decoded.astype(np.float64) / 255
+    return float(10 * np.log10(1 / np.mean(diff * diff)))
+
+
+def test_ffv1_archive_is_lossless_and_quality_is_measured(tmp_path: Path) -> None:
+    """FFV1 payloads on a real clip gopflow has never seen (H.264 with B-frames): random
+    clips equal PyAV's decode of the source exactly, every GOP's PSNR-Y is inf; a lossy
+    x264 archive's quality column is the PSNR-Y of each decoded payload against the source."""
+    import random
+
+    import gopflow
+    from conftest import media
+
+    source = tmp_path / "traffic.mp4"
+    make_clip(source, "-i", media("car_traffic_768x432.mp4"), "-t", "3", "-vf", "crop=320:176",
+              "-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-an")
+    out = tmp_path / "lossless.gfd"
+    done = _cli("compress", str(source), "-o", str(out), "--codec", "ffv1", "--gop-seconds",
+                "0.5", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "ffv1 lossless" in done.stderr
+    ds = gopflow.dataset.open(str(out))
+    frames = _source_frames(source)
+    assert ds.frames("traffic") == len(frames) and len(ds.rows) > 2
+    assert all(r.codec == "ffv1" and r.quality == float("inf") for r in ds.rows)
+    pick = random.Random(30)
+    for _ in range(6):
+        start = pick.randrange(0, len(frames) - 16)
+        np.testing.assert_array_equal(ds.read("traffic", start, 16), frames[start:start + 16])
+    assert _cli("verify", str(out)).returncode == 0
+    info = _cli("info", str(out))
+    assert "traffic: " in info.stdout and "lossless" in info.stdout
+
+    lossy = tmp_path / "lossy.gfd"
+    done = _cli("compress", str(source), "-o", str(lossy), "--codec", "x264", "--crf", "30",
+                "--preset", "ultrafast", "--gop-seconds", "0.5", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    ds = gopflow.dataset.open(str(lossy))
+    with av.open(str(source)) as container:
+        lumas = [f.to_ndarray(format="yuv420p")[:176] for f in container.decode(video=0)]
+    for row in ds.rows[:3]:
+        with av.open(io.BytesIO(ds.payload(row))) as container:
+            decoded = [f.to_ndarray(format="yuv420p")[:176] for f in container.decode(video=0)]
+        reference = lumas[row.first_frame:row.first_frame + row.frame_count]
+        expected = _luma_psnr(np.stack(reference), np.stack(decoded))
+        assert row.quality is not None and 25 < row.quality < 60
+        assert abs(row.quality - expected) < 1e-3
+    info = _cli("info", str(lossy))
+    assert "PSNR-Y" in info.stdout and "worst GOP" in info.stdout
+
+
+def test_ffv1_is_refused_outside_a_dataset(clips: Path, tmp_path: Path) -> None:
+    import gopflow
+
+    cli = subprocess.run([sys.executable, "-m", "gopflow", "transcode", str(clips / "street.mkv"),
+                          "-o", str(tmp_path / "x.mkv"), "--codec", "ffv1"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and len(cli.stderr.strip().splitlines()) == 1
+    with pytest.raises(gopflow.GopflowError, match="only for gopflow dataset"):
+        gopflow.transcode(str(clips / "street.mkv"), str(tmp_path / "x.mkv"), codec="ffv1")
+    crf = _cli("compress", str(clips), "-o", str(tmp_path / "y.gfd"), "--codec", "ffv1",
+               "--crf", "10")
+    assert crf.returncode == 2 and "lossless" in crf.stderr
+    assert len(crf.stderr.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -37,7 +38,7 @@ def add_dataset_parser(commands: Any, epilog: str, parser_class: Any) -> argpars
     compress.add_argument("inputs", nargs="+", metavar="INPUT")
     compress.add_argument("-o", "--output", dest="output_dir", required=True, metavar="OUT")
     for flag, kind, text in (
-        ("--codec", str, "x264, x265 or svtav1 (default: x264)"),
+        ("--codec", str, "x264, x265, svtav1 or ffv1 (lossless) (default: x264)"),
         ("--crf", float, "quality (default: the codec's)"),
         ("--preset", str, "encoder preset (default: medium)"),
         ("--height", int, "scale down to this height"),
@@ -83,9 +84,14 @@ def run_dataset_command(args: argparse.Namespace) -> int:
         dataset = open_dataset(args.root)
         if args.json:
             videos = {v: dataset.frames(v) for v in dataset.videos}
-            print(json.dumps({**dataset.card, "frames_per_video": videos}, indent=2))
+            quality = {v: _psnr_json(dataset.quality(v)) for v in dataset.videos}
+            print(json.dumps({**dataset.card, "frames_per_video": videos,
+                              "psnr_y_per_video": quality}, indent=2))
         else:
             print(_summary(dataset.card))
+            for video in dataset.videos:
+                print(f"  {video}: {dataset.frames(video)} frames, "
+                      f"{_psnr_text(dataset.quality(video))}")
         return 0
     if action == "read":
         start, _, end = args.frames.partition(":")
@@ -118,9 +124,29 @@ def run_dataset_command(args: argparse.Namespace) -> int:
     raise UsageError("name an action: compress, info, read or verify")
 
 
+def _psnr_text(quality: tuple[float, float] | None) -> str:
+    if quality is None:
+        return "quality not measured"
+    pooled, worst = quality
+    if math.isinf(worst):
+        return "lossless (every GOP decodes to exactly the frames coded)"
+    return f"PSNR-Y {pooled:.2f} dB (worst GOP {worst:.2f} dB)"
+
+
+def _psnr_json(quality: tuple[float, float] | None) -> dict[str, Any] | None:
+    """JSON has no infinity: an exact value is null with ``"exact": true``."""
+    if quality is None:
+        return None
+    pooled, worst = quality
+    return {"pooled": None if math.isinf(pooled) else round(pooled, 4),
+            "worst_gop": None if math.isinf(worst) else round(worst, 4),
+            "exact": math.isinf(worst)}
+
+
 def _summary(card: dict[str, Any]) -> str:
     ratio = card["source_bytes"] / card["bytes"] if card.get("bytes") else 0.0
     encode = card["settings"]["encode"]
     return (f"{card['videos']} videos, {card['gops']} GOPs, {card['frames']} frames, "
             f"{card['bytes'] / 1e6:.2f} MB ({ratio:.1f}x smaller than the sources), "
-            f"{encode['codec']} CRF {encode['crf']:g}")
+            f"{encode['codec']} " + ("lossless" if encode["crf"] is None
+                                     else f"CRF {encode['crf']:g}"))

@@ -1,4 +1,4 @@
-"""x264/x265/SVT-AV1 hand-off through the ffmpeg CLI.
+"""x264/x265/SVT-AV1 (and lossless FFV1, for dataset archives) through the ffmpeg CLI.
 
 Data flow: decoded frames -> packed planar bytes on ffmpeg's stdin (``-f rawvideo``) ->
 [pad odd sizes to even, edge pixels replicated] -> libx264/libx265 -> an MP4 segment in a
@@ -23,13 +23,16 @@ from gopflow.media.ffmpeg import (
     cut_command,
     encode_raw_command,
     feed_process,
+    ffv1_options,
     find_ffmpeg,
     refusal,
 )
 from gopflow.media.reader import check_frame_size, feed_format, frame_bytes
 from gopflow.types import GopSpec, ReadMode, SourceFormat
 
-ENCODER_NAMES = {"x264": "libx264", "x265": "libx265", "svtav1": "libsvtav1"}
+ENCODER_NAMES = {"x264": "libx264", "x265": "libx265", "svtav1": "libsvtav1", "ffv1": "ffv1"}
+LOSSLESS_CODECS = ("ffv1",)
+"""Codecs without rate control: every GOP is coded losslessly (after ``pix_fmt``)."""
 PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast",
     "medium", "slow", "slower", "veryslow", "placebo",
@@ -56,7 +59,7 @@ class EncodeSettings:
     (``maxrate`` default: the bitrate; ``bufsize`` default: twice the maxrate).
     """
 
-    codec: Literal["x264", "x265", "svtav1"] = "x264"
+    codec: Literal["x264", "x265", "svtav1", "ffv1"] = "x264"
     preset: str = "medium"
     crf: float | None = None
     bitrate_kbps: int | None = None
@@ -73,6 +76,17 @@ class EncodeSettings:
     def __post_init__(self) -> None:
         if self.codec not in ENCODER_NAMES:
             raise UsageError(f"unknown codec {self.codec!r}; choose {', '.join(ENCODER_NAMES)}")
+        if self.codec in LOSSLESS_CODECS:
+            given = [flag for flag, value in (
+                ("--crf", self.crf), ("--bitrate", self.bitrate_kbps),
+                ("--maxrate", self.maxrate_kbps), ("--bufsize", self.bufsize_kbps),
+            ) if value is not None]
+            if self.lookahead_tail:
+                given.append("--lookahead-tail")
+            if given:
+                verb = "does" if len(given) == 1 else "do"
+                raise UsageError(f"{', '.join(given)} {verb} not apply to {self.codec}: it is "
+                                 "lossless, with no rate control")
         if self.codec == "svtav1":
             if not (self.preset in SVTAV1_PRESETS or (self.preset.isdigit()
                     and 0 <= int(self.preset) <= 13)):
@@ -86,7 +100,9 @@ class EncodeSettings:
             raise UsageError(
                 f"unsupported pixel format {self.pix_fmt!r}; use {', '.join(PIX_FMTS)}"
             )
-        if self.bitrate_kbps is None:
+        if self.codec in LOSSLESS_CODECS:
+            pass
+        elif self.bitrate_kbps is None:
             # CRF, capped by --maxrate/--bufsize when given (streaming's capped VBR).
             if self.bufsize_kbps is not None and self.maxrate_kbps is None:
                 raise UsageError("--bufsize needs --maxrate or --bitrate")
@@ -138,7 +154,9 @@ def coded_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
 
 
 def _rate_args(settings: EncodeSettings) -> dict[str, str]:
-    """Rate-control options: CRF, or an average bitrate with VBV."""
+    """Rate-control options: CRF, or an average bitrate with VBV (none: lossless)."""
+    if settings.codec in LOSSLESS_CODECS:
+        return {}
     if settings.bitrate_kbps:
         maxrate = settings.maxrate_kbps or settings.bitrate_kbps
         bufsize = settings.bufsize_kbps or 2 * maxrate
@@ -186,6 +204,8 @@ def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> dict[str, st
             "x265-params": ":".join(params),
             "tag:v": "hvc1",
         }
+    if settings.codec == "ffv1":
+        return ffv1_options(settings.keyint, threads)
     if settings.codec == "svtav1":
         preset = SVTAV1_PRESETS.get(settings.preset, settings.preset)
         return {

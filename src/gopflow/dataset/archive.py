@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -195,6 +196,18 @@ class Dataset:
     def fps(self, video: str) -> Fraction:
         first = self._gops(video)[0]
         return Fraction(first.fps_num, first.fps_den)
+
+    def quality(self, video: str) -> tuple[float, float] | None:
+        """``video``'s PSNR-Y measured at encode time: (pooled over its frames, its worst
+        GOP's), in dB, ``inf`` when exact; None if a GOP was not measured."""
+        gops = self._gops(video)
+        if any(r.quality is None for r in gops):
+            return None
+        worst = min(float(r.quality) for r in gops)  # type: ignore[arg-type]
+        frames = sum(r.frame_count for r in gops)
+        mse = sum(r.frame_count * 10.0 ** (-float(r.quality) / 10.0)  # type: ignore[arg-type]
+                  for r in gops) / frames
+        return (10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf), worst
 
     def _gops(self, video: str) -> list[GopRow]:
         if video not in self._by_video:

@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import Any
 
 from gopflow.codecs.learned.api import CODEC_NAMES, DEFAULT_INTRA_OFFSETS
-from gopflow.codecs.x26x import ENCODER_NAMES, EncodeSettings
+from gopflow.codecs.x26x import ENCODER_NAMES, LOSSLESS_CODECS, EncodeSettings
 from gopflow.errors import UsageError
 from gopflow.pipeline.assemble import container_for
 from gopflow.pipeline.driver import RunOptions
@@ -31,7 +31,15 @@ from gopflow.qro.target import QroSettings, QroTarget, parse_scale
 
 LEARNED_CODECS = CODEC_NAMES
 """Learned codecs (``--codec dvc|fvc|intra``): they write a .gflv stream."""
-CODECS = (*ENCODER_NAMES, *LEARNED_CODECS)
+PLAYBACK_ENCODERS = tuple(name for name in ENCODER_NAMES if name not in LOSSLESS_CODECS)
+"""x264, x265, SVT-AV1: what a transcode, a batch and a ladder code with."""
+CODECS = (*PLAYBACK_ENCODERS, *LEARNED_CODECS)
+"""``gopflow transcode`` / ``batch`` codecs."""
+DATASET_CODECS = (*PLAYBACK_ENCODERS, *LOSSLESS_CODECS)
+"""``gopflow dataset compress`` codecs: FFV1 (lossless) is for dataset archives only."""
+DATASET_PER_FILE_ONLY = ("report", "plot", "decisions", "save_decisions", "target_vmaf",
+                         "target_vmaf_neg", "target_psnr", "max_bitrate")
+"""Transcode options a dataset refuses (per-file outputs, QRO)."""
 LEARNED_EXTENSION = ".gflv"
 PRECODERS = ("none", "dvp", "vistra")
 MODE_SELECTS = ("probe", "predict")
@@ -237,9 +245,22 @@ class TranscodeOptions:
         """Options from keyword arguments; an unknown name is a one-line error."""
         return cls(**_known(cls, options, "transcode"))
 
-    def resolve(self, input_path: str, output: str) -> TranscodeConfig:
-        """The checked :class:`TranscodeConfig` of this request (defaults applied)."""
-        if self.codec not in CODECS:
+    def resolve(self, input_path: str, output: str, job: str = "transcode") -> TranscodeConfig:
+        """The checked :class:`TranscodeConfig` of this request (defaults applied); ``job``
+        ``"dataset"`` applies a dataset's checks (its codecs, no per-file options)."""
+        if job == "dataset":
+            given = [name for name in DATASET_PER_FILE_ONLY if getattr(self, name) is not None]
+            if given:
+                raise UsageError(f"--{given[0].replace('_', '-')} does not apply to a dataset")
+            if self.codec not in DATASET_CODECS:
+                raise UsageError(f"a dataset is coded with {', '.join(DATASET_CODECS)}, not "
+                                 f"{self.codec!r}")
+            if self.codec in LOSSLESS_CODECS and self.preset is not None:
+                raise UsageError(f"--preset does not apply to {self.codec} (lossless)")
+        elif self.codec in LOSSLESS_CODECS:
+            raise UsageError(f"--codec {self.codec} (lossless) is only for gopflow dataset "
+                             f"compress; choose from {', '.join(CODECS)}")
+        elif self.codec not in CODECS:
             raise UsageError(f"unknown codec {self.codec!r}; choose from {', '.join(CODECS)}")
         learned = self._learned()
         qro = self._qro()
@@ -421,7 +442,7 @@ class BatchOptions:
         return self.transcode.resume
 
 
-LADDER_CODECS = tuple(ENCODER_NAMES)
+LADDER_CODECS = PLAYBACK_ENCODERS
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ archive. A video already in the archive (same path, size and SHA-256) is skipped
 second run appends only new videos; a run with other coding settings is refused, so an
 archive never mixes them. A crash leaves the card as it was: the next run with
 ``--resume`` reuses every finished GOP from the work dirs.
+
+Each GOP's worker also measures its quality as it codes it (:class:`DatasetGopStage`): the
+PSNR of the luma of the decoded payload against the frames it was given, kept in the index's
+``quality`` column (``inf``: lossless).
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import io
+import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from gopflow.codecs.x26x import output_size
+import numpy as np
+
+from gopflow.codecs.x26x import FfmpegEncoder, GopTask, output_size, scaled_size
 from gopflow.dataset.archive import (
     FORMAT,
     VERSION,
@@ -31,17 +39,115 @@ from gopflow.dataset.archive import (
     write_card,
     write_part,
 )
-from gopflow.errors import InputError, UsageError
+from gopflow.errors import CorruptInputError, FrameCountError, InputError, UsageError
 from gopflow.jobs.batch import find_inputs, settings_hash
 from gopflow.jobs.config import TranscodeConfig, TranscodeOptions
 from gopflow.jobs.transcode import EncoderJob
-from gopflow.pipeline.driver import Finished, GopRequest, JobResult, run_gop_jobs
+from gopflow.media.reader import ReaderCache, feed_format, frame_bytes
+from gopflow.pipeline.driver import Finished, GopRequest, JobResult, make_record, run_gop_jobs
 from gopflow.pipeline.workdir import WorkDir, claimed, file_sha256
-from gopflow.types import GopRecord, GopSpec, VideoInfo
+from gopflow.types import EncodedGop, GopRecord, GopSpec, VideoInfo
 
-DATASET_CODECS = ("x264", "x265", "svtav1")
-PER_FILE_ONLY = ("report", "plot", "decisions", "save_decisions", "target_vmaf",
-                 "target_vmaf_neg", "target_psnr", "max_bitrate")
+
+def _luma(frame: Any) -> np.ndarray:
+    """The Y plane of a planar YUV PyAV frame as floats in 0..1 (8 or 10+ bit)."""
+    plane = frame.planes[0]
+    bits = frame.format.components[0].bits
+    deep = bits > 8
+    rows = np.frombuffer(plane, np.uint16 if deep else np.uint8).reshape(
+        plane.height, plane.line_size // (2 if deep else 1))[:, : plane.width]
+    return rows.astype(np.float32) / ((1 << bits) - 1)
+
+
+def _fed_luma(frame: Any, pix_fmt: str) -> np.ndarray:
+    """The Y plane the encoder is given for ``frame`` (the bytes :func:`frame_bytes` feeds
+    it, in ``pix_fmt``), as floats in 0..1."""
+    import av
+
+    bits = av.VideoFormat(pix_fmt).components[0].bits
+    deep = bits > 8
+    size = frame.width * frame.height
+    rows = np.frombuffer(frame_bytes(frame, pix_fmt), np.uint16 if deep else np.uint8,
+                         count=size).reshape(frame.height, frame.width)
+    return rows.astype(np.float32) / ((1 << bits) - 1)
+
+
+def psnr_y(sources: Sequence[np.ndarray], decoded: Sequence[np.ndarray]) -> float:
+    """PSNR of the luma planes (0..1) over a GOP, the squared error pooled over its frames;
+    ``inf`` when they are equal."""
+    if len(sources) != len(decoded):
+        raise FrameCountError(f"a GOP payload decodes to {len(decoded)} frames, not "
+                              f"{len(sources)}")
+    total = 0.0
+    for source, out in zip(sources, decoded, strict=True):
+        height, width = source.shape
+        diff = source.astype(np.float64) - out[:height, :width]
+        total += float(np.mean(diff * diff))
+    mse = total / max(1, len(sources))
+    return round(10.0 * math.log10(1.0 / mse), 4) if mse > 0 else math.inf
+
+
+def _quality_details(psnr: float) -> dict[str, Any]:
+    # The work dir's JSON has no infinity: an exact GOP is recorded as such.
+    return {"psnr_y": None, "exact": True} if math.isinf(psnr) else {"psnr_y": psnr}
+
+
+def _quality(record: GopRecord) -> float | None:
+    """The index's ``quality`` of a GOP: its PSNR-Y (``inf``: exact), None if unmeasured."""
+    details = record.details or {}
+    return math.inf if details.get("exact") else details.get("psnr_y")
+
+
+class DatasetGopStage:
+    """A dataset's per-GOP stage: a GOP coded as a transcode codes it (frame-exact decode,
+    then the encoder), and its PSNR-Y measured on the worker: the decoded payload against
+    the frames the encoder was given (the source's, converted to ``pix_fmt``; scaled with
+    Lanczos first under ``--height``)."""
+
+    def __init__(self) -> None:
+        self._readers = ReaderCache()
+
+    def __call__(self, task: GopTask) -> EncodedGop:
+        import av
+
+        started = time.perf_counter()
+        settings, gop, source = task.settings, task.gop, task.source
+        tail = settings.lookahead_tail
+        reader = self._readers.reader(task.input_path, task.stream_index, task.read_mode,
+                                      settings.threads)
+        scaled = scaled_size(source.width, source.height, settings.height)
+        fed = feed_format(source.pix_fmt, settings.pix_fmt)
+        lumas: list[np.ndarray] = []
+        count = 0
+
+        def frames() -> Iterator[Any]:
+            nonlocal count
+            for frame in reader.read(gop, tail=tail):
+                count += 1
+                if count <= gop.frame_count:
+                    if scaled is not None:
+                        lumas.append(_luma(frame.reformat(
+                            width=scaled[0], height=scaled[1], format=settings.pix_fmt,
+                            interpolation="LANCZOS")))
+                    else:
+                        lumas.append(_fed_luma(frame, fed))
+                yield frame
+
+        data = FfmpegEncoder(settings).encode_gop(frames(), source,
+                                                  keep=gop.frame_count if tail else None)
+        if not gop.frame_count <= count <= gop.frame_count + tail:
+            raise FrameCountError(f"encoded {count} frames, planned {gop.frame_count}")
+        try:
+            with av.open(io.BytesIO(data), mode="r") as container:
+                decoded = [_luma(f) for f in container.decode(container.streams.video[0])]
+        except av.FFmpegError as exc:
+            raise CorruptInputError(f"the coded GOP does not decode: {exc}") from exc
+        return EncodedGop(index=gop.index, data=data, frames=gop.frame_count,
+                          encode_seconds=time.perf_counter() - started,
+                          details=_quality_details(psnr_y(lumas, decoded)))
+
+    def close(self) -> None:
+        self._readers.close()
 
 
 class DatasetJob(EncoderJob):
@@ -52,6 +158,12 @@ class DatasetJob(EncoderJob):
         super().__init__(config)
         self.video_id = video_id
         self.label = "dataset"
+
+    def stage_factory(self) -> Callable[[], Callable[[Any], EncodedGop]]:
+        return DatasetGopStage
+
+    def record(self, gop: GopSpec, encoded: EncodedGop, node: str) -> GopRecord:
+        return make_record(gop, encoded, node, details=encoded.details)
 
     def finish(
         self, info: VideoInfo, gops: list[GopSpec], records: list[GopRecord], workdir: WorkDir
@@ -66,7 +178,7 @@ class DatasetJob(EncoderJob):
         coded_w, coded_h = result.finished.width, result.finished.height
         source_sha = file_sha256(info.path)
         rows = []
-        for gop in result.gops:
+        for gop, record in zip(result.gops, result.records, strict=True):
             with open(result.workdir.segment_path(gop.index), "rb") as handle:
                 data = handle.read()
             ((shard, offset, length),) = shards.append([data])
@@ -78,6 +190,7 @@ class DatasetJob(EncoderJob):
                 codec=self.config.settings.codec, width=min(info.width, coded_w),
                 height=min(info.height, coded_h), coded_width=coded_w, coded_height=coded_h,
                 fps_num=info.fps.numerator, fps_den=info.fps.denominator,
+                quality=_quality(record),
             ))
         return rows
 
@@ -105,16 +218,11 @@ def compress(
     """Compress ``inputs`` (files, folders, globs) into the archive ``output`` (created, or
     appended to); return the archive's card."""
     started = time.perf_counter()
-    given = [name for name in PER_FILE_ONLY if getattr(options, name) is not None]
-    if given:
-        raise UsageError(f"--{given[0].replace('_', '-')} does not apply to a dataset")
-    if options.codec not in DATASET_CODECS:
-        raise UsageError(f"a dataset is coded with {', '.join(DATASET_CODECS)}, not "
-                         f"{options.codec!r}")
     options = dataclasses.replace(options, audio=False)
     root = os.path.abspath(output)
     found = find_inputs(inputs)
-    probe_config = options.resolve(found[0][0] if found else "x", os.path.join(root, "x.mp4"))
+    probe_config = options.resolve(found[0][0] if found else "x", os.path.join(root, "x.mp4"),
+                                   job="dataset")
     wanted = settings_hash(probe_config)
     card: dict[str, Any]
     if os.path.exists(os.path.join(root, "card.json")):
@@ -161,7 +269,7 @@ def compress(
     for (path, _), video_id in zip(todo, ids, strict=True):
         # The name is never written: it keys the video's work dir inside the archive.
         virtual = os.path.join(root, f".{video_id.replace('/', '__')}.mp4")
-        config = options.resolve(path, virtual)
+        config = options.resolve(path, virtual, job="dataset")
         config = dataclasses.replace(config, run=dataclasses.replace(
             config.run, work_dir=config.run.work_dir or os.path.join(root, ".gopflow-work")))
         job = DatasetJob(config, video_id)
