@@ -260,3 +260,34 @@ def test_ffv1_is_refused_outside_a_dataset(clips: Path, tmp_path: Path) -> None:
                "--crf", "10")
     assert crf.returncode == 2 and "lossless" in crf.stderr
     assert len(crf.stderr.strip().splitlines()) == 1
+
+
+def test_to_ray_streams_clips_on_two_nodes(archive: Path) -> None:
+    """``to_ray`` is a datasource: its read tasks run on both nodes of a two-node cluster
+    (two ``ray start`` nodes on this machine), and the clips equal ``read()``'s."""
+    import ray
+
+    import gopflow
+    from integration.helpers import ray_cluster
+
+    ds = gopflow.dataset.open(str(archive))
+    with ray_cluster(nodes=2) as (address, _):
+        ray.init(address=address, log_to_driver=False)
+        try:
+            clips = ds.to_ray(clip_len=8, stride=4)
+
+            def node(row: dict) -> dict:  # fused with the read: the node that read the clip
+                return {**row, "node": ray.get_runtime_context().get_node_id()}
+
+            tagged = clips.map(node)
+            rows = list(tagged.iter_rows())
+            stats = tagged.stats()
+        finally:
+            ray.shutdown()
+    assert "ReadGopflowClips" in stats, stats  # a datasource's read tasks, fused with the map
+    expected = ds.clips(8, 4)
+    assert sorted((r["video"], r["start"]) for r in rows) == sorted(expected)
+    for row in rows:
+        np.testing.assert_array_equal(np.asarray(row["frames"]),
+                                      ds.read(row["video"], int(row["start"]), 8))
+    assert len({r["node"] for r in rows}) == 2, "every clip was read on one node"

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -176,8 +177,12 @@ def decode_gop(data: bytes) -> list[np.ndarray]:
 class Dataset:
     """A read-only view of an archive: videos, GOPs, and exact frames by index."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, cache_gops: int = 0) -> None:
         self.root = os.path.abspath(root)
+        self.cache_gops = cache_gops
+        """Decoded GOPs kept for the next reads (0: none; a reader of clips in order keeps a
+        few, so clips sharing a GOP decode it once)."""
+        self._cache: OrderedDict[tuple[str, int], list[np.ndarray]] = OrderedDict()
         self.card = read_card(self.root)
         self.rows = _read_rows(self.root, self.card)
         self._by_video: dict[str, list[GopRow]] = {}
@@ -240,14 +245,26 @@ class Dataset:
             end = row.first_frame + row.frame_count
             if end <= start or row.first_frame >= start + count:
                 continue
-            frames = decode_gop(self.payload(row))
-            if len(frames) != row.frame_count:
-                raise CorruptInputError(f"GOP {row.gop_index} of {video} decoded to "
-                                        f"{len(frames)} frames, not {row.frame_count}")
+            frames = self._decoded(row)
             first = max(start, row.first_frame) - row.first_frame
             last = min(start + count, end) - row.first_frame
             out.extend(f[: row.height, : row.width] for f in frames[first:last])
         return np.stack(out)
+
+    def _decoded(self, row: GopRow) -> list[np.ndarray]:
+        key = (row.video_id, row.gop_index)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        frames = decode_gop(self.payload(row))
+        if len(frames) != row.frame_count:
+            raise CorruptInputError(f"GOP {row.gop_index} of {row.video_id} decoded to "
+                                    f"{len(frames)} frames, not {row.frame_count}")
+        if self.cache_gops > 0:
+            self._cache[key] = frames
+            while len(self._cache) > self.cache_gops:
+                self._cache.popitem(last=False)
+        return frames
 
     def clips(self, clip_len: int, stride: int | None = None) -> list[tuple[str, int]]:
         """(video, first frame) of every whole clip of ``clip_len`` frames, ``stride`` apart
@@ -263,17 +280,17 @@ class Dataset:
         return TorchClips(self.root, self.clips(clip_len, stride), clip_len)
 
     def to_ray(self, clip_len: int, stride: int | None = None) -> Any:
-        """A ``ray.data.Dataset`` of clips ({"video", "start", "frames"}), read where Ray
-        runs the map (each worker opens the archive; nothing is read on the driver)."""
+        """A ``ray.data.Dataset`` of clips ({"video", "start", "frames"}) read by a
+        datasource (:class:`~gopflow.dataset.ray_source.GopClipDatasource`): read tasks over
+        contiguous groups of clips, spread over the cluster and streamed; nothing is read on
+        the driver. Every node must see the archive at this path."""
         import ray.data
 
-        root = self.root
-        items = [{"video": v, "start": s} for v, s in self.clips(clip_len, stride)]
+        from gopflow.dataset.ray_source import GopClipDatasource
 
-        def read(row: dict[str, Any]) -> dict[str, Any]:
-            return {**row, "frames": _reader(root).read(row["video"], row["start"], clip_len)}
-
-        return ray.data.from_items(items).map(read)
+        sizes = {video: (gops[0].height, gops[0].width) for video, gops in self._by_video.items()}
+        return ray.data.read_datasource(
+            GopClipDatasource(self.root, self.clips(clip_len, stride), clip_len, sizes))
 
     def verify(self) -> Iterator[tuple[GopRow, str | None]]:
         """Every GOP with None, or what is wrong with it (hash, decodability, frame count)."""
@@ -289,14 +306,16 @@ class Dataset:
                 yield row, None
 
 
-_READERS: dict[str, Dataset] = {}
+_READERS: dict[tuple[str, int], Dataset] = {}
 
 
-def _reader(root: str) -> Dataset:
-    """One open :class:`Dataset` per archive per process (workers reuse their index)."""
-    if root not in _READERS:
-        _READERS[root] = Dataset(root)
-    return _READERS[root]
+def cached_reader(root: str, cache_gops: int = 0) -> Dataset:
+    """One open :class:`Dataset` per archive (and GOP cache size) per process: workers
+    reuse its index."""
+    key = (root, cache_gops)
+    if key not in _READERS:
+        _READERS[key] = Dataset(root, cache_gops)
+    return _READERS[key]
 
 
 class TorchClips:
@@ -314,4 +333,4 @@ class TorchClips:
         import torch
 
         video, start = self.items[index]
-        return torch.from_numpy(_reader(self.root).read(video, start, self.clip_len))
+        return torch.from_numpy(cached_reader(self.root).read(video, start, self.clip_len))
