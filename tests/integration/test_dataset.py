@@ -66,7 +66,7 @@ def test_reads_exact_frames_decoding_only_the_covering_gops(
     decoded: list[int] = []
     real = archive_module.decode_gop
     monkeypatch.setattr(archive_module, "decode_gop",
-                        lambda data: decoded.append(len(data)) or real(data))
+                        lambda data, *a: decoded.append(len(data)) or real(data, *a))
     clip = ds.read("street", 20, 10)  # frames 20-29: GOPs 0 and 1
     assert clip.shape == (10, 64, 96, 3) and clip.dtype == np.uint8
     assert len(decoded) == 2
@@ -212,19 +212,22 @@ def test_ffv1_archive_is_lossless_and_quality_is_measured(tmp_path: Path) -> Non
     source = tmp_path / "traffic.mp4"
     make_clip(source, "-i", media("car_traffic_768x432.mp4"), "-t", "3", "-vf", "crop=320:176",
               "-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-an")
+    webcam = tmp_path / "webcam.mkv"  # full range (yuvj420p): the range must survive
+    make_clip(webcam, "-i", media("asl_again_640x480.mkv"), "-frames:v", "40", "-c", "copy")
     out = tmp_path / "lossless.gfd"
-    done = _cli("compress", str(source), "-o", str(out), "--codec", "ffv1", "--gop-seconds",
-                "0.5", "--no-progress")
+    done = _cli("compress", str(source), str(webcam), "-o", str(out), "--codec", "ffv1",
+                "--gop-seconds", "0.5", "--no-progress")
     assert done.returncode == 0, done.stderr
     assert "ffv1 lossless" in done.stderr
     ds = gopflow.dataset.open(str(out))
     frames = _source_frames(source)
-    assert ds.frames("traffic") == len(frames) and len(ds.rows) > 2
+    assert ds.frames("traffic") == len(frames) and len(ds.rows) > 4
     assert all(r.codec == "ffv1" and r.quality == float("inf") for r in ds.rows)
     pick = random.Random(30)
     for _ in range(6):
         start = pick.randrange(0, len(frames) - 16)
         np.testing.assert_array_equal(ds.read("traffic", start, 16), frames[start:start + 16])
+    np.testing.assert_array_equal(ds.read("webcam", 0, 40), _source_frames(webcam))
     assert _cli("verify", str(out)).returncode == 0
     info = _cli("info", str(out))
     assert "traffic: " in info.stdout and "lossless" in info.stdout
@@ -236,7 +239,7 @@ def test_ffv1_archive_is_lossless_and_quality_is_measured(tmp_path: Path) -> Non
     ds = gopflow.dataset.open(str(lossy))
     with av.open(str(source)) as container:
         lumas = [f.to_ndarray(format="yuv420p")[:176] for f in container.decode(video=0)]
-    for row in ds.rows[:3]:
+    for row in ds.rows[:3]:  # traffic's GOPs
         with av.open(io.BytesIO(ds.payload(row))) as container:
             decoded = [f.to_ndarray(format="yuv420p")[:176] for f in container.decode(video=0)]
         reference = lumas[row.first_frame:row.first_frame + row.frame_count]

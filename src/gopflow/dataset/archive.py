@@ -162,16 +162,25 @@ def _read_rows(root: str, card: dict[str, Any]) -> list[GopRow]:
     return rows
 
 
-def decode_gop(data: bytes) -> list[np.ndarray]:
-    """Every frame of one GOP payload, as RGB24 arrays, in presentation order."""
+def decode_gop(data: bytes, first: int = 0, last: int | None = None) -> list[np.ndarray]:
+    """Frames ``first .. last-1`` (default: every frame) of one GOP payload, as RGB24
+    arrays, in presentation order; decoding stops after ``last``, and only the frames
+    returned are converted to RGB."""
     import av
 
+    frames = []
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]
-            return [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            stream.thread_type = "AUTO"  # FFV1's slices, x264/x265's frames: ~1.2-2x faster
+            for number, frame in enumerate(container.decode(stream)):
+                if last is not None and number >= last:
+                    break
+                if number >= first:
+                    frames.append(frame.to_ndarray(format="rgb24"))
     except (av.FFmpegError, IndexError) as exc:
         raise CorruptInputError(f"a GOP payload does not decode: {exc}") from exc
+    return frames
 
 
 class Dataset:
@@ -245,10 +254,17 @@ class Dataset:
             end = row.first_frame + row.frame_count
             if end <= start or row.first_frame >= start + count:
                 continue
-            frames = self._decoded(row)
             first = max(start, row.first_frame) - row.first_frame
             last = min(start + count, end) - row.first_frame
-            out.extend(f[: row.height, : row.width] for f in frames[first:last])
+            if self.cache_gops > 0:
+                frames = self._decoded(row)[first:last]
+            else:
+                frames = decode_gop(self.payload(row), first, last)
+                if len(frames) != last - first:
+                    raise CorruptInputError(
+                        f"GOP {row.gop_index} of {video} decoded to fewer than {last} frames "
+                        f"(the index says {row.frame_count})")
+            out.extend(f[: row.height, : row.width] for f in frames)
         return np.stack(out)
 
     def _decoded(self, row: GopRow) -> list[np.ndarray]:

@@ -303,9 +303,12 @@ def ffv1_options(keyint: int, threads: int = 1) -> Options:
     coder with its tuned state table and the large context model (about 10% smaller than
     the defaults on natural video), fixed slices and threads (byte-identical output
     wherever it runs), CRCs per slice; a key frame (coder state reset) every ``keyint``
-    frames, so a GOP coded on its own decodes on its own."""
+    frames, so a GOP coded on its own decodes on its own. FFV1 has no colour fields: the MP4
+    ``colr`` box carries the range (a full-range source read back as limited range would be
+    off by ~8 per RGB sample)."""
     return {"c:v": "ffv1", "level": "3", "coder": "range_tab", "context": "1",
-            "slices": "4", "slicecrc": "1", "g": str(keyint), "threads": str(threads)}
+            "slices": "4", "slicecrc": "1", "g": str(keyint), "threads": str(threads),
+            "movflags": "+write_colr"}
 
 
 def encode_raw_command(
@@ -440,13 +443,15 @@ def vmaf_command(
     models: Mapping[str, str],
     threads: int,
     log_name: str,
+    subsample: int = 1,
     exe: str | None = None,
 ) -> list[str]:
     """libvmaf of ``distorted`` against ``reference`` (each one video stream) with every one
     of ``models`` (name -> libvmaf model version) at once; the JSON log goes to ``log_name``
     in the working directory. Frames are paired in order; the distorted ones are cropped
     (``resize="crop"``) or bicubic-scaled (``"scale"``) to the reference ``size``; both
-    sides go to limited range and ``pix_fmt``."""
+    sides go to limited range and ``pix_fmt``. ``subsample`` N scores frames 0, N, 2N...
+    only (libvmaf's ``n_subsample``; every frame is still decoded)."""
     width, height = size
     # VMAF's models expect limited range: full-range inputs (yuvj*, or tagged pc) are
     # converted on both sides alike; limited-range inputs pass unchanged.
@@ -461,7 +466,7 @@ def vmaf_command(
         f"[0:{distorted_stream}]{dist_chain},format={pix_fmt}[dist];"
         f"[1:{reference_stream}]{_BY_ORDER},scale=out_range=tv,format={pix_fmt}[ref];"
         f"[dist][ref]libvmaf=model='{model}':log_fmt=json:log_path={log_name}"
-        f":n_threads={threads}:shortest=1"
+        f":n_threads={threads}:shortest=1" + (f":n_subsample={subsample}" if subsample > 1 else "")
     )
     # By hand: ffmpeg-python merges equal inputs (a file compared with itself would lose
     # its second -i) and a two-input graph with named pads is clearer written out.
