@@ -8,9 +8,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from conftest import make_clip
-from gopflow.codecs.streaming import StreamingCodec, StreamingEncode
+from gopflow.codecs.x26x import EncodeSettings, encoder_options
 from gopflow.media.ffmpeg import encode_raw_command, feed_process, find_ffmpeg
 from gopflow.media.probe import probe
 from gopflow.media.reader import GopReader, frame_bytes
@@ -42,7 +43,7 @@ def encode_rungs(
     gop_frames: Sequence[int],
     rungs: Sequence[RungSpec],
     folder: Path,
-    codec: StreamingCodec = "x264",
+    codec: Literal["x264", "x265", "svtav1"] = "x264",
     preset: str | None = "veryfast",
 ) -> list[RungSource]:
     """Every GOP of ``gop_frames`` encoded for every rung: one MP4 per (rung, GOP)."""
@@ -52,8 +53,10 @@ def encode_rungs(
     for rung in rungs:
         target = folder / rung.name
         target.mkdir(parents=True, exist_ok=True)
-        settings = StreamingEncode(codec=codec, preset=preset, crf=rung.crf, kbps=rung.kbps,
-                                   threads=2)
+        # The ladder's encoder options; an average bitrate is capped at 1.5x (SVT-AV1: VBR).
+        settings = EncodeSettings(codec=codec, preset=preset or "medium", crf=rung.crf,
+                                  bitrate_kbps=rung.kbps, threads=2, keyint=600,
+                                  maxrate_kbps=round(1.5 * rung.kbps) if rung.kbps else None)
         paths: list[str] = []
         start = 0
         with GopReader(info.path, info.stream_index, info.read_mode) as reader:
@@ -65,7 +68,7 @@ def encode_rungs(
                     f"scale={rung.width}:{rung.height}:flags=lanczos"]
                 command = encode_raw_command(
                     path, width=info.width, height=info.height, fps=info.fps,
-                    pix_fmt="yuv420p", out_pix_fmt="yuv420p", encoder=settings.options(),
+                    pix_fmt="yuv420p", out_pix_fmt="yuv420p", encoder=encoder_options(settings),
                     filters=scale, exe=exe,
                 )
                 chunks = (frame_bytes(f, "yuv420p") for f in reader.read(gop))

@@ -44,6 +44,25 @@ def test_probe_grid_on_a_real_clip():
     assert all(r.height <= 480 for r in ladder.rungs)
 
 
+def test_the_walk_measures_part_of_the_grid_and_the_same_points():
+    """Given the ladder's floor and top, only the points the ladder can use are encoded;
+    each is the full grid's point, and the rungs chosen are the same."""
+    clip = media("his_girl_friday_640x480.mp4")
+    args = dict(codec="x264", heights=(360, 240), crfs=(16, 21, 26, 31, 37),
+                preset="veryfast", threads=1, workers=2)
+    full = probe_grid(clip, [(0, 15), (90, 15)], **args)
+    walk = probe_grid(clip, [(0, 15), (90, 15)], floor_kbps=150, top_vmaf=95, **args)
+    assert len(full.points) == 15
+    assert 0 < len(walk.points) < len(full.points)
+    assert set(walk.points) <= set(full.points)
+    again = probe_grid(clip, [(0, 15), (90, 15)], floor_kbps=150, top_vmaf=95, **args)
+    assert again.points == walk.points
+    for points in (full.points, walk.points):
+        assert min(p.kbps for p in points if p.height == 480) < 150  # the floor, bracketed
+    chosen = [choose_rungs(r.points, source_height=480).rungs for r in (full, walk)]
+    assert [(r.height, r.kbps) for r in chosen[0]] == [(r.height, r.kbps) for r in chosen[1]]
+
+
 def test_probe_grid_refuses_bad_requests():
     clip = media("his_girl_friday_640x480.mp4")
     with pytest.raises(UsageError, match="outside"):

@@ -157,6 +157,10 @@ def _rate_args(settings: EncodeSettings) -> dict[str, str]:
     """Rate-control options: CRF, or an average bitrate with VBV (none: lossless)."""
     if settings.codec in LOSSLESS_CODECS:
         return {}
+    if settings.bitrate_kbps and settings.codec == "svtav1":
+        # SVT-AV1 caps only CRF encodes ("Max Bitrate only supported with CRF mode"): an
+        # average bitrate is plain VBR; peaks are measured from the files in any case.
+        return {"b:v": f"{settings.bitrate_kbps}k"}
     if settings.bitrate_kbps:
         maxrate = settings.maxrate_kbps or settings.bitrate_kbps
         bufsize = settings.bufsize_kbps or 2 * maxrate
@@ -218,6 +222,13 @@ def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> dict[str, st
     raise UsageError(f"unknown codec {settings.codec!r}; choose {', '.join(ENCODER_NAMES)}")
 
 
+def encoder_options(settings: EncodeSettings, in_band_headers: bool = False) -> dict[str, str]:
+    """ffmpeg output options of ``settings``: the codec with its closed-GOP and thread
+    options, and the rate control. The one place a GOP encode's, a ladder rung's and a
+    ladder probe's encoder options come from."""
+    return {**_codec_args(settings, in_band_headers), **_rate_args(settings)}
+
+
 def scaled_size(width: int, height: int, target: int | None) -> tuple[int, int] | None:
     """The even size a picture of ``width`` x ``height`` is scaled to for a ``target``
     height, or None when it is not scaled (no target, or one at or above ``height``)."""
@@ -274,7 +285,7 @@ def build_command(
         fps=source.fps,
         pix_fmt=feed_format(source.pix_fmt, settings.pix_fmt),
         out_pix_fmt=settings.pix_fmt,
-        encoder={**_codec_args(settings, in_band_headers), **_rate_args(settings)},
+        encoder=encoder_options(settings, in_band_headers),
         colour=colour_options(
             source.color_range, source.color_space,
             _encoder_primaries(settings.codec, source.color_primaries), source.color_trc,

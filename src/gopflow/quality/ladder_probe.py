@@ -2,11 +2,23 @@
 
 Data flow: for each probed frame range of the source (a short representative clip, or a
 few GOPs): its frames, read frame-accurately (:class:`gopflow.media.reader.GopReader`) ->
-a lossless FFV1 reference at the source size -> per grid point: scaled to the height
-(``scaler``, width keeping the aspect, even) and encoded (:mod:`gopflow.codecs.streaming`)
+a raw Y4M reference at the source size (raw, not FFV1: every probe encode and every VMAF
+run reads it again, and decoding FFV1 cost more than the x264 veryfast encode itself) ->
+per grid point: scaled to the height (``scaler``, width keeping the aspect, even) and
+encoded with the rungs' own encoder options (:func:`gopflow.codecs.x26x.encoder_options`)
 -> VMAF against the reference, the encode upscaled bicubic to the source size as a player
-does (:func:`gopflow.quality.vmaf.vmaf_scores`) -> bitrate from the encoded video packets'
-bytes over the ranges' duration, VMAF the frame-weighted mean over all ranges.
+does (:func:`gopflow.quality.vmaf.vmaf_scores`, every ``vmaf_subsample``-th frame) ->
+bitrate from the encoded video packets' bytes over the ranges' duration, VMAF the
+frame-weighted mean over all ranges.
+
+Which grid points are encoded: all of them, unless a ladder's ``floor_kbps`` / ``top_vmaf``
+are given. Then each height starts at the middle CRF and walks outwards in rounds (every
+round's points run in parallel; the decisions are made between rounds, so the result does
+not depend on timing): coarser until a point falls below the floor (it brackets the floor),
+finer until a point reaches ``top_vmaf`` or exceeds ``max_kbps`` (it brackets the top
+rung), or until a point lies under the upper hull of the taller heights' points: a
+smaller picture that loses at some bitrate loses at every higher one, so its finer CRFs
+cannot be on the hull.
 """
 
 from __future__ import annotations
@@ -18,10 +30,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import av
 
-from gopflow.codecs.streaming import ENCODERS, StreamingCodec, StreamingEncode
+from gopflow.codecs.x26x import ENCODER_NAMES, EncodeSettings, encoder_options
 from gopflow.errors import EncoderError, InputError, UsageError
 from gopflow.media.ffmpeg import (
     feed_process,
@@ -31,10 +44,15 @@ from gopflow.media.ffmpeg import (
 )
 from gopflow.media.probe import probe
 from gopflow.media.reader import GopReader, frame_bytes
-from gopflow.quality.hull import RatePoint
+from gopflow.quality.hull import RatePoint, hull_vmaf, upper_hull
 from gopflow.quality.vmaf import vmaf_scores
 from gopflow.types import GopSpec
 
+StreamingCodec = Literal["x264", "x265", "svtav1"]
+VMAF_SUBSAMPLE = 3
+"""Probes score every 3rd frame: libvmaf's share of a probe fell to a third, and on
+flower_960x540 (150 frames, x264 veryfast 360p CRF 21) the mean moved by +0.16 (83.42 ->
+83.58), about equally for every point, so the hull's shape and the rungs keep."""
 DEFAULT_HEIGHTS = (1080, 720, 540, 432, 360, 270, 216)
 DEFAULT_CRFS: dict[str, tuple[float, ...]] = {
     # Low enough at the top to reach VMAF 95 on detailed clips (x264 CRF 18 at 540p gave
@@ -76,17 +94,17 @@ def scaled_width(width: int, height: int, target_height: int) -> int:
 def _reference(
     source: str, ranges: Sequence[tuple[int, int]], folder: str, exe: str
 ) -> list[tuple[str, int]]:
-    """Each frame range of ``source`` as a lossless FFV1 file: (path, frames)."""
+    """Each frame range of ``source`` as a raw Y4M file: (path, frames)."""
     info = probe(source)
     out: list[tuple[str, int]] = []
     with GopReader(info.path, info.stream_index, info.read_mode) as reader:
         for number, (start, count) in enumerate(ranges):
-            path = os.path.join(folder, f"ref_{number}.mkv")
+            path = os.path.join(folder, f"ref_{number}.y4m")
             gop = GopSpec(index=number, start_frame=start, frame_count=count, start_pts=None,
                           scene_cut=False)
             pix_fmt = "yuv420p"
             command = restore_writer_command(
-                path, ".mkv", width=info.width, height=info.height, fps=info.fps,
+                path, ".y4m", width=info.width, height=info.height, fps=info.fps,
                 pix_fmt=pix_fmt, exe=exe,
             )
             chunks = (frame_bytes(frame, pix_fmt) for frame in reader.read(gop))
@@ -103,6 +121,58 @@ def _packet_bytes(path: str) -> int:
         return sum(p.size for p in container.demux(stream) if p.size)
 
 
+def _dominated(point: RatePoint, taller: Sequence[RatePoint]) -> bool:
+    """Whether ``point`` lies under the upper hull of ``taller`` (points of larger
+    pictures), within the bitrates those cover."""
+    hull = upper_hull(taller)
+    if len(hull) < 2 or not hull[0].kbps <= point.kbps <= hull[-1].kbps:
+        return False
+    return point.vmaf < hull_vmaf(hull, point.kbps)
+
+
+def _walk(
+    heights: Sequence[int],
+    crfs: Sequence[float],
+    measure: Any,
+    workers: int,
+    floor_kbps: float | None,
+    top_vmaf: float | None,
+    max_kbps: float | None,
+) -> list[tuple[RatePoint, float, float]]:
+    """The grid points ``measure`` ((height, crf) -> (point, encode s, VMAF s)) is run on:
+    every one without ``floor_kbps`` and ``top_vmaf``, else the walk of the module's
+    docstring, in rounds."""
+    order = sorted(crfs)  # finest (most bits) first
+    if floor_kbps is None or top_vmaf is None:
+        grid = [(h, c) for h in heights for c in sorted(crfs)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(measure, grid))
+    middle = len(order) // 2
+    done: dict[tuple[int, float], tuple[RatePoint, float, float]] = {}
+    # Per height, the CRF indices to measure next, each with its walk's direction:
+    # +1 coarser, -1 finer, 0 both (the middle point starts both walks).
+    pending: dict[int, list[tuple[int, int]]] = {h: [(middle, 0)] for h in heights}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while any(pending.values()):
+            batch = [(h, order[i]) for h in heights for i, _ in pending[h]]
+            for key, result in zip(batch, pool.map(measure, batch), strict=True):
+                done[key] = result
+            points = [r[0] for r in done.values()]
+            for h in heights:
+                following: list[tuple[int, int]] = []
+                for i, direction in pending[h]:
+                    point = done[(h, order[i])][0]
+                    if direction >= 0 and point.kbps >= floor_kbps and i + 1 < len(order):
+                        following.append((i + 1, 1))
+                    top = point.vmaf >= top_vmaf or (max_kbps is not None
+                                                     and point.kbps > max_kbps)
+                    if direction <= 0 and i > 0 and not top and not _dominated(
+                            point, [p for p in points if p.height > h]):
+                        following.append((i - 1, -1))
+                pending[h] = following
+    return [done[(h, c)] for h in heights for c in order if (h, c) in done]
+
+
 def probe_grid(
     source: str,
     ranges: Sequence[tuple[int, int]] | None = None,
@@ -114,16 +184,23 @@ def probe_grid(
     scaler: str = "lanczos",
     threads: int | None = None,
     workers: int = 1,
+    keyint: int = 250,
+    vmaf_subsample: int = VMAF_SUBSAMPLE,
+    floor_kbps: float | None = None,
+    top_vmaf: float | None = None,
+    max_kbps: float | None = None,
 ) -> ProbeResult:
     """Encode ``ranges`` of ``source`` ((first frame, frame count) pairs; default: the
-    first 4 seconds) at every (height, CRF) of the grid and score each with VMAF at the
-    source size. ``workers`` grid points run at once, each encode and score with
-    ``threads`` threads (default: the CPUs over ``workers``)."""
+    first 4 seconds) at the (height, CRF) grid points and score each with VMAF at the
+    source size: every point, or with ``floor_kbps`` and ``top_vmaf`` only those the
+    ladder can use (see the module's docstring). Encoder options are the rungs' own
+    (``codec``, ``preset``, ``keyint``). ``workers`` points run at once, each encode and
+    score with ``threads`` threads (default: the CPUs over ``workers``)."""
     began = time.perf_counter()
-    if codec not in ENCODERS:
+    if codec not in ("x264", "x265", "svtav1"):
         raise UsageError(f"unknown codec {codec!r}; choose x264, x265 or svtav1")
     tool = find_ffmpeg()
-    tool.require(encoders=[ENCODERS[codec]], filters=["libvmaf", "scale"])
+    tool.require(encoders=[ENCODER_NAMES[codec]], filters=["libvmaf", "scale"])
     info = probe(source)
     if ranges is None:
         ranges = [(0, min(info.frame_count, max(1, round(4 * info.fps))))]
@@ -137,24 +214,26 @@ def probe_grid(
         raise UsageError("workers must be at least 1")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     crfs = tuple(crfs if crfs is not None else DEFAULT_CRFS[codec])
-    grid = [(h, c) for h in ladder_heights(info.height, heights) for c in crfs]
+    # Checked once here (preset name, CRF range); each point makes its own.
+    EncodeSettings(codec=codec, preset=preset or "medium", crf=max(crfs), threads=threads,
+                   keyint=keyint)
     frames = sum(count for _, count in ranges)
     seconds = frames / float(info.fps)
-    encode_time = vmaf_time = 0.0
     with tempfile.TemporaryDirectory(prefix="gopflow-probe-") as folder:
         references = _reference(source, ranges, folder, tool.path)
 
         def run(point: tuple[int, float]) -> tuple[RatePoint, float, float]:
             height, crf = point
             width = scaled_width(info.width, info.height, height)
-            settings = StreamingEncode(codec=codec, preset=preset, crf=crf, threads=threads)
+            settings = EncodeSettings(codec=codec, preset=preset or "medium", crf=crf,
+                                      threads=threads, keyint=keyint)
             total_bytes, weighted, enc, score = 0, 0.0, 0.0, 0.0
             for number, (reference, count) in enumerate(references):
                 output = os.path.join(folder, f"p_{height}_{crf:g}_{number}.mp4")
                 same = (width, height) == (info.width, info.height)
                 command = scaled_encode_command(
                     reference, output, width=0 if same else width, height=0 if same else height,
-                    scaler=scaler, encoder=settings.options(), exe=tool.path,
+                    scaler=scaler, encoder=encoder_options(settings), exe=tool.path,
                 )
                 tick = time.perf_counter()
                 done = subprocess.run(command, capture_output=True, text=True)
@@ -165,15 +244,15 @@ def probe_grid(
                 total_bytes += _packet_bytes(output)
                 tick = time.perf_counter()
                 scores = vmaf_scores(reference, output, ("vmaf",), scale=not same,
-                                     threads=threads)
+                                     threads=threads, subsample=vmaf_subsample)
                 score += time.perf_counter() - tick
                 weighted += scores.summary()["vmaf"].mean * count
                 os.unlink(output)
             kbps = total_bytes * 8 / seconds / 1000
             return RatePoint(width, height, float(crf), kbps, weighted / frames), enc, score
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(run, grid))
+        results = _walk(ladder_heights(info.height, heights), crfs, run, workers,
+                        floor_kbps, top_vmaf, max_kbps)
     if not results:
         raise InputError(f"nothing to probe in {source}")
     points = tuple(r[0] for r in results)

@@ -72,9 +72,12 @@ def vmaf_scores(
     scale: bool = False,
     allow_length_mismatch: bool = False,
     threads: int | None = None,
+    subsample: int = 1,
 ) -> FrameScores:
     """Per-frame VMAF of ``distorted`` against ``reference`` with each of ``models``
-    (``vmaf``: vmaf_v0.6.1, ``vmaf_neg``: vmaf_v0.6.1neg), all in one libvmaf pass."""
+    (``vmaf``: vmaf_v0.6.1, ``vmaf_neg``: vmaf_v0.6.1neg), all in one libvmaf pass.
+    ``subsample`` N scores every Nth frame only (0, N, 2N...: libvmaf's ``n_subsample``),
+    so the series has ceil(frames / N) entries."""
     wanted = [m for m in expand_metrics(models) if m in VMAF_METRICS]
     if not wanted or len(wanted) != len(expand_metrics(models)):
         raise UsageError(f"vmaf_scores takes models from {', '.join(VMAF_METRICS)}")
@@ -84,14 +87,16 @@ def vmaf_scores(
     check_frame_counts(
         reference, ref.frame_count, distorted, dist.frame_count, allow_length_mismatch
     )
-    expected = min(ref.frame_count, dist.frame_count)
+    if subsample < 1:
+        raise UsageError(f"the VMAF subsample step must be at least 1, got {subsample}")
+    expected = -(-min(ref.frame_count, dist.frame_count) // subsample)
     resize = plan_resize((ref.width, ref.height), (dist.width, dist.height), scale)
     threads = threads or default_threads()
     command = vmaf_command(
         dist.path, ref.path, distorted_stream=dist.stream_index,
         reference_stream=ref.stream_index, size=(ref.width, ref.height), resize=resize,
         pix_fmt=_vmaf_format(ref.pix_fmt), models={m: VMAF_MODELS[m] for m in wanted},
-        threads=threads, log_name=_LOG_NAME, exe=tool.path,
+        threads=threads, log_name=_LOG_NAME, subsample=subsample, exe=tool.path,
     )
     with tempfile.TemporaryDirectory(prefix="gopflow-vmaf-") as work:
         done = subprocess.run(command, cwd=work, capture_output=True, text=True)
