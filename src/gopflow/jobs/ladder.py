@@ -18,6 +18,7 @@ budgeted for; ``BANDWIDTH`` and ``AVERAGE-BANDWIDTH`` are measured from the segm
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -134,8 +135,10 @@ def run_ladder(config: LadderConfig, log: Callable[[str], None] | None = None) -
     mark("planned")
     ranges = _probe_ranges(gops)
     say(f"probing {len(ranges)} GOPs ({sum(c for _, c in ranges)} frames) for the hull")
-    probed = probe_grid(config.input, ranges, codec=config.codec, preset=config.probe_preset,
-                        workers=max(1, min(4, os.cpu_count() or 1)), threads=1)
+    probed = probe_grid(config.input, ranges, codec=config.codec, preset=config.probe_preset,  # type: ignore[arg-type]
+                        workers=max(1, min(4, os.cpu_count() or 1)), threads=1,
+                        keyint=config.plan.keyint(info), floor_kbps=config.floor_kbps,
+                        top_vmaf=config.top_vmaf, max_kbps=config.max_kbps)
     mark("hull_probed")
     chosen = choose_rungs(
         probed.points, source_height=min(info.height, config.max_height or info.height),
@@ -187,16 +190,25 @@ def run_ladder(config: LadderConfig, log: Callable[[str], None] | None = None) -
                         "floor_kbps": config.floor_kbps, "max_kbps": config.max_kbps,
                         "segment_seconds": config.segment_seconds,
                         "probe_preset": config.probe_preset}
-            packaged = package_ladder(
+            def describe(packaged: PackagedLadder) -> dict[str, bytes]:
+                # ladder.json goes into the temporary folder, so it lands with the rename.
+                mark("packaged")
+                report = LadderReport(info.path, out_dir, chosen, packaged, settings,
+                                      probed.wall_seconds, time.perf_counter() - started,
+                                      phases)
+                reports.append(report)
+                text = json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+                return {"ladder.json": (text + "\n").encode()}
+
+            reports: list[LadderReport] = []
+            package_ladder(
                 rung_sources, out_dir, gop_frames=[g.frame_count for g in gops], fps=info.fps,
-                audio=audio, segment_seconds=config.segment_seconds, overwrite=True,
+                audio=audio, segment_seconds=config.segment_seconds, describe=describe,
+                overwrite=True,
             )
-            mark("packaged")
-            report = LadderReport(info.path, out_dir, chosen, packaged, settings,
-                                  probed.wall_seconds, time.perf_counter() - started, phases)
+            report = reports[0]
             from gopflow.fileio import atomic_write_json
 
-            atomic_write_json(os.path.join(out_dir, "ladder.json"), report.to_dict())
             if config.report:
                 atomic_write_json(os.path.abspath(config.report), report.to_dict())
             if config.plot:

@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -247,14 +247,16 @@ def package_ladder(
     audio: AudioSource | None = None,
     segment_seconds: float = 4.0,
     extra_files: Mapping[str, bytes] | None = None,
+    describe: Callable[[PackagedLadder], Mapping[str, bytes]] | None = None,
     overwrite: bool = False,
 ) -> PackagedLadder:
     """Write the ladder of ``rungs`` (lowest first; each with one file per GOP of
     ``gop_frames``, all rungs on that same plan at ``fps``) into ``output_dir``: CMAF init
     and media segments of whole GOPs (about ``segment_seconds`` each), the ``audio``
     rendition, ``master.m3u8`` (HLS v7) and ``manifest.mpd`` (static DASH), plus
-    ``extra_files`` (relative name -> bytes, e.g. ``ladder.json``). Everything is written
-    in a temporary folder beside ``output_dir`` and renamed into place at the end."""
+    ``extra_files`` (relative name -> bytes) and the files ``describe`` makes from what was
+    packaged (e.g. ``ladder.json`` with the measured rates). Everything is written in a
+    temporary folder beside ``output_dir`` and renamed into place at the end."""
     if not rungs:
         raise UsageError("a ladder needs at least one rung")
     names = [r.name for r in rungs]
@@ -301,7 +303,10 @@ def package_ladder(
                                 segment_frames, video, audio_track)
         write_hls(ladder, temp)
         write_dash(ladder, temp)
-        for name, data in (extra_files or {}).items():
+        files = dict(extra_files or {})
+        if describe is not None:
+            files.update(describe(ladder))
+        for name, data in files.items():
             path = os.path.normpath(os.path.join(temp, name))
             if os.path.commonpath([path, temp]) != temp or path == temp:
                 raise UsageError(f"extra file {name!r} would land outside the output folder")
