@@ -8,7 +8,7 @@ import random
 import pytest
 
 from gopflow.errors import UsageError
-from gopflow.pipeline.plan import plan_gops
+from gopflow.pipeline.plan import GopPlanner, plan_gops
 
 
 def _check_cover(gops, frame_count):  # type: ignore[no-untyped-def]
@@ -85,3 +85,26 @@ def test_bad_arguments() -> None:
         plan_gops(0, 60, 15)
     with pytest.raises(UsageError):
         plan_gops(10, 0, 1)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_streamed_plan_equals_the_whole_plan(seed: int) -> None:
+    """Fed a few scanned frames at a time (cuts below the scanned count only), the planner
+    gives out every GOP once it is certain, and the GOPs are those of the whole plan."""
+    rng = random.Random(seed)
+    frames = rng.randint(1, 1500)
+    max_frames = rng.randint(5, 90)
+    min_frames = rng.randint(1, max_frames)
+    cuts = sorted(set(rng.sample(range(1, max(2, frames)), k=min(frames - 1, rng.randint(0, 60)))))
+    whole = plan_gops(frames, max_frames, min_frames, cuts)
+    planner = GopPlanner(frames, max_frames, min_frames)
+    streamed, scanned, given = [], 0, 0
+    while scanned < frames:
+        scanned = min(frames, scanned + rng.randint(1, 40))
+        new = [c for c in cuts[given:] if c < scanned]
+        given += len(new)
+        batch = planner.advance(scanned, new)
+        streamed += batch
+        # nothing is given out that the whole plan does not have
+        assert streamed == whole[: len(streamed)]
+    assert planner.done and streamed == whole

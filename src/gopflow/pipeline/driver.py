@@ -2,15 +2,16 @@
 
 Data flow::
 
-    input --probe--> VideoInfo --scene cuts + plan--> [GopSpec] (job.json in the work dir)
-          --RayRunner.map_lanes (bounded window)--> the job's stage per GOP (a worker decodes
-          its own frames) --> segment + done record per GOP (atomic, resumable)
-          --> GopJob.finish (concat, or a .gflv stream) --> JobResult
+    input --probe--> VideoInfo --scene cuts + plan, streamed--> GopSpec batches (the whole
+          plan goes to job.json in the work dir) --RayRunner.map_groups (bounded window)-->
+          the job's stage per GOP (a worker decodes its own frames) --> segment + done record
+          per GOP (atomic, resumable) --> GopJob.finish (concat, or a .gflv stream) --> JobResult
 
 What differs between jobs (x264/x265, QRO, learned codecs) is a :class:`GopJob`: its
 settings (the work-dir key), its stage and tasks, how it checks a result and how it joins
-the GOPs. Planning runs in a thread while Ray starts. The driver holds at most the runner's
-window of GOP payloads; everything else is on disk in the work dir.
+the GOPs. Planning runs in a thread while Ray starts, and each GOP is handed to the runner as
+soon as scene detection has passed its end, so detection overlaps encoding. The driver holds
+at most the runner's window of GOP payloads; everything else is on disk in the work dir.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 
 from gopflow.errors import GopflowError, OutputError, UsageError
 from gopflow.media.probe import probe_with_timestamps
-from gopflow.pipeline.plan import PlanOptions, plan_video
+from gopflow.pipeline.plan import PlanOptions, iter_plan
 from gopflow.pipeline.runner import RayRunner
 from gopflow.pipeline.workdir import WorkDir
 from gopflow.types import EncodedGop, GopRecord, GopSpec, VideoInfo
@@ -186,8 +187,28 @@ class _Video:
         self.saved_plan: list[GopSpec] | None = None
         self.gops: list[GopSpec] = []
         self.records: dict[int, GopRecord] = {}
-        self.todo: list[Any] = []
-        self.left = 0  # GOPs still to encode
+        self.left = 0  # GOPs handed to the runner and not yet stored (main thread)
+        self.planned = False  # every task taken by the runner (main thread)
+        # Tasks the planner thread has made and the runner has not taken yet.
+        self._offered: list[Any] = []
+        self._complete = False
+        self._ready = threading.Condition()
+
+    def offer(self, tasks: Sequence[Any], complete: bool = False) -> None:
+        """Planner side: more tasks, and whether the plan is now complete."""
+        with self._ready:
+            self._offered.extend(tasks)
+            self._complete = self._complete or complete
+            self._ready.notify_all()
+
+    def take(self, stop: threading.Event) -> tuple[list[Any], bool]:
+        """Runner side: the tasks offered so far (waiting for at least one, unless the plan
+        is complete) and whether the plan is complete."""
+        with self._ready:
+            while not self._offered and not self._complete and not stop.is_set():
+                self._ready.wait(0.2)
+            tasks, self._offered = self._offered, []
+            return tasks, self._complete or stop.is_set()
 
     @property
     def frames_done(self) -> int:
@@ -290,29 +311,36 @@ def run_gop_jobs(
             return False
         return True
 
-    def plan(video: _Video) -> bool:
-        """Plan one prepared video's GOPs and tasks; False (and an outcome) on failure."""
-        assert video.info is not None and video.workdir is not None
+    def plan(video: _Video) -> None:
+        """Plan one prepared video's GOPs, offering their tasks as they are planned; the
+        plan is saved once complete (a run killed before that plans again on resume)."""
+        info, workdir = video.info, video.workdir
+        assert info is not None and workdir is not None
+
+        def tasks(gops: Sequence[GopSpec]) -> list[Any]:
+            return [video.job.task(info, g, workdir) for g in gops if g.index not in video.records]
+
         try:
-            planned = video.saved_plan
-            if planned is None and video.request.gops is not None:
-                planned = list(video.request.gops)
-                video.workdir.save_plan(video.info.to_dict(), planned)
-            elif planned is None:
-                planned = plan_video(video.info, video.request.plan, video.stamps)
-                video.workdir.save_plan(video.info.to_dict(), planned)
-            video.gops = planned
-            video.todo = [
-                video.job.task(video.info, gop, video.workdir)
-                for gop in planned
-                if gop.index not in video.records
-            ]
-            video.left = len(video.todo)
+            whole = video.saved_plan
+            if whole is None and video.request.gops is not None:
+                whole = list(video.request.gops)
+                workdir.save_plan(info.to_dict(), whole)
+            if whole is not None:
+                video.gops = whole
+                video.offer(tasks(whole))
+            else:
+                with contextlib.closing(iter_plan(info, video.request.plan, video.stamps)) as plans:
+                    for batch in plans:
+                        if stop.is_set():
+                            return
+                        video.gops.extend(batch)
+                        video.offer(tasks(batch))
+                workdir.save_plan(info.to_dict(), video.gops)
             mark(video, "planned")
         except GopflowError as exc:
             end(video, exc)
-            return False
-        return True
+        finally:
+            video.offer([], complete=True)
 
     # The first video that can be probed is checked before Ray starts.
     ready: list[_Video] = []
@@ -350,18 +378,20 @@ def run_gop_jobs(
                 continue
 
     def planner() -> None:
-        """Plan the first video, then probe and plan the later ones, one ahead."""
+        """Plan the first video, then probe and plan the later ones, one ahead. A video is
+        handed over before it is planned: its GOPs are offered as they are planned."""
         try:
-            if plan(first):
-                hand_over(first)
+            hand_over(first)
+            plan(first)
             for video in later:
                 if stop.is_set():
                     return
-                if prepare(video) and plan(video):
+                if prepare(video):
                     assert video.info is not None
                     bar.total = (bar.total or 0) + video.info.frame_count
                     bar.update(video.frames_done)
                     hand_over(video)
+                    plan(video)
         except BaseException as exc:  # handed to the main thread, raised there
             hand_over(exc)
             return
@@ -417,19 +447,29 @@ def run_gop_jobs(
                 bar.set_postfix_str(f"{len(settled)}/{len(videos)} files")
             yield outcome
 
+    def planned_video() -> _Video | None:
+        item = planned.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
     def groups(pool: ThreadPoolExecutor) -> Iterator[list[Any]]:
-        """Each planned video's tasks, in order; a video with nothing left is joined."""
-        while True:
-            item = planned.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            if item.left == 0:
-                finish(item, pool)
-                continue
-            by_group.append(item)
-            yield item.todo
+        """Each video's tasks in order, a batch at a time as they are planned; a video
+        whose plan is complete and whose GOPs are all stored is joined."""
+        while (video := planned_video()) is not None:
+            while True:
+                tasks, complete = video.take(stop)
+                if video.index in failed:
+                    break
+                if tasks:
+                    video.left += len(tasks)
+                    by_group.append(video)
+                    yield tasks
+                if complete:
+                    video.planned = True
+                    if video.left == 0:
+                        finish(video, pool)
+                    break
 
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="plan")
     try:
@@ -437,11 +477,12 @@ def run_gop_jobs(
             try:
                 pool.submit(planner)
                 if not need_cluster:
-                    item = planned.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    if isinstance(item, _Video):
-                        finish(item, pool)
+                    video = planned_video()
+                    if video is not None:
+                        while not video.take(stop)[1]:
+                            pass
+                        if video.index not in failed:
+                            finish(video, pool)
                 else:
                     with RayRunner(run.ray_address, run.workers) as runner:
                         mark(first, "ray_started")
@@ -488,7 +529,7 @@ def run_gop_jobs(
                                     bar.update(encoded.frames)
                                     if on_gop is not None:
                                         on_gop(video.index, record)
-                                    if video.left == 0:
+                                    if video.left == 0 and video.planned:
                                         finish(video, pool)
                                 yield from collect(wait=False)
                         # The last joins run while the cluster shuts down (a local one takes a

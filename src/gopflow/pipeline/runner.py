@@ -329,12 +329,13 @@ class RayRunner:
         """Run ``stage(item)`` for every item of every group; yield an :class:`Outcome` per
         item as it finishes (a failed item is an outcome with ``error``, not an exception).
 
-        A group is one video's GOPs in stream order. The groups are pulled lazily, when an
-        actor runs out of work, so a caller can plan the next video while this one encodes.
-        Idle actors share the group they pull in contiguous lanes of similar cost; an actor
-        whose lane runs dry pulls the next group whole, and once the groups are exhausted it
-        steals from the far end of the longest remaining lane. An actor so sees consecutive
-        GOPs and keeps its decoder running, and no core idles while work is left. Items of a
+        A group is a run of one video's GOPs in stream order (a video comes as one group or
+        as several, as its plan advances). The groups are pulled lazily, when an actor runs
+        out of work, so a caller can plan while earlier GOPs encode. Idle actors share the
+        group they pull in contiguous lanes of similar cost; an actor whose lane runs dry
+        pulls the next group whole, and once the groups are exhausted it steals the far half
+        of the longest remaining lane. An actor so sees consecutive GOPs and keeps its
+        decoder running, and no core idles while work is left. Items of a
         group for which ``dropped(group)`` turns true (its video failed) are not started.
         At most ``actors * depth`` items are in flight.
         """
@@ -381,16 +382,27 @@ class RayRunner:
                 return True
             return False
 
+        def far_half(lane: deque[int]) -> list[int]:
+            """Take the far end of ``lane`` that holds about half its cost (at least one)."""
+            half, got, taken = lane_cost(lane) / 2, 0.0, []
+            while lane and got < half:
+                taken.append(lane.pop())
+                got += cost(items[taken[-1]][1])
+            return taken[::-1]
+
         def take(actor: int) -> int | None:
             while True:
                 if lanes[actor] or pull(actor):
                     position = lanes[actor].popleft()
                 else:
-                    # Steal from the far end of the lane with the most work left.
+                    # Steal the far half of the lane with the most work left, in order: both
+                    # actors go on reading consecutive GOPs (one seek for the thief, not one
+                    # per GOP, as stealing a GOP at a time from the far end would cost).
                     donor = max(range(slots), key=lambda i: lane_cost(lanes[i]))
                     if not lanes[donor]:
                         return None
-                    position = lanes[donor].pop()
+                    lanes[actor].extend(far_half(lanes[donor]))
+                    position = lanes[actor].popleft()
                 if not dropped(items[position][0]):
                     return position
                 del items[position]
