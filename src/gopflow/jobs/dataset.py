@@ -48,41 +48,53 @@ from gopflow.pipeline.driver import Finished, GopRequest, JobResult, make_record
 from gopflow.pipeline.workdir import WorkDir, claimed, file_sha256
 from gopflow.types import EncodedGop, GopRecord, GopSpec, VideoInfo
 
+Luma = tuple[np.ndarray, int]
+"""A Y plane (uint8 or uint16 samples) and its bit depth."""
 
-def _luma(frame: Any) -> np.ndarray:
-    """The Y plane of a planar YUV PyAV frame as floats in 0..1 (8 or 10+ bit)."""
+
+def _luma(frame: Any) -> Luma:
+    """The Y plane of a planar YUV PyAV frame."""
     plane = frame.planes[0]
     bits = frame.format.components[0].bits
     deep = bits > 8
     rows = np.frombuffer(plane, np.uint16 if deep else np.uint8).reshape(
         plane.height, plane.line_size // (2 if deep else 1))[:, : plane.width]
-    return rows.astype(np.float32) / ((1 << bits) - 1)
+    return rows.copy(), bits
 
 
-def _fed_luma(frame: Any, pix_fmt: str) -> np.ndarray:
-    """The Y plane the encoder is given for ``frame`` (the bytes :func:`frame_bytes` feeds
-    it, in ``pix_fmt``), as floats in 0..1."""
+def _fed_luma(frame: Any, pix_fmt: str) -> Luma:
+    """The Y plane the encoder is given for ``frame``: the bytes :func:`frame_bytes` feeds
+    it in ``pix_fmt`` (``pix_fmt`` is :func:`feed_format`'s choice for the source)."""
     import av
 
+    if feed_format(frame.format.name, "") == pix_fmt:
+        # A planar frame of that layout: fed as it is (feed_format gives "" for others).
+        return _luma(frame)
     bits = av.VideoFormat(pix_fmt).components[0].bits
-    deep = bits > 8
     size = frame.width * frame.height
-    rows = np.frombuffer(frame_bytes(frame, pix_fmt), np.uint16 if deep else np.uint8,
+    rows = np.frombuffer(frame_bytes(frame, pix_fmt), np.uint16 if bits > 8 else np.uint8,
                          count=size).reshape(frame.height, frame.width)
-    return rows.astype(np.float32) / ((1 << bits) - 1)
+    return rows.copy(), bits
 
 
-def psnr_y(sources: Sequence[np.ndarray], decoded: Sequence[np.ndarray]) -> float:
-    """PSNR of the luma planes (0..1) over a GOP, the squared error pooled over its frames;
-    ``inf`` when they are equal."""
+def psnr_y(sources: Sequence[Luma], decoded: Sequence[Luma]) -> float:
+    """PSNR of the luma planes over a GOP (peak: the bit depth's), the squared error pooled
+    over its frames and summed in integers (the same value on every machine); ``inf`` when
+    they are equal. Planes of other bit depths are compared on a 0..1 scale."""
     if len(sources) != len(decoded):
         raise FrameCountError(f"a GOP payload decodes to {len(decoded)} frames, not "
                               f"{len(sources)}")
     total = 0.0
-    for source, out in zip(sources, decoded, strict=True):
+    for (source, bits), (out, out_bits) in zip(sources, decoded, strict=True):
         height, width = source.shape
-        diff = source.astype(np.float64) - out[:height, :width]
-        total += float(np.mean(diff * diff))
+        out = out[:height, :width]
+        if bits == out_bits:
+            diff = source.astype(np.int32) - out
+            error = int((diff * diff).sum(dtype=np.int64)) / ((1 << bits) - 1) ** 2
+        else:
+            scaled = (source / ((1 << bits) - 1)) - (out / ((1 << out_bits) - 1))
+            error = float((scaled * scaled).sum())
+        total += error / (height * width)
     mse = total / max(1, len(sources))
     return round(10.0 * math.log10(1.0 / mse), 4) if mse > 0 else math.inf
 
@@ -117,7 +129,7 @@ class DatasetGopStage:
                                       settings.threads)
         scaled = scaled_size(source.width, source.height, settings.height)
         fed = feed_format(source.pix_fmt, settings.pix_fmt)
-        lumas: list[np.ndarray] = []
+        lumas: list[Luma] = []
         count = 0
 
         def frames() -> Iterator[Any]:
@@ -139,7 +151,9 @@ class DatasetGopStage:
             raise FrameCountError(f"encoded {count} frames, planned {gop.frame_count}")
         try:
             with av.open(io.BytesIO(data), mode="r") as container:
-                decoded = [_luma(f) for f in container.decode(container.streams.video[0])]
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                decoded = [_luma(f) for f in container.decode(stream)]
         except av.FFmpegError as exc:
             raise CorruptInputError(f"the coded GOP does not decode: {exc}") from exc
         return EncodedGop(index=gop.index, data=data, frames=gop.frame_count,
