@@ -348,6 +348,7 @@ class RayRunner:
         pool: list[Any] = [None] * slots  # actors start with their first item
         lanes: list[deque[int]] = [deque() for _ in range(slots)]
         busy = [0] * slots
+        last_sent = [-2] * slots  # the position each actor was last sent
         items: dict[int, tuple[int, Item]] = {}  # position -> (group, item)
         pending: dict[Any, tuple[int, int]] = {}  # ref -> (actor, item position)
         source = iter(groups)
@@ -359,9 +360,15 @@ class RayRunner:
         def lane_cost(lane: deque[int]) -> float:
             return sum(cost(items[p][1]) for p in lane)
 
+        def tail(actor: int) -> int:
+            """The last position given to ``actor``: its lane's end, else its last sent."""
+            return lanes[actor][-1] if lanes[actor] else last_sent[actor]
+
         def pull(actor: int) -> bool:
-            """Split the next group among ``actor`` and the other idle actors (``actor``'s
-            lane first); False once the groups are spent."""
+            """Give the next group to the actor whose work it continues (a video planned in
+            batches: its GOPs stay on one decoder; ``actor`` then steals the far half), else
+            split it among ``actor`` and the other idle actors (``actor``'s lane first);
+            False once the groups are spent."""
             nonlocal pulled, next_position
             for group in source:
                 ordinal, pulled = pulled, pulled + 1
@@ -371,6 +378,13 @@ class RayRunner:
                 next_position += len(group)
                 for position, item in zip(positions, group, strict=True):
                     items[position] = (ordinal, item)
+                follows = [
+                    a for a in range(slots)
+                    if a != actor and a not in watch.lost and tail(a) == positions[0] - 1
+                ]
+                if follows and tail(actor) != positions[0] - 1:
+                    lanes[follows[0]].extend(positions)
+                    return True
                 idle = [actor] + [
                     a
                     for a in range(slots)
@@ -392,9 +406,9 @@ class RayRunner:
 
         def take(actor: int) -> int | None:
             while True:
-                if lanes[actor] or pull(actor):
-                    position = lanes[actor].popleft()
-                else:
+                if not lanes[actor]:
+                    pull(actor)
+                if not lanes[actor]:
                     # Steal the far half of the lane with the most work left, in order: both
                     # actors go on reading consecutive GOPs (one seek for the thief, not one
                     # per GOP, as stealing a GOP at a time from the far end would cost).
@@ -402,7 +416,7 @@ class RayRunner:
                     if not lanes[donor]:
                         return None
                     lanes[actor].extend(far_half(lanes[donor]))
-                    position = lanes[actor].popleft()
+                position = lanes[actor].popleft()
                 if not dropped(items[position][0]):
                     return position
                 del items[position]
@@ -417,6 +431,7 @@ class RayRunner:
             item = items[position][1]
             ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(item)
             pending[ref] = (actor, position)
+            last_sent[actor] = position
             busy[actor] += 1
             return True
 
