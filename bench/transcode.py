@@ -8,14 +8,15 @@ codec, preset and CRF:
   cluster per run, so Ray's start-up is part of the wall time);
 * ffmpeg: ``ffmpeg -i INPUT -c:v libx264|libx265 -preset P -crf Q -c:a copy OUT``.
 
-Measured per run: wall time, output size on disk, PSNR-Y of the output against the input, and
-peak memory. Peak memory is sampled the same way for both tools: every ``--sample-interval``
-seconds the RSS of the launched process, all its descendants and every process started during
-the run that carries this run's tag in its environment (Ray's raylet, gcs_server, dashboard
-and workers inherit it even when re-parented) is summed; the peak is the largest sum. RSS sums
-count shared pages (Ray's object store, shared libraries) once per process, so they are an
-upper bound. ``ru_maxrss`` of the launched child (from ``wait4``: the largest single process
-among it and its reaped descendants) is reported too.
+Measured per run: wall time, CPU seconds of the whole process tree (this process is a child
+subreaper, so Ray's orphaned daemons are reaped here and counted), output size on disk, PSNR-Y
+of the output against the input, and peak memory. Peak memory is sampled the same way for both
+tools: every ``--sample-interval`` seconds the RSS of the launched process, all its descendants
+and every process started during the run that carries this run's tag in its environment (Ray's
+raylet, gcs_server, dashboard and workers inherit it even when re-parented) is summed; the peak
+is the largest sum. RSS sums count shared pages (Ray's object store, shared libraries) once per
+process, so they are an upper bound. ``ru_maxrss`` of the launched child (from ``wait4``: the
+largest single process among it and its reaped descendants) is reported too.
 
 Usage (full run)::
 
@@ -49,6 +50,7 @@ import psutil
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.probe import probe
 from gopflow.quality.metrics import psnr_y
+from proctree import become_subreaper, children_cpu_seconds, reap_all
 
 REPO = Path(__file__).resolve().parent.parent
 GOPFLOW = Path(sys.executable).with_name("gopflow")
@@ -185,6 +187,7 @@ class Run:
     peak_breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
     leftover_procs: list[str] = field(default_factory=list)
     log: str = ""
+    cpu_s: float = 0.0
     report_totals: dict[str, Any] | None = None
 
 
@@ -205,6 +208,8 @@ def measure(tool: str, cmd: list[str], output: Path, log: Path, interval: float)
     env = subprocess_env(tag)
     before = set(psutil.pids())
     loadavg = os.getloadavg()
+    reap_all(grace=0)
+    cpu_before = children_cpu_seconds()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as sink:
         sink.write((" ".join(cmd) + "\n\n").encode())
@@ -221,26 +226,16 @@ def measure(tool: str, cmd: list[str], output: Path, log: Path, interval: float)
         proc.returncode = os.waitstatus_to_exitcode(status)
         sampler.stop()
 
-    # Ray's daemons should be gone once the driver exits; give them a moment, then report
-    # (and end, by pid) any process this run started that is still alive.
-    leftovers: list[str] = []
-    deadline = time.monotonic() + 15.0
-    alive = sampler.tagged_alive()
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.5)
-        alive = sampler.tagged_alive()
-    for child in alive:
-        try:
-            leftovers.append(f"{child.pid}:{child.name()}")
-            child.terminate()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    # Ray's daemons should be gone once the driver exits; give them a moment (they are this
+    # process's children: it is a subreaper), then report and end any still alive.
+    leftovers = reap_all(grace=15.0)
+    cpu = children_cpu_seconds() - cpu_before
 
     return Run(
         tool=tool,
         returncode=proc.returncode,
         wall_s=round(wall, 3),
+        cpu_s=round(cpu, 2),
         size_bytes=output.stat().st_size if output.exists() else 0,
         peak_rss_mb=round(sampler.peak_bytes / MB, 1),
         peak_procs=sampler.peak_procs,
@@ -367,6 +362,7 @@ def bench_input(args: argparse.Namespace, ffmpeg: str, src: Path) -> dict[str, A
             "ok": len(ok) == len(tool_runs),
             "wall_s_median": statistics.median(r.wall_s for r in ok) if ok else math.nan,
             "wall_s_min": min(r.wall_s for r in ok) if ok else math.nan,
+            "cpu_s_median": statistics.median(r.cpu_s for r in ok) if ok else math.nan,
             "size_bytes": ok[-1].size_bytes if ok else 0,
             "psnr_y": round(psnr, 4) if not math.isnan(psnr) else None,
             "psnr_error": psnr_error,
@@ -401,7 +397,8 @@ def _fmt(value: float, spec: str) -> str:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (
-        "input", "dur s", "tool", "wall s", "ratio", "size bytes", "size ratio",
+        "input", "dur s", "tool", "wall s", "ratio", "CPU s", "CPU ratio", "size bytes",
+        "size ratio",
         "PSNR-Y", "peak MB", "maxrss MB",
     )  # fmt: skip
     rows = []
@@ -416,6 +413,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 tool if t["ok"] else f"{tool} (FAILED)",
                 _fmt(wall, ".2f"),
                 _fmt(_ratio(wall, base["wall_s_median"]), ".2f"),
+                _fmt(t["cpu_s_median"], ".1f"),
+                _fmt(_ratio(t["cpu_s_median"], base["cpu_s_median"]), ".2f"),
                 str(t["size_bytes"]),
                 _fmt(_ratio(t["size_bytes"], base["size_bytes"]), ".3f"),
                 _fmt(t["psnr_y"] if t["psnr_y"] is not None else math.nan, ".3f"),
@@ -438,6 +437,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(line(row))
     print()
     print("ratio = tool wall / ffmpeg wall (median of --repeat runs); size ratio = bytes / ffmpeg")
+    print("CPU s = user + system seconds of the whole process tree (Ray's daemons included)")
     print("peak MB = peak of the summed RSS of the whole process tree (incl. Ray), sampled;")
     print("maxrss MB = ru_maxrss of the launched child (largest single process it reaped)")
 
@@ -517,6 +517,7 @@ def environment(ffmpeg_path: str, ffmpeg_version: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    become_subreaper()  # Ray's orphaned daemons are reaped here: their CPU time counts
     tool = find_ffmpeg()
     encoder = {"x264": "libx264", "x265": "libx265"}[args.codec]
     tool.require(encoders=[encoder])
