@@ -164,12 +164,13 @@ def _read_rows(root: str, card: dict[str, Any]) -> list[GopRow]:
 
 def decode_gop(data: bytes, first: int = 0, last: int | None = None) -> list[np.ndarray]:
     """Frames ``first .. last-1`` (default: every frame) of one GOP payload, as RGB24
-    arrays, in presentation order; decoding stops after ``last``, and only the frames
-    returned are converted to RGB."""
+    arrays, in presentation order. Decoding stops once ``last`` is out; frames before
+    ``first`` that no other frame references (x264/x265's non-reference B-frames) are not
+    decoded at all; only the frames returned are converted to RGB."""
     import av
     from av.video.reformatter import VideoReformatter
 
-    frames = []
+    frames: list[np.ndarray] = []
     # One converter for the GOP: frame.to_ndarray makes a new swscale context per frame,
     # which costs more than converting it.
     rgb = VideoReformatter()
@@ -177,13 +178,30 @@ def decode_gop(data: bytes, first: int = 0, last: int | None = None) -> list[np.
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # FFV1's slices, x264/x265's frames: ~1.2-2x faster
-            if last is not None and last <= first:
+            packets = [p for p in container.demux(stream) if p.size]
+            stamps = sorted(p.pts for p in packets if p.pts is not None)
+            if len(stamps) != len(packets):
+                raise CorruptInputError("a GOP payload has frames without timestamps")
+            place = {pts: number for number, pts in enumerate(stamps)}
+            stop = len(stamps) if last is None else min(last, len(stamps))
+            if stop <= first:
                 return []
-            for number, frame in enumerate(container.decode(stream)):
-                if number >= first:
-                    frames.append(rgb.reformat(frame, format="rgb24").to_ndarray())
-                if last is not None and number + 1 >= last:
+            wanted, context = stamps[first], stream.codec_context
+
+            def take(decoded: Any) -> None:
+                for frame in decoded:
+                    if first <= place.get(frame.pts, -1) < stop:
+                        frames.append(rgb.reformat(frame, format="rgb24").to_ndarray())
+
+            for packet in packets:
+                # A frame shown before the clip and referenced by none is skipped (the
+                # decoder's own NONREF discard; the frames decoded are unchanged).
+                context.skip_frame = "NONREF" if packet.pts < wanted else "DEFAULT"
+                take(context.decode(packet))
+                if len(frames) >= stop - first:
                     break
+            else:
+                take(context.decode(None))
     except (av.FFmpegError, IndexError) as exc:
         raise CorruptInputError(f"a GOP payload does not decode: {exc}") from exc
     return frames
