@@ -205,11 +205,19 @@ def _tree(folder: str) -> dict[str, str]:
 
 def test_packaging_is_deterministic_atomic_and_checks_idrs(ladder, made):
     root, source, rungs = made
+    seen: list[tuple[bool, int]] = []
+
+    def describe(packaged):
+        # Called before the rename: the folder is not there yet; its file lands with it.
+        seen.append((Path(packaged.output_dir).exists(), len(packaged.video)))
+        return {"ladder.json": b"{}\n"}
+
     again = package_ladder(rungs, str(root / "again"), gop_frames=GOP_FRAMES, fps=Fraction(FPS),
                            audio=AudioSource(source, 1), segment_seconds=2.0,
-                           extra_files={"ladder.json": b"{}\n"})
+                           extra_files={"notes.txt": b"x"}, describe=describe)
+    assert seen == [(False, len(rungs))]
     first, second = _tree(ladder.output_dir), _tree(again.output_dir)
-    assert second.pop("ladder.json")
+    assert second.pop("ladder.json") and second.pop("notes.txt")
     assert first == second
     # GOP files out of order: no IDR where the plan puts a segment start; nothing written.
     shuffled = RungSource("bad", (rungs[0].gop_files[1], rungs[0].gop_files[0],
@@ -223,7 +231,7 @@ def test_packaging_is_deterministic_atomic_and_checks_idrs(ladder, made):
     with pytest.raises(OutputError, match="not empty"):
         package_ladder(rungs[:1], str(root / "again"), gop_frames=GOP_FRAMES,
                        fps=Fraction(FPS), segment_seconds=2.0)
-    assert _tree(again.output_dir).keys() == {*first, "ladder.json"}
+    assert _tree(again.output_dir).keys() == {*first, "ladder.json", "notes.txt"}
     package_ladder(rungs[:1], str(root / "again"), gop_frames=GOP_FRAMES, fps=Fraction(FPS),
                    segment_seconds=4.0, overwrite=True)
     assert not Path(root, "again", "360p").exists() and not Path(root, "again", "audio").exists()
