@@ -23,11 +23,10 @@ duration; its quality is VMAF (v0.6.1, every frame) against the input after a bi
 upscale to the input's size, as a player shows it. BD-rate (PCHIP) of (bitrate, VMAF) of
 the per-title ladder against the fixed one: negative means fewer bits at equal quality.
 
-Compute: wall seconds, and CPU seconds (user + system) of each command's whole process tree:
-this process is made a child subreaper, so every descendant (Ray's daemons and workers, the
-ffmpeg encoders) is reaped into its RUSAGE_CHILDREN; the tree must be gone before the count
-is read. The goal of issue 28: at least 20% fewer bits at equal quality, in at most 3x the
-fixed ladder's compute.
+Compute: wall seconds, and CPU seconds (user + system) of each command's whole process tree
+(``bench/proctree.py``: this process is a child subreaper, so every descendant, Ray's daemons
+and workers and the ffmpeg encoders, is reaped into its RUSAGE_CHILDREN). The goal of
+issue 28: at least 20% fewer bits at equal quality, in at most 3x the fixed ladder's compute.
 
 Usage::
 
@@ -40,10 +39,8 @@ Prints a table and writes ``--out-dir/results.json``. Nothing here is a test.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -53,13 +50,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from gopflow.errors import BdRateError
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.probe import probe
 from gopflow.quality.bd import bd_rate
 from gopflow.quality.vmaf import vmaf_scores
+from proctree import become_subreaper, children_cpu_seconds, reap_all
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media"
@@ -133,52 +129,19 @@ def fixed_command(ffmpeg: str, source: Path, info: Any, rungs: list[tuple[int, i
 # ------------------------------------------------------------------ measuring a process tree
 
 
-def become_subreaper() -> None:
-    """Orphaned descendants are re-parented to this process, so their CPU time reaches its
-    RUSAGE_CHILDREN when they are reaped (Linux prctl PR_SET_CHILD_SUBREAPER)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(36, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
-
-
-def _reap_all(grace: float) -> list[str]:
-    """Wait for every descendant to exit (reaping each); end, by pid, any still alive after
-    ``grace`` seconds and return their names."""
-    deadline = time.monotonic() + grace
-    ended: list[str] = []
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return ended
-        if pid:
-            continue
-        if time.monotonic() > deadline:
-            for child in psutil.Process().children(recursive=True):
-                try:
-                    ended.append(f"{child.pid}:{child.name()}")
-                    child.terminate()
-                except psutil.Error:
-                    pass
-            deadline = time.monotonic() + 10
-            grace = 0
-        time.sleep(0.1)
-
-
 def measure(command: list[str], log: Path) -> dict[str, Any]:
     """Run ``command``; its wall seconds and the CPU seconds of its whole process tree."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu_seconds()
     load = os.getloadavg()[0]
     with open(log, "w") as sink:
         start = time.perf_counter()
         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sink,
                               stderr=subprocess.STDOUT, env=env)
         wall = time.perf_counter() - start
-    leftovers = _reap_all(grace=30.0)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    leftovers = reap_all(grace=30.0)
+    cpu = children_cpu_seconds() - before
     if done.returncode != 0:
         raise SystemExit(f"{command[0]} failed (exit {done.returncode}); see {log}")
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_before": round(load, 2),
