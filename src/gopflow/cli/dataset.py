@@ -143,10 +143,17 @@ def _psnr_json(quality: tuple[float, float] | None) -> dict[str, Any] | None:
             "exact": math.isinf(worst)}
 
 
+def _ratio_text(ratio: float) -> str:
+    """How the archive compares with its sources (a lossless one is often larger)."""
+    if ratio >= 1 or ratio == 0:
+        return f"{ratio:.1f}x smaller than the sources"
+    return f"{1 / ratio:.1f}x the sources' size"
+
+
 def _summary(card: dict[str, Any]) -> str:
     ratio = card["source_bytes"] / card["bytes"] if card.get("bytes") else 0.0
     encode = card["settings"]["encode"]
     return (f"{card['videos']} videos, {card['gops']} GOPs, {card['frames']} frames, "
-            f"{card['bytes'] / 1e6:.2f} MB ({ratio:.1f}x smaller than the sources), "
+            f"{card['bytes'] / 1e6:.2f} MB ({_ratio_text(ratio)}), "
             f"{encode['codec']} " + ("lossless" if encode["crf"] is None
                                      else f"CRF {encode['crf']:g}"))
