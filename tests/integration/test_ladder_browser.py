@@ -153,7 +153,8 @@ def _play(base: str, kind: str, ladder: str, low: int, high: int, shot: Path,
             page.evaluate(f"switchTo({low})")
             _wait(page, f"video.videoHeight === {low} && result.switched.length >= 2", 30,
                   f"the switch down to {low}p", console)
-            _wait(page, "result.ended", seconds + 30, "the end of the video", console)
+            _wait(page, "result.ended || result.playerEnded", seconds + 30,
+                  "the end of the video", console)
             result = page.evaluate("result")
             played = page.evaluate("video.currentTime")
         finally:
