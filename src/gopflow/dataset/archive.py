@@ -16,6 +16,7 @@ not an archive.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -162,11 +163,34 @@ def _read_rows(root: str, card: dict[str, Any]) -> list[GopRow]:
     return rows
 
 
+def _entry(packets: Sequence[Any], wanted: int) -> int:
+    """Where decoding starts for a frame shown at ``wanted``: the last key frame at or
+    before it in decode order that is a clean entry point (every packet after it shown
+    after it, every packet before it shown before it). The first packet of an x264/x265
+    payload (its IDR) is the only one; every packet of an FFV1 payload coded with ``-g 1``
+    is one (an FFV1 payload with one key frame per GOP, as archives coded before that have,
+    decodes from its start)."""
+    shown_after: list[float] = [0] * len(packets)  # the earliest timestamp from each packet on
+    earliest = math.inf
+    for number in range(len(packets) - 1, -1, -1):
+        earliest = min(earliest, packets[number].pts)
+        shown_after[number] = earliest
+    entry, latest = 0, -math.inf  # latest: the last timestamp shown before each packet
+    for number, packet in enumerate(packets):
+        if packet.pts > wanted:
+            break
+        if packet.is_keyframe and latest < packet.pts == shown_after[number]:
+            entry = number
+        latest = max(latest, packet.pts)
+    return entry
+
+
 def decode_gop(data: bytes, first: int = 0, last: int | None = None) -> list[np.ndarray]:
     """Frames ``first .. last-1`` (default: every frame) of one GOP payload, as RGB24
-    arrays, in presentation order. Decoding stops once ``last`` is out; frames before
-    ``first`` that no other frame references (x264/x265's non-reference B-frames) are not
-    decoded at all; only the frames returned are converted to RGB."""
+    arrays, in presentation order. Decoding starts at the last clean key frame at or before
+    ``first`` (FFV1: every frame; x264/x265: the GOP's IDR) and stops once ``last`` is out;
+    frames before ``first`` that no other frame references (x264/x265's non-reference
+    B-frames) are not decoded at all; only the frames returned are converted to RGB."""
     import av
     from av.video.reformatter import VideoReformatter
 
@@ -193,7 +217,7 @@ def decode_gop(data: bytes, first: int = 0, last: int | None = None) -> list[np.
                     if first <= place.get(frame.pts, -1) < stop:
                         frames.append(rgb.reformat(frame, format="rgb24").to_ndarray())
 
-            for packet in packets:
+            for packet in packets[_entry(packets, wanted):]:
                 # A frame shown before the clip and referenced by none is skipped (the
                 # decoder's own NONREF discard; the frames decoded are unchanged).
                 context.skip_frame = "NONREF" if packet.pts < wanted else "DEFAULT"
@@ -326,11 +350,12 @@ class Dataset:
         the driver. Every node must see the archive at this path."""
         import ray.data
 
-        from gopflow.dataset.ray_source import GopClipDatasource
+        from gopflow.dataset.ray_source import GOP_CACHE, GopClipDatasource
 
         sizes = {video: (gops[0].height, gops[0].width) for video, gops in self._by_video.items()}
+        opener = functools.partial(cached_reader, self.root, GOP_CACHE)
         return ray.data.read_datasource(
-            GopClipDatasource(self.root, self.clips(clip_len, stride), clip_len, sizes))
+            GopClipDatasource(opener, self.clips(clip_len, stride), clip_len, sizes))
 
     def verify(self) -> Iterator[tuple[GopRow, str | None]]:
         """Every GOP with None, or what is wrong with it (hash, decodability, frame count)."""

@@ -13,7 +13,7 @@ the archive's folder at the same path (a shared file system).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,11 +26,9 @@ GOP_CACHE = 4
 """Decoded GOPs a read task keeps (clips in order reuse the GOPs they share)."""
 
 
-def _blocks(root: str, clips: Sequence[tuple[str, int]], clip_len: int,
+def _blocks(open_reader: Callable[[], Any], clips: Sequence[tuple[str, int]], clip_len: int,
             clip_bytes: int) -> Iterator[Any]:
-    from gopflow.dataset.archive import cached_reader
-
-    reader = cached_reader(root, GOP_CACHE)
+    reader = open_reader()
     per_block = max(1, BLOCK_BYTES // max(1, clip_bytes))
     videos: list[str] = []
     starts: list[int] = []
@@ -59,9 +57,11 @@ class GopClipDatasource(Datasource):
     """Clips of ``clip_len`` frames of a gopflow dataset as rows ``{"video", "start",
     "frames"}`` (``frames``: uint8, clip_len x H x W x 3), read by Ray Data's tasks."""
 
-    def __init__(self, root: str, clips: Sequence[tuple[str, int]], clip_len: int,
-                 sizes: dict[str, tuple[int, int]]) -> None:
-        self.root = root
+    def __init__(self, open_reader: Callable[[], Any], clips: Sequence[tuple[str, int]],
+                 clip_len: int, sizes: dict[str, tuple[int, int]]) -> None:
+        self.open_reader = open_reader
+        """Opens (or reuses) the archive in a worker: anything with ``read(video, start,
+        n)``; picklable (the archive module passes a partial of its ``cached_reader``)."""
         self.clips = list(clips)
         self.clip_len = clip_len
         self.sizes = sizes
@@ -91,6 +91,6 @@ class GopClipDatasource(Datasource):
                 num_rows=len(group), size_bytes=sum(self._clip_bytes(v) for v, _ in group),
                 exec_stats=None, input_files=None)
 
-            read = functools.partial(_blocks, self.root, group, self.clip_len, largest)
+            read = functools.partial(_blocks, self.open_reader, group, self.clip_len, largest)
             tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
         return tasks
