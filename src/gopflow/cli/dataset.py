@@ -38,8 +38,10 @@ def add_dataset_parser(commands: Any, epilog: str, parser_class: Any) -> argpars
     compress.add_argument("inputs", nargs="+", metavar="INPUT")
     compress.add_argument("-o", "--output", dest="output_dir", required=True, metavar="OUT")
     for flag, kind, text in (
-        ("--codec", str, "x264, x265, svtav1 or ffv1 (lossless) (default: x264)"),
+        ("--codec", str, "x264, x265, svtav1, ffv1 (lossless), or a learned codec: dvc, fvc, "
+         "intra (default: x264)"),
         ("--crf", float, "quality (default: the codec's)"),
+        ("--quality", int, "learned codecs: quality level 1 (lowest rate) .. 7 (default: 4)"),
         ("--preset", str, "encoder preset (default: medium)"),
         ("--height", int, "scale down to this height"),
         ("--gop-seconds", float, "longest GOP: the unit a read decodes (default: 1.0)"),
@@ -151,9 +153,8 @@ def _ratio_text(ratio: float) -> str:
 
 
 def _summary(card: dict[str, Any]) -> str:
+    from gopflow.jobs.dataset import settings_text
+
     ratio = card["source_bytes"] / card["bytes"] if card.get("bytes") else 0.0
-    encode = card["settings"]["encode"]
     return (f"{card['videos']} videos, {card['gops']} GOPs, {card['frames']} frames, "
-            f"{card['bytes'] / 1e6:.2f} MB ({_ratio_text(ratio)}), "
-            f"{encode['codec']} " + ("lossless" if encode["crf"] is None
-                                     else f"CRF {encode['crf']:g}"))
+            f"{card['bytes'] / 1e6:.2f} MB ({_ratio_text(ratio)}), {settings_text(card)}")

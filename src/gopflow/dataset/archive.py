@@ -8,7 +8,8 @@ Layout (``docs/dataset-format.md`` has every field)::
       shards/shard-00000.bin     GOP payloads back to back (one or more per run)
 
 A GOP payload is the closed GOP as coded (an MP4 segment: x264/x265/SVT-AV1, its first
-frame an IDR), so reading a clip decodes only the GOPs that cover it. The card is written
+frame an IDR; a learned codec's: its .gflv units, decoded by :mod:`gopflow.dataset.learned`),
+so reading a clip decodes only the GOPs that cover it. The card is written
 last, atomically, and lists the index parts that belong to the archive: shard bytes of a run
 that never finished are not referenced by any listed part, and a folder without a card is
 not an archive.
@@ -31,11 +32,16 @@ from typing import Any
 
 import numpy as np
 
+from gopflow.dataset.learned import LEARNED_CODECS, LearnedDecoder, LearnedPayloads
 from gopflow.errors import CorruptInputError, InputError, InputNotFoundError, UsageError
 from gopflow.fileio import atomic_write_json
 
 FORMAT = "gopflow-dataset"
-VERSION = 1
+VERSION = 2
+"""The card version an archive with learned payloads is written with (``settings.learned``
+in its card); an archive of x264/x265/SVT-AV1/FFV1 payloads is written as version 1, which
+it still is, so older readers read it."""
+READABLE_VERSIONS = (1, 2)
 CARD = "card.json"
 SHARD_BYTES = 1 << 30
 """A shard is closed once it holds this many bytes (a GOP never spans two shards)."""
@@ -123,8 +129,11 @@ def read_card(root: str) -> dict[str, Any]:
         raise InputError(f"{root} is not a complete gopflow dataset (no {CARD})") from None
     except (OSError, ValueError) as exc:
         raise CorruptInputError(f"unreadable {path}: {exc}") from exc
-    if card.get("format") != FORMAT or card.get("version") != VERSION:
-        raise InputError(f"{path} is not a gopflow dataset card of version {VERSION}")
+    if card.get("format") != FORMAT:
+        raise InputError(f"{path} is not a gopflow dataset card")
+    if card.get("version") not in READABLE_VERSIONS:
+        raise InputError(f"{path} is a gopflow dataset of version {card.get('version')}; this "
+                         f"gopflow reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     return card
 
 
@@ -247,6 +256,8 @@ class Dataset:
             self._by_video.setdefault(row.video_id, []).append(row)
         for gops in self._by_video.values():
             gops.sort(key=lambda r: r.gop_index)
+        self._learned: Any = None
+        """The learned codec's decoder (loaded on the first learned GOP read)."""
 
     @property
     def videos(self) -> list[str]:
@@ -307,7 +318,7 @@ class Dataset:
             if self.cache_gops > 0:
                 frames = self._decoded(row)[first:last]
             else:
-                frames = decode_gop(self.payload(row), first, last)
+                frames = self._decode(row, first, last)
                 if len(frames) != last - first:
                     raise CorruptInputError(
                         f"GOP {row.gop_index} of {video} decoded to fewer than {last} frames "
@@ -315,12 +326,23 @@ class Dataset:
             out.extend(f[: row.height, : row.width] for f in frames)
         return np.stack(out)
 
+    def _decode(self, row: GopRow, first: int = 0, last: int | None = None) -> list[np.ndarray]:
+        """Frames ``first .. last-1`` of one GOP (its payload read and checked): FFmpeg's
+        decoders, or the learned codec for dvc/fvc/intra payloads."""
+        data = self.payload(row)
+        if row.codec not in LEARNED_CODECS:
+            return decode_gop(data, first, last)
+        if self._learned is None:
+            self._learned = LearnedDecoder(LearnedPayloads.from_card(self.card, self.root))
+        return self._learned.decode(data, row.first_frame, row.width, row.height, first, last,
+                                    f"GOP {row.gop_index} of {row.video_id}")
+
     def _decoded(self, row: GopRow) -> list[np.ndarray]:
         key = (row.video_id, row.gop_index)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        frames = decode_gop(self.payload(row))
+        frames = self._decode(row)
         if len(frames) != row.frame_count:
             raise CorruptInputError(f"GOP {row.gop_index} of {row.video_id} decoded to "
                                     f"{len(frames)} frames, not {row.frame_count}")
@@ -361,7 +383,7 @@ class Dataset:
         """Every GOP with None, or what is wrong with it (hash, decodability, frame count)."""
         for row in self.rows:
             try:
-                frames = decode_gop(self.payload(row))
+                frames = self._decode(row)
             except CorruptInputError as exc:
                 yield row, str(exc)
                 continue

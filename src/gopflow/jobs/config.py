@@ -35,8 +35,9 @@ PLAYBACK_ENCODERS = tuple(name for name in ENCODER_NAMES if name not in LOSSLESS
 """x264, x265, SVT-AV1: what a transcode, a batch and a ladder code with."""
 CODECS = (*PLAYBACK_ENCODERS, *LEARNED_CODECS)
 """``gopflow transcode`` / ``batch`` codecs."""
-DATASET_CODECS = (*PLAYBACK_ENCODERS, *LOSSLESS_CODECS)
-"""``gopflow dataset compress`` codecs: FFV1 (lossless) is for dataset archives only."""
+DATASET_CODECS = (*PLAYBACK_ENCODERS, *LOSSLESS_CODECS, *LEARNED_CODECS)
+"""``gopflow dataset compress`` codecs: FFV1 (lossless) is for dataset archives only; a
+learned codec's payloads are its .gflv units."""
 DATASET_PER_FILE_ONLY = ("report", "plot", "decisions", "save_decisions", "target_vmaf",
                          "target_vmaf_neg", "target_psnr", "max_bitrate")
 """Transcode options a dataset refuses (per-file outputs, QRO)."""
@@ -257,6 +258,9 @@ class TranscodeOptions:
                                  f"{self.codec!r}")
             if self.codec in LOSSLESS_CODECS and self.preset is not None:
                 raise UsageError(f"--preset does not apply to {self.codec} (lossless)")
+            if self.codec in LEARNED_CODECS and self.registry is not None:
+                raise UsageError("--registry does not apply to a dataset: its readers load "
+                                 "the shipped weights")
         elif self.codec in LOSSLESS_CODECS:
             raise UsageError(f"--codec {self.codec} (lossless) is only for gopflow dataset "
                              f"compress; choose from {', '.join(CODECS)}")
@@ -465,6 +469,13 @@ class LadderConfig:
     run: RunOptions
     report: str | None
     plot: str | None
+    precoder: str = "none"
+    """``dvp``: rungs below the source's height are downscaled by the learned DVP
+    downscalers (probe encodes included); ``none``: Lanczos."""
+
+
+LADDER_PRECODERS = ("none", "dvp")
+"""A ladder's precoders: encoder-side only (standard players show the rungs)."""
 
 
 @dataclass(frozen=True)
@@ -492,6 +503,7 @@ class LadderOptions:
     progress: bool | None = None
     report: str | None = None
     plot: str | None = None
+    precoder: str = "none"
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> LadderOptions:
@@ -502,6 +514,13 @@ class LadderOptions:
         if self.codec not in LADDER_CODECS:
             raise UsageError(f"a ladder codec is one of {', '.join(LADDER_CODECS)}, "
                              f"not {self.codec!r}")
+        if self.precoder == "vistra":
+            raise UsageError("--precoder vistra does not apply to a ladder: ViSTRA needs "
+                             "gopflow's restoring decoder and a ladder is played by standard "
+                             "players; use --precoder dvp")
+        if self.precoder not in LADDER_PRECODERS:
+            raise UsageError(f"unknown ladder precoder {self.precoder!r}; choose from "
+                             f"{', '.join(LADDER_PRECODERS)}")
         if self.rungs is not None and not 1 <= self.rungs <= 12:
             raise UsageError(f"--rungs must be 1 to 12, got {self.rungs}")
         if self.max_height is not None and self.max_height < 16:
@@ -534,7 +553,7 @@ class LadderOptions:
             plan=PlanOptions(gop_seconds, min(0.5, gop_seconds), self.scene_detect,
                              self.scene_threshold),
             run=_run_options(self),
-            report=self.report, plot=self.plot,
+            report=self.report, plot=self.plot, precoder=self.precoder,
         )
 
 

@@ -11,13 +11,17 @@ archive never mixes them. A crash leaves the card as it was: the next run with
 
 Each GOP's worker also measures its quality as it codes it (:class:`DatasetGopStage`): the
 PSNR of the luma of the decoded payload against the frames it was given, kept in the index's
-``quality`` column (``inf``: lossless).
+``quality`` column (``inf``: lossless). A learned codec (``--codec dvc|fvc|intra``,
+:class:`LearnedDatasetJob`) codes each GOP as ``gopflow transcode`` does; its payload is the
+GOP's .gflv units, its quality the PSNR of the luma of the codec's reconstruction (which a
+read returns exactly) against the RGB frames it coded (:class:`DatasetLearnedStage`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import hashlib
 import io
@@ -41,10 +45,11 @@ from gopflow.dataset.archive import (
 )
 from gopflow.errors import CorruptInputError, FrameCountError, InputError, UsageError
 from gopflow.jobs.batch import find_inputs, settings_hash
-from gopflow.jobs.config import TranscodeConfig, TranscodeOptions
-from gopflow.jobs.transcode import EncoderJob
+from gopflow.jobs.config import LEARNED_CODECS, LEARNED_EXTENSION, TranscodeConfig, TranscodeOptions
+from gopflow.jobs.transcode import EncoderJob, LearnedJob
 from gopflow.media.reader import ReaderCache, feed_format, frame_bytes
 from gopflow.pipeline.driver import Finished, GopRequest, JobResult, make_record, run_gop_jobs
+from gopflow.pipeline.stages import LearnedCodecRef, LearnedEncodeStage, LearnedGopTask
 from gopflow.pipeline.workdir import WorkDir, claimed, file_sha256
 from gopflow.types import EncodedGop, GopRecord, GopSpec, VideoInfo
 
@@ -188,25 +193,113 @@ class DatasetJob(EncoderJob):
 
     def rows(self, result: JobResult, shards: ShardWriter) -> list[GopRow]:
         """Append this video's GOP payloads to ``shards``; its index rows."""
-        info = result.info
-        coded_w, coded_h = result.finished.width, result.finished.height
-        source_sha = file_sha256(info.path)
-        rows = []
-        for gop, record in zip(result.gops, result.records, strict=True):
-            with open(result.workdir.segment_path(gop.index), "rb") as handle:
-                data = handle.read()
-            ((shard, offset, length),) = shards.append([data])
-            rows.append(GopRow(
-                video_id=self.video_id, source_path=info.path, source_sha256=source_sha,
-                source_bytes=os.path.getsize(info.path), gop_index=gop.index,
-                first_frame=gop.start_frame, frame_count=gop.frame_count, shard=shard,
-                offset=offset, length=length, sha256=hashlib.sha256(data).hexdigest(),
-                codec=self.config.settings.codec, width=min(info.width, coded_w),
-                height=min(info.height, coded_h), coded_width=coded_w, coded_height=coded_h,
-                fps_num=info.fps.numerator, fps_den=info.fps.denominator,
-                quality=_quality(record),
-            ))
-        return rows
+        return archive_rows(self.video_id, self.config.settings.codec, result, shards)
+
+
+def archive_rows(video_id: str, codec: str, result: JobResult,
+                 shards: ShardWriter) -> list[GopRow]:
+    """Append one finished video's GOP payloads (its work dir's segments) to ``shards``; its
+    index rows."""
+    info = result.info
+    coded_w, coded_h = result.finished.width, result.finished.height
+    source_sha = file_sha256(info.path)
+    rows = []
+    for gop, record in zip(result.gops, result.records, strict=True):
+        with open(result.workdir.segment_path(gop.index), "rb") as handle:
+            data = handle.read()
+        ((shard, offset, length),) = shards.append([data])
+        rows.append(GopRow(
+            video_id=video_id, source_path=info.path, source_sha256=source_sha,
+            source_bytes=os.path.getsize(info.path), gop_index=gop.index,
+            first_frame=gop.start_frame, frame_count=gop.frame_count, shard=shard,
+            offset=offset, length=length, sha256=hashlib.sha256(data).hexdigest(),
+            codec=codec, width=min(info.width, coded_w),
+            height=min(info.height, coded_h), coded_width=coded_w, coded_height=coded_h,
+            fps_num=info.fps.numerator, fps_den=info.fps.denominator,
+            quality=_quality(record),
+        ))
+    return rows
+
+
+LUMA_WEIGHTS = (54, 183, 19)
+"""BT.709's luma weights (0.2126, 0.7152, 0.0722) in 256ths, summing to 256: the luma of a
+learned codec's RGB frames for its PSNR-Y, in integers (the same value on every machine)."""
+
+
+def rgb_psnr_y(sources: Sequence[np.ndarray], recon: Sequence[np.ndarray]) -> float:
+    """PSNR (peak 255) of the luma of RGB frames (:data:`LUMA_WEIGHTS`), the squared error
+    pooled over the GOP's frames and summed in integers; ``inf`` when they are equal."""
+    if len(sources) != len(recon):
+        raise FrameCountError(f"{len(recon)} reconstructed frames for {len(sources)} coded")
+    weights = np.array(LUMA_WEIGHTS, np.int64)
+    total = 0.0
+    for source, out in zip(sources, recon, strict=True):
+        diff = (source.astype(np.int64) - out.astype(np.int64)) @ weights  # luma x 256
+        error = int((diff * diff).sum(dtype=np.int64))
+        total += error / (256 * 256 * 255 * 255) / (source.shape[0] * source.shape[1])
+    mse = total / max(1, len(sources))
+    return round(10.0 * math.log10(1.0 / mse), 4) if mse > 0 else math.inf
+
+
+class _KeptGop:
+    """A learned codec that keeps the frames and reconstruction of the last GOP it coded."""
+
+    def __init__(self, codec: Any) -> None:
+        self.codec = codec
+        self.last: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] = ((), ())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.codec, name)
+
+    def encode_gop(self, frames: Sequence[np.ndarray], quality: int,
+                   intra_offset: int = 0) -> Any:
+        coded = self.codec.encode_gop(frames, quality, intra_offset)
+        self.last = (frames, coded.recon)
+        return coded
+
+
+class DatasetLearnedStage(LearnedEncodeStage):
+    """A dataset's per-GOP stage for a learned codec: the transcode's stage (payload: the
+    GOP's .gflv units; ``psnr_rgb`` and ``recon_sha256`` in its details), and the PSNR-Y of
+    the reconstruction against the RGB frames coded (:func:`rgb_psnr_y`), the index's
+    ``quality``."""
+
+    def __init__(self, ref: LearnedCodecRef) -> None:
+        super().__init__(ref)
+        self._kept = _KeptGop(self.codec)
+        self.codec = self._kept  # type: ignore[assignment]
+
+    def __call__(self, task: LearnedGopTask) -> EncodedGop:
+        encoded = super().__call__(task)
+        psnr = rgb_psnr_y(*self._kept.last)
+        self._kept.last = ((), ())
+        return dataclasses.replace(encoded, details={**(encoded.details or {}),
+                                                     **_quality_details(psnr)})
+
+
+class LearnedDatasetJob(LearnedJob):
+    """One video of a dataset coded by a learned codec, GOP by GOP as a transcode codes it;
+    no .gflv stream is written (the run appends the GOPs' units to its shard)."""
+
+    def __init__(self, config: TranscodeConfig, video_id: str) -> None:
+        super().__init__(config)
+        self.video_id = video_id
+        self.label = f"dataset {self.learned.codec}"
+
+    def stage_factory(self) -> Callable[[], Callable[[Any], EncodedGop]]:
+        return functools.partial(DatasetLearnedStage, self._ref)
+
+    def finish(
+        self, info: VideoInfo, gops: list[GopSpec], records: list[GopRecord], workdir: WorkDir
+    ) -> Finished:
+        frames = sum(len(str((r.details or {}).get("kinds", ""))) for r in records)
+        if frames != info.frame_count:
+            raise FrameCountError(f"coded {frames} frames; the input has {info.frame_count}")
+        return Finished(frames, sum(r.bytes for r in records), info.width, info.height)
+
+    def rows(self, result: JobResult, shards: ShardWriter) -> list[GopRow]:
+        """Append this video's GOP payloads (.gflv units) to ``shards``; its index rows."""
+        return archive_rows(self.video_id, self.learned.codec, result, shards)
 
 
 def _video_ids(paths: Sequence[tuple[str, str]], taken: set[str]) -> list[str]:
@@ -235,22 +328,34 @@ def compress(
     options = dataclasses.replace(options, audio=False)
     root = os.path.abspath(output)
     found = find_inputs(inputs)
-    probe_config = options.resolve(found[0][0] if found else "x", os.path.join(root, "x.mp4"),
-                                   job="dataset")
+    # The name is never written (work dirs are keyed by it); a learned job wants a .gflv.
+    extension = LEARNED_EXTENSION if options.codec in LEARNED_CODECS else ".mp4"
+    probe_config = options.resolve(found[0][0] if found else "x",
+                                   os.path.join(root, f"x{extension}"), job="dataset")
     wanted = settings_hash(probe_config)
+    learned = _learned_card(probe_config)
     card: dict[str, Any]
     if os.path.exists(os.path.join(root, "card.json")):
         card = read_card(root)
         if card["settings_hash"] != wanted:
             raise UsageError(f"{output} was compressed with other settings "
-                             f"({card['settings']['encode']}); use a new archive")
+                             f"({settings_text(card)}); use a new archive")
+        if learned is not None and card["settings"].get("learned") != learned:
+            raise UsageError(f"{output} was coded by {card['settings']['learned']['model_id']}; "
+                             f"the installed weights are {learned['model_id']}; use a new "
+                             "archive")
     elif os.path.exists(root) and (not os.path.isdir(root) or set(os.listdir(root))
                                    - {"shards", "index", ".gopflow-work"}):
         raise UsageError(f"{output} exists and is not a gopflow dataset")
     else:
-        card = {"format": FORMAT, "version": VERSION, "settings_hash": wanted,
-                "settings": {"encode": dataclasses.asdict(probe_config.settings),
-                             "plan": dataclasses.asdict(probe_config.plan)},
+        # Version 1 still describes an archive without learned payloads: older readers
+        # read it.
+        card = {"format": FORMAT, "version": 1 if learned is None else VERSION,
+                "settings_hash": wanted,
+                "settings": {"encode": None if learned is not None
+                             else dataclasses.asdict(probe_config.settings),
+                             "plan": dataclasses.asdict(probe_config.plan),
+                             **({"learned": learned} if learned is not None else {})},
                 "parts": [], "videos": 0, "gops": 0, "frames": 0, "bytes": 0,
                 "source_bytes": 0}
     os.makedirs(root, exist_ok=True)
@@ -278,15 +383,17 @@ def compress(
             os.unlink(stale)
     shards = ShardWriter(root, f"shard-{run_id}")
     ids = _video_ids(todo, set(card.get("video_ids", [])))
-    jobs = []
+    jobs: list[DatasetJob | LearnedDatasetJob] = []
     requests = []
     for (path, _), video_id in zip(todo, ids, strict=True):
         # The name is never written: it keys the video's work dir inside the archive.
-        virtual = os.path.join(root, f".{video_id.replace('/', '__')}.mp4")
+        virtual = os.path.join(root, f".{video_id.replace('/', '__')}{extension}")
         config = options.resolve(path, virtual, job="dataset")
         config = dataclasses.replace(config, run=dataclasses.replace(
             config.run, work_dir=config.run.work_dir or os.path.join(root, ".gopflow-work")))
-        job = DatasetJob(config, video_id)
+        job: DatasetJob | LearnedDatasetJob = (
+            DatasetJob(config, video_id) if config.learned is None
+            else LearnedDatasetJob(config, video_id))
         jobs.append(job)
         requests.append(GopRequest(job, path, virtual, config.plan, config.run.resume))
     failures: list[str] = []
@@ -334,6 +441,27 @@ def compress(
         raise InputError(f"{len(failures)} of {len(todo)} videos failed (the others are in "
                          f"the archive): {failures[0]}")
     return card
+
+
+def _learned_card(config: TranscodeConfig) -> dict[str, Any] | None:
+    """A learned dataset's codec as its card records it (quality and model id resolved:
+    what a reader decodes with); None for the other codecs."""
+    if config.learned is None:
+        return None
+    job = LearnedJob(config)
+    job.check_tools()
+    return job.learned_settings()
+
+
+def settings_text(card: dict[str, Any]) -> str:
+    """An archive's codec and quality setting in a few words (``x265 CRF 22``)."""
+    settings = card["settings"]
+    learned = settings.get("learned")
+    if learned:
+        return f"{learned['codec']} quality {learned['quality']}"
+    encode = settings["encode"]
+    return f"{encode['codec']} " + ("lossless" if encode["crf"] is None
+                                    else f"CRF {encode['crf']:g}")
 
 
 def _known_sources(root: str, card: dict[str, Any]) -> dict[tuple[str, int], str]:

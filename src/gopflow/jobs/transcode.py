@@ -274,13 +274,16 @@ class LearnedJob:
                 f"stream (at most {MAX_SIDE} pixels a side and {MAX_PIXELS} in all); use "
                 "--codec x264 or x265"
             )
+        return {"learned": self.learned_settings()}
+
+    def learned_settings(self) -> dict[str, Any]:
+        """The codec as resolved by :meth:`check_tools` (default quality applied, the loaded
+        weights' model id): what the work dir, a .gflv header and a dataset card record."""
         learned = self.learned
-        return {
-            "learned": {"codec": learned.codec, "quality": self._quality,
-                        "model_id": self._codec.model_id, "adaptive_intra": learned.adaptive,
-                        "rdo": learned.rdo_on, "intra_offset": learned.offset,
-                        "motion_refinement": self._refine},
-        }
+        return {"codec": learned.codec, "quality": self._quality,
+                "model_id": self._codec.model_id, "adaptive_intra": learned.adaptive,
+                "rdo": learned.rdo_on, "intra_offset": learned.offset,
+                "motion_refinement": self._refine}
 
     def stage_factory(self) -> Callable[[], Callable[[Any], EncodedGop]]:
         # The codec's reference, not the loaded model: each actor loads its own.
