@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from gopflow.jobs.config import LADDER_CODECS, LadderOptions
+from gopflow.jobs.config import LADDER_CODECS, PRECODERS, LadderOptions
 
 
 def add_ladder_parser(commands: Any, epilog: str) -> argparse.ArgumentParser:
@@ -45,6 +45,11 @@ def add_ladder_parser(commands: Any, epilog: str) -> argparse.ArgumentParser:
     rungs.add_argument("--top-vmaf", type=float, help="VMAF of the top rung (95)")
     rungs.add_argument("--floor-bitrate", help="bottom rung's bitrate (150k)")
     rungs.add_argument("--max-bitrate", help="top rung's bitrate at most this")
+    rungs.add_argument("--precoder", choices=PRECODERS,
+                       help="dvp: rungs below the source's height are downscaled by the "
+                       "learned DVP downscalers (3/4, 2/3, 1/2; below 1/2: DVP 1/2, then "
+                       "Lanczos), probes included; players upscale linearly, as DVP assumes. "
+                       "vistra is refused (it needs a restoring decoder) (default: none)")
     pack = parser.add_argument_group("packaging")
     pack.add_argument("--segment-seconds", type=float,
                       help="segment length; GOPs are at most half of it (4)")

@@ -89,17 +89,22 @@ def check_frame_size(frame: Any, width: int, height: int) -> None:
         )
 
 
-def frame_bytes(frame: Any, pix_fmt: str) -> bytes:
-    """Packed planar bytes of ``frame`` in ``pix_fmt`` (converting with swscale if needed;
-    RGB to YUV with :data:`RGB_MATRIX`, limited range, whatever the frame is tagged)."""
+def convert_frame(frame: Any, pix_fmt: str) -> Any:
+    """``frame`` with ``pix_fmt``'s planes: itself when it has them (a JPEG-range twin
+    included), else converted with swscale (RGB to YUV with :data:`RGB_MATRIX`, limited
+    range, whatever the frame is tagged)."""
     name = _SAME_LAYOUT.get(frame.format.name, frame.format.name)
-    if name != pix_fmt:
-        if is_rgb_format(name) and not is_rgb_format(pix_fmt):
-            frame = frame.reformat(
-                format=pix_fmt, dst_colorspace=_RGB_MATRIX_SWS, dst_color_range="MPEG"
-            )
-        else:
-            frame = frame.reformat(format=pix_fmt)
+    if name == pix_fmt:
+        return frame
+    if is_rgb_format(name) and not is_rgb_format(pix_fmt):
+        return frame.reformat(format=pix_fmt, dst_colorspace=_RGB_MATRIX_SWS,
+                              dst_color_range="MPEG")
+    return frame.reformat(format=pix_fmt)
+
+
+def frame_bytes(frame: Any, pix_fmt: str) -> bytes:
+    """Packed planar bytes of ``frame`` in ``pix_fmt`` (:func:`convert_frame`)."""
+    frame = convert_frame(frame, pix_fmt)
     sample_bytes = 2 if pix_fmt.endswith(("10le", "12le", "16le")) else 1
     parts = []
     for plane in frame.planes:

@@ -11,6 +11,13 @@ does (:func:`gopflow.quality.vmaf.vmaf_scores`, every ``vmaf_subsample``-th fram
 bitrate from the encoded video packets' bytes over the ranges' duration, VMAF the
 frame-weighted mean over all ranges.
 
+With ``precoder="dvp"`` the grid's heights are those of
+:func:`gopflow.precoders.dvp.ladder.dvp_heights` and a point below the source's height is
+encoded from the learned DVP downscale of the reference (one raw Y4M per DVP scale and
+range, made once before the walk, one torch thread: the bytes a rung's worker makes),
+Lanczos-scaled further where the height is below DVP's picture
+(:func:`~gopflow.precoders.dvp.ladder.dvp_rung`): the hull scores what the rungs ship.
+
 Which grid points are encoded: all of them, unless a ladder's ``floor_kbps`` / ``top_vmaf``
 are given. Then each height starts at the middle CRF and walks outwards in rounds (every
 round's points run in parallel; the decisions are made between rounds, so the result does
@@ -30,6 +37,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Literal
 
 import av
@@ -44,6 +52,7 @@ from gopflow.media.ffmpeg import (
 )
 from gopflow.media.probe import probe
 from gopflow.media.reader import GopReader, frame_bytes
+from gopflow.precoders.dvp.ladder import DvpRung, check_dvp_source, dvp_heights, dvp_rung
 from gopflow.quality.hull import RatePoint, hull_vmaf, upper_hull
 from gopflow.quality.vmaf import vmaf_scores
 from gopflow.types import GopSpec
@@ -113,6 +122,40 @@ def _reference(
                 raise EncoderError(f"writing the probe reference failed: {reason}")
             out.append((path, count))
     return out
+
+
+def _dvp_references(
+    references: Sequence[tuple[str, int]], rungs: Sequence[DvpRung], fps: Any, folder: str,
+    exe: str, workers: int,
+) -> dict[tuple[Fraction, int], str]:
+    """The DVP downscale of each reference at each scale ``rungs`` use, as raw Y4M:
+    (scale, range number) -> path. One torch thread per downscale (the rungs' count, so
+    the bytes are theirs), ``workers`` at once."""
+    from gopflow.precoders.dvp import DvpPrecoder
+    from gopflow.precoders.inference import torch_settings
+
+    sizes = {rung.scale: rung.dvp_size for rung in rungs}
+    jobs = [(scale, number) for scale in sorted(sizes, reverse=True)
+            for number in range(len(references))]
+
+    def make(job: tuple[Fraction, int]) -> str:
+        scale, number = job
+        width, height = sizes[scale]
+        path = os.path.join(folder, f"dvp_{scale.numerator}_{scale.denominator}_{number}.y4m")
+        command = restore_writer_command(path, ".y4m", width=width, height=height, fps=fps,
+                                         pix_fmt="yuv420p", exe=exe)
+        precoder = DvpPrecoder(scale, threads=1)
+        with av.open(references[number][0]) as container:
+            chunks = (precoder.down(frame) for frame in container.decode(video=0))
+            code, reason = feed_process(command, chunks, os.path.join(folder, "dvp.log"))
+        if code != 0:
+            raise EncoderError(f"writing the DVP {scale} probe reference failed: {reason}")
+        return path
+
+    # Held at one thread around the pool: the workers' own (nested) settings then change
+    # nothing process-wide while another worker runs.
+    with torch_settings(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(jobs, pool.map(make, jobs), strict=True))
 
 
 def _packet_bytes(path: str) -> int:
@@ -189,16 +232,20 @@ def probe_grid(
     floor_kbps: float | None = None,
     top_vmaf: float | None = None,
     max_kbps: float | None = None,
+    precoder: str = "none",
 ) -> ProbeResult:
     """Encode ``ranges`` of ``source`` ((first frame, frame count) pairs; default: the
     first 4 seconds) at the (height, CRF) grid points and score each with VMAF at the
     source size: every point, or with ``floor_kbps`` and ``top_vmaf`` only those the
     ladder can use (see the module's docstring). Encoder options are the rungs' own
     (``codec``, ``preset``, ``keyint``). ``workers`` points run at once, each encode and
-    score with ``threads`` threads (default: the CPUs over ``workers``)."""
+    score with ``threads`` threads (default: the CPUs over ``workers``). ``precoder="dvp"``
+    makes the pictures below the source's height with DVP (see the module's docstring)."""
     began = time.perf_counter()
     if codec not in ("x264", "x265", "svtav1"):
         raise UsageError(f"unknown codec {codec!r}; choose x264, x265 or svtav1")
+    if precoder not in ("none", "dvp"):
+        raise UsageError(f"a ladder probe's precoder is none or dvp, not {precoder!r}")
     tool = find_ffmpeg()
     tool.require(encoders=[ENCODER_NAMES[codec]], filters=["libvmaf", "scale"])
     info = probe(source)
@@ -219,21 +266,37 @@ def probe_grid(
                    keyint=keyint)
     frames = sum(count for _, count in ranges)
     seconds = frames / float(info.fps)
+    grid = ladder_heights(info.height, heights)
+    learned: dict[int, DvpRung] = {}
+    if precoder == "dvp":
+        check_dvp_source(info.width, info.height)
+        grid = dvp_heights(info.width, info.height, heights)
+        learned = {h: r for h in grid if (r := dvp_rung(info.width, info.height, h))}
     with tempfile.TemporaryDirectory(prefix="gopflow-probe-") as folder:
         references = _reference(source, ranges, folder, tool.path)
+        downscaled = _dvp_references(references, list(learned.values()), info.fps, folder,
+                                     tool.path, workers) if learned else {}
 
         def run(point: tuple[int, float]) -> tuple[RatePoint, float, float]:
             height, crf = point
             width = scaled_width(info.width, info.height, height)
+            rung = learned.get(height)
+            if rung is not None:
+                width, height = rung.size
             settings = EncodeSettings(codec=codec, preset=preset or "medium", crf=crf,
                                       threads=threads, keyint=keyint)
             total_bytes, weighted, enc, score = 0, 0.0, 0.0, 0.0
             for number, (reference, count) in enumerate(references):
                 output = os.path.join(folder, f"p_{height}_{crf:g}_{number}.mp4")
                 same = (width, height) == (info.width, info.height)
+                encoded = reference
+                if rung is not None:  # from DVP's picture, Lanczos only below its height
+                    encoded = downscaled[(rung.scale, number)]
+                resize = not same and (rung is None or rung.then_lanczos)
                 command = scaled_encode_command(
-                    reference, output, width=0 if same else width, height=0 if same else height,
-                    scaler=scaler, encoder=encoder_options(settings), exe=tool.path,
+                    encoded, output, width=width if resize else 0,
+                    height=height if resize else 0, scaler=scaler,
+                    encoder=encoder_options(settings), exe=tool.path,
                 )
                 tick = time.perf_counter()
                 done = subprocess.run(command, capture_output=True, text=True)
@@ -251,7 +314,7 @@ def probe_grid(
             kbps = total_bytes * 8 / seconds / 1000
             return RatePoint(width, height, float(crf), kbps, weighted / frames), enc, score
 
-        results = _walk(ladder_heights(info.height, heights), crfs, run, workers,
+        results = _walk(grid, crfs, run, workers,
                         floor_kbps, top_vmaf, max_kbps)
     if not results:
         raise InputError(f"nothing to probe in {source}")
