@@ -80,8 +80,10 @@ def run_ladder_command(args: argparse.Namespace) -> int:
     given = {name: value for name, value in vars(args).items() if name in fields}
     config = LadderOptions(**given).resolve(args.input, args.output_dir)
     report = run_ladder(config, log=lambda message: print(message, file=sys.stderr))
-    for rung, track in zip(report.ladder.rungs, report.packaged.video, strict=True):
-        print(f"  {track.name}: {rung.width}x{rung.height}, target {rung.kbps:.0f} kbit/s, "
+    made = report.downscale or ("",) * len(report.ladder.rungs)
+    for rung, track, how in zip(report.ladder.rungs, report.packaged.video, made, strict=True):
+        scaled = f" ({how})" if how not in ("", "none") else ""
+        print(f"  {track.name}: {rung.width}x{rung.height}{scaled}, target {rung.kbps:.0f} kbit/s, "
               f"measured average {track.average_kbps:.0f}, peak {track.peak_kbps:.0f} kbit/s, "
               f"VMAF ~{rung.vmaf:.1f}", file=sys.stderr)
     print(f"wrote {report.output_dir}: {len(report.ladder.rungs)} rungs, master.m3u8, "
