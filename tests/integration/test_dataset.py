@@ -294,3 +294,77 @@ def test_to_ray_streams_clips_on_two_nodes(archive: Path) -> None:
         np.testing.assert_array_equal(np.asarray(row["frames"]),
                                       ds.read(row["video"], int(row["start"]), 8))
     assert len({r["node"] for r in rows}) == 2, "every clip was read on one node"
+
+
+def test_learned_dvc_archive_reads_the_encoders_reconstruction(tmp_path: Path) -> None:
+    """``--codec dvc``: each GOP's payload is its .gflv units, byte for byte those of a
+    ``gopflow transcode --codec dvc`` of the same clip at the same settings (another
+    process: the coding is deterministic); a read in this process of a clip spanning both
+    GOPs is the encoder's reconstruction (the transcode's per-GOP ``recon_sha256``); the
+    quality column is the PSNR-Y of that reconstruction; verify names a flipped byte and
+    read refuses it with one line. Tiny (64x64, 12 frames, two 6-frame GOPs): DVC's RDO
+    encoder runs at a few frames per second on CPU."""
+    import torch
+
+    import gopflow
+    from gopflow.codecs.learned.bitstream import read_header, read_units
+    from gopflow.jobs.dataset import LUMA_WEIGHTS
+    from gopflow.pipeline.stages import frames_digest
+
+    clip = tmp_path / "tiny.mkv"
+    make_clip(clip, "-f", "lavfi", "-i", "testsrc2=size=64x64:rate=12:duration=1",
+              "-pix_fmt", "yuv420p", "-c:v", "ffv1")
+    same = ("--quality", "3", "--gop-seconds", "0.5", "--min-gop-seconds", "0.25",
+            "--workers", "1", "--no-progress")
+    out = tmp_path / "tiny.gfd"
+    done = _cli("compress", str(clip), "-o", str(out), "--codec", "dvc", *same)
+    assert done.returncode == 0, done.stderr
+    assert "dvc quality 3" in done.stderr
+    stream, report = tmp_path / "tiny.gflv", tmp_path / "report.json"
+    coded = subprocess.run(
+        [sys.executable, "-m", "gopflow", "transcode", str(clip), "-o", str(stream),
+         "--codec", "dvc", "--report", str(report), *same],
+        capture_output=True, text=True, timeout=600)
+    assert coded.returncode == 0, coded.stderr
+
+    ds = gopflow.dataset.open(str(out))
+    assert ds.card["version"] == 2 and ds.card["settings"]["learned"]["quality"] == 3
+    assert [(r.codec, r.first_frame, r.frame_count) for r in ds.rows] == [
+        ("dvc", 0, 6), ("dvc", 6, 6)]
+    with open(stream, "rb") as handle:
+        units = list(read_units(handle, read_header(handle)))
+    gops = json.loads(report.read_text())["gops"]
+    assert [(g["start_frame"], g["frames"]) for g in gops] == [(0, 6), (6, 6)]
+    clip_frames = ds.read("tiny", 2, 8)  # frames 2-9: both GOPs, from inside the first
+    assert clip_frames.shape == (8, 64, 64, 3) and clip_frames.dtype == np.uint8
+    whole = ds.read("tiny", 0, 12)
+    np.testing.assert_array_equal(clip_frames, whole[2:10])
+    source = _source_frames(clip).astype(np.int64) @ np.array(LUMA_WEIGHTS)
+    for row, gop in zip(ds.rows, gops, strict=True):
+        part = slice(row.first_frame, row.first_frame + row.frame_count)
+        assert ds.payload(row) == b"".join(u.to_bytes() for u in units[part])
+        assert frames_digest(whole[part]) == gop["details"]["recon_sha256"]
+        diff = (source[part] - whole[part].astype(np.int64) @ np.array(LUMA_WEIGHTS)) / 256
+        psnr = 10 * np.log10(255.0**2 / np.mean(diff * diff))
+        assert row.quality is not None and abs(row.quality - psnr) < 1e-3
+    loader = torch.utils.data.DataLoader(ds.to_torch(clip_len=4, stride=4), batch_size=3)
+    np.testing.assert_array_equal(next(iter(loader)).numpy(), whole.reshape(3, 4, 64, 64, 3))
+
+    assert _cli("verify", str(out)).returncode == 0
+    damaged = tmp_path / "damaged.gfd"
+    subprocess.run(["cp", "-r", str(out), str(damaged)], check=True)
+    second = ds.rows[1]
+    shard = damaged / second.shard
+    data = bytearray(shard.read_bytes())
+    data[second.offset + second.length // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    bad = _cli("verify", str(damaged))
+    assert bad.returncode != 0 and "tiny GOP 1:" in bad.stderr and "tiny GOP 0" not in bad.stderr
+    assert "Traceback" not in bad.stderr
+    refused = _cli("read", str(damaged), "--video", "tiny", "--frames", "4:8", "-o",
+                   str(tmp_path / "x.y4m"))
+    assert refused.returncode != 0 and "GOP 1 of tiny is damaged" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    wrong = _cli("compress", str(clip), "-o", str(tmp_path / "w.gfd"), "--codec", "dvc",
+                 "--crf", "20")
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
