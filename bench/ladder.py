@@ -24,8 +24,8 @@ upscale to the input's size, as a player shows it. BD-rate (PCHIP) of (bitrate, 
 the per-title ladder against the fixed one: negative means fewer bits at equal quality.
 
 Compute: wall seconds, and CPU seconds (user + system) of each command's whole process tree
-(``bench/proctree.py``: this process is a child subreaper, so every descendant, Ray's daemons
-and workers and the ffmpeg encoders, is reaped into its RUSAGE_CHILDREN). The goal of
+(``bench/proctree.py``: a cgroup per command, so every descendant counts, Ray's daemons and
+workers and the ffmpeg encoders, whoever reaps them). The goal of
 issue 28: at least 20% fewer bits at equal quality, in at most 3x the fixed ladder's compute.
 
 Usage::
@@ -55,7 +55,7 @@ from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.probe import probe
 from gopflow.quality.bd import bd_rate
 from gopflow.quality.vmaf import vmaf_scores
-from proctree import become_subreaper, children_cpu_seconds, reap_all
+from proctree import CpuGroup
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media"
@@ -133,15 +133,15 @@ def measure(command: list[str], log: Path) -> dict[str, Any]:
     """Run ``command``; its wall seconds and the CPU seconds of its whole process tree."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    before = children_cpu_seconds()
+    group = CpuGroup()
     load = os.getloadavg()[0]
     with open(log, "w") as sink:
         start = time.perf_counter()
         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sink,
-                              stderr=subprocess.STDOUT, env=env)
+                              stderr=subprocess.STDOUT, env=env, preexec_fn=group.preexec)
         wall = time.perf_counter() - start
-    leftovers = reap_all(grace=30.0)
-    cpu = children_cpu_seconds() - before
+    leftovers = group.remove(grace=30.0)
+    cpu = group.seconds()
     if done.returncode != 0:
         raise SystemExit(f"{command[0]} failed (exit {done.returncode}); see {log}")
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_before": round(load, 2),
@@ -296,7 +296,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         clips.append((MEDIA / name, seconds))
     print(TUNING_NOTE, flush=True)
-    become_subreaper()
     ffmpeg = find_ffmpeg().path
     results = [bench_clip(clip, seconds, args, ffmpeg) for clip, seconds in clips]
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,6 @@ from gopflow.media.probe import probe
 from gopflow.quality.bd import bd_rate
 from gopflow.quality.vmaf import vmaf_scores
 from ladder import MEDIA, ROOT, TUNING_NOTE, make_input, measure
-from proctree import become_subreaper
 
 
 def rung_points(source: Path, out: Path, seconds: float, threads: int,
@@ -100,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no such clip in {MEDIA}: {args.clip}", file=sys.stderr)
         return 2
     print(TUNING_NOTE, flush=True)
-    become_subreaper()
     ffmpeg = find_ffmpeg().path
     source = make_input(ffmpeg, clip, args.seconds, ROOT / "bench" / "out" / "ladder" / "inputs")
     info = probe(str(source))

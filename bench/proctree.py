@@ -1,55 +1,98 @@
 """CPU time of a whole process tree, for the benchmarks that run gopflow beside ffmpeg.
 
-A benchmark calls :func:`become_subreaper` once: every descendant that is orphaned (Ray's
-daemons and workers outlive the driver that started them by a moment) is re-parented to it,
-so once :func:`reap_all` has reaped every descendant, ``RUSAGE_CHILDREN`` holds the CPU time
-of the whole tree. (Sampling ``cpu_times`` instead would miss the processes that exit
-between two samples, such as every per-GOP ffmpeg.)
+Each measured command runs in its own cgroup (v1 ``cpuacct``, or v2 ``cpu.stat``): every
+process it starts (Ray's daemons and workers, every per-GOP ffmpeg) inherits the group, and
+the group's counter holds their CPU time whoever reaps them and whenever they exit. Reaped
+``RUSAGE_CHILDREN`` cannot do this: Ray's raylet reaps its workers without passing their
+time up, so a Ray job's encoders would go uncounted. Where no cgroup can be made (not root,
+no cgroup file system), the CPU time is reported as unknown (NaN), never guessed.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import math
 import os
-import resource
 import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 
-_PR_SET_CHILD_SUBREAPER = 36
+_V1 = Path("/sys/fs/cgroup/cpuacct")
+_V2 = Path("/sys/fs/cgroup/unified")
 
 
-def become_subreaper() -> None:
-    """Orphaned descendants are re-parented to this process (Linux prctl)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+class CpuGroup:
+    """A fresh cgroup that a child joins before it runs (``preexec``); ``seconds()`` is the
+    CPU time (user + system) of everything that ran in it."""
 
-
-def children_cpu_seconds() -> float:
-    """User plus system seconds of every reaped descendant so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def reap_all(grace: float) -> list[str]:
-    """Wait for every descendant to exit, reaping each; end any still alive after ``grace``
-    seconds (by pid) and return their ``pid:name``."""
-    deadline = time.monotonic() + grace
-    ended: list[str] = []
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return ended
-        if pid:
-            continue
-        if time.monotonic() > deadline:
-            for child in psutil.Process().children(recursive=True):
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._final: float | None = None
+        name = f"gopflow-bench-{uuid.uuid4().hex[:12]}"
+        for root, counter in ((_V1, "cpuacct.usage"), (_V2, "cpu.stat")):
+            if (root / counter).exists() or (root / "cgroup.procs").exists():
                 try:
-                    ended.append(f"{child.pid}:{child.name()}")
-                    child.terminate()
-                except psutil.Error:
-                    pass
-            deadline = time.monotonic() + 10
-        time.sleep(0.1)
+                    (root / name).mkdir()
+                except OSError:
+                    continue
+                if (root / name / counter).exists():
+                    self.path, self._counter = root / name, counter
+                    return
+                (root / name).rmdir()
+
+    def preexec(self) -> None:
+        """Runs in the child between fork and exec: move it into the group."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def seconds(self) -> float:
+        """CPU seconds so far (after :meth:`remove`: the final count)."""
+        if self._final is not None:
+            return self._final
+        if self.path is None:
+            return math.nan
+        text = (self.path / self._counter).read_text()
+        if self._counter == "cpuacct.usage":
+            return int(text) / 1e9
+        fields = dict(line.split() for line in text.splitlines())
+        return int(fields["usage_usec"]) / 1e6
+
+    def remove(self, grace: float = 30.0) -> list[str]:
+        """End what is still running in the group after ``grace`` seconds (``pid:name``
+        of each), keep the final CPU count, then remove the group."""
+        if self.path is None:
+            return []
+        ended: list[str] = []
+        deadline = time.monotonic() + grace
+        while self._pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in self._pids():
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                ended.append(f"{pid}:{process.name()}")
+                process.kill()
+        deadline = time.monotonic() + 10
+        while self._pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._final = self.seconds()
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+        return ended
+
+    def _pids(self) -> list[int]:
+        assert self.path is not None
+        text = (self.path / "cgroup.procs").read_text()
+        return [int(line) for line in text.split() if line.strip()]
+
+
+@contextlib.contextmanager
+def cpu_group() -> Iterator[CpuGroup]:
+    """A :class:`CpuGroup`, removed afterwards."""
+    group = CpuGroup()
+    try:
+        yield group
+    finally:
+        group.remove(grace=0 if group.path is None else 30.0)

@@ -8,9 +8,9 @@ codec, preset and CRF:
   cluster per run, so Ray's start-up is part of the wall time);
 * ffmpeg: ``ffmpeg -i INPUT -c:v libx264|libx265 -preset P -crf Q -c:a copy OUT``.
 
-Measured per run: wall time, CPU seconds of the whole process tree (this process is a child
-subreaper, so Ray's orphaned daemons are reaped here and counted), output size on disk, PSNR-Y
-of the output against the input, and peak memory. Peak memory is sampled the same way for both
+Measured per run: wall time, CPU seconds of the whole process tree (a cgroup per run:
+``bench/proctree.py``), output size on disk, PSNR-Y of the output against the input, and
+peak memory. Peak memory is sampled the same way for both
 tools: every ``--sample-interval`` seconds the RSS of the launched process, all its descendants
 and every process started during the run that carries this run's tag in its environment (Ray's
 raylet, gcs_server, dashboard and workers inherit it even when re-parented) is summed; the peak
@@ -50,7 +50,7 @@ import psutil
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.probe import probe
 from gopflow.quality.metrics import psnr_y
-from proctree import become_subreaper, children_cpu_seconds, reap_all
+from proctree import CpuGroup
 
 REPO = Path(__file__).resolve().parent.parent
 GOPFLOW = Path(sys.executable).with_name("gopflow")
@@ -208,15 +208,15 @@ def measure(tool: str, cmd: list[str], output: Path, log: Path, interval: float)
     env = subprocess_env(tag)
     before = set(psutil.pids())
     loadavg = os.getloadavg()
-    reap_all(grace=0)
-    cpu_before = children_cpu_seconds()
+    group = CpuGroup()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as sink:
         sink.write((" ".join(cmd) + "\n\n").encode())
         sink.flush()
         start = time.perf_counter()
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env
+            cmd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=group.preexec,
         )
         # Not reaped until wait4 below, so the pid stays valid (at worst a zombie).
         sampler = TreeSampler(psutil.Process(proc.pid), tag, before, interval)
@@ -226,10 +226,10 @@ def measure(tool: str, cmd: list[str], output: Path, log: Path, interval: float)
         proc.returncode = os.waitstatus_to_exitcode(status)
         sampler.stop()
 
-    # Ray's daemons should be gone once the driver exits; give them a moment (they are this
-    # process's children: it is a subreaper), then report and end any still alive.
-    leftovers = reap_all(grace=15.0)
-    cpu = children_cpu_seconds() - cpu_before
+    # Ray's daemons should be gone once the driver exits; give them a moment, then report
+    # (and end) any process of the run still alive. The group's CPU counter covers them all.
+    leftovers = group.remove(grace=15.0)
+    cpu = group.seconds()
 
     return Run(
         tool=tool,
@@ -517,7 +517,6 @@ def environment(ffmpeg_path: str, ffmpeg_version: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    become_subreaper()  # Ray's orphaned daemons are reaped here: their CPU time counts
     tool = find_ffmpeg()
     encoder = {"x264": "libx264", "x265": "libx265"}[args.codec]
     tool.require(encoders=[encoder])
