@@ -339,6 +339,8 @@ def test_learned_dvc_archive_reads_the_encoders_reconstruction(tmp_path: Path) -
     assert clip_frames.shape == (8, 64, 64, 3) and clip_frames.dtype == np.uint8
     whole = ds.read("tiny", 0, 12)
     np.testing.assert_array_equal(clip_frames, whole[2:10])
+    # From inside the second GOP (from a refresh unit where the encoder chose one there).
+    np.testing.assert_array_equal(ds.read("tiny", 9, 3), whole[9:12])
     source = _source_frames(clip).astype(np.int64) @ np.array(LUMA_WEIGHTS)
     for row, gop in zip(ds.rows, gops, strict=True):
         part = slice(row.first_frame, row.first_frame + row.frame_count)
