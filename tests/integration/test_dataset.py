@@ -201,8 +201,9 @@ def _luma_psnr(source: np.ndarray, decoded: np.ndarray) -> float:
 
 
 def test_ffv1_archive_is_lossless_and_quality_is_measured(tmp_path: Path) -> None:
-    """FFV1 payloads on a real clip gopflow has never seen (H.264 with B-frames): random
-    clips equal PyAV's decode of the source exactly, every GOP's PSNR-Y is inf; a lossy
+    """FFV1 payloads on a real clip gopflow has never seen (H.264 with B-frames): every
+    frame a key frame; random clips (decoded from their first frame inside the GOP) equal
+    PyAV's decode of the source exactly, every GOP's PSNR-Y is inf; a lossy
     x264 archive's quality column is the PSNR-Y of each decoded payload against the source."""
     import random
 
@@ -223,6 +224,9 @@ def test_ffv1_archive_is_lossless_and_quality_is_measured(tmp_path: Path) -> Non
     frames = _source_frames(source)
     assert ds.frames("traffic") == len(frames) and len(ds.rows) > 4
     assert all(r.codec == "ffv1" and r.quality == float("inf") for r in ds.rows)
+    with av.open(io.BytesIO(ds.payload(ds.rows[1]))) as container:
+        # Every frame a key frame: a read starts at its first frame inside the GOP.
+        assert all(p.is_keyframe for p in container.demux(video=0) if p.size)
     pick = random.Random(30)
     for _ in range(6):
         start = pick.randrange(0, len(frames) - 16)

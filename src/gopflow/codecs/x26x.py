@@ -209,7 +209,7 @@ def _codec_args(settings: EncodeSettings, in_band_headers: bool) -> dict[str, st
             "tag:v": "hvc1",
         }
     if settings.codec == "ffv1":
-        return ffv1_options(settings.keyint, threads)
+        return ffv1_options(threads)
     if settings.codec == "svtav1":
         preset = SVTAV1_PRESETS.get(settings.preset, settings.preset)
         return {
