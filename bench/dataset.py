@@ -6,16 +6,18 @@ Inputs: the first ``--max-frames`` frames of each of ``--clips`` (default: four 
 every 10 to 250 frames, or one per file), which is what a seeking reader pays for. The
 cuts are the dataset; in one run, one after another on this machine:
 
-* **compress** the cuts into two archives, ``--codec x265 --crf 22`` (``--preset``) and
-  ``--codec ffv1`` (lossless), with ``gopflow dataset compress`` (a local Ray cluster, one
-  worker per CPU): wall seconds (Ray's start included), frames per second, archive bytes
-  (shards, index and card) against the cuts' bytes and against raw 4:2:0 frames;
-* **quality** per video of the x265 archive: PSNR-Y measured at encode time (pooled over
-  the video, worst GOP) and, unless ``--no-vmaf``, VMAF (libvmaf, every 4th frame) of the
-  archive's video (``gopflow dataset read``) against the cut;
+* **compress** the cuts into archives, ``--codec x265 --crf 22`` (``--preset``), ``--codec
+  x264 --crf 22`` (``--x264-crf``; H.264 decodes faster than HEVC) and ``--codec ffv1``
+  (lossless); ``--short-gop`` adds an x265 one with shorter GOPs; with ``gopflow dataset
+  compress`` (a local Ray cluster, one worker per CPU): wall seconds (Ray's start
+  included), frames per second, archive bytes (shards, index and card) against the cuts'
+  bytes and against raw 4:2:0 frames;
+* **quality** per video of the x265 and x264 archives: PSNR-Y measured at encode time
+  (pooled over the video, worst GOP) and, unless ``--no-vmaf``, VMAF (libvmaf, every 4th
+  frame) of the archive's video (``gopflow dataset read``) against the cut;
 * **random clip reads**: ``--reads`` random 16-frame clips (seeded; the same clips for every
   reader, drawn over all videos in proportion to their frames) read one after another in
-  this process from: the x265 and FFV1 archives (``Dataset.read``); the cuts by PyAV
+  this process from: the x265, x264 and FFV1 archives (``Dataset.read``); the cuts by PyAV
   seeking (seek to the key frame before the clip, decode up to it); torchcodec 0.17
   (``VideoDecoder(seek_mode="exact").get_frames_in_range``); decord 0.6
   (``VideoReader.get_batch``). Every reader keeps its files open, and opening them (PyAV's
@@ -23,7 +25,14 @@ cuts are the dataset; in one run, one after another on this machine:
   first clips are compared with the same frames of the FFV1 archive (which equals a full
   decode of the cut): the mean absolute difference per sample; RGB conversions differ
   slightly between libraries, a wrong frame differs by far more. A library that cannot be
-  imported is skipped with the reason;
+  imported is skipped with the reason. The three source readers run twice: on the cuts as
+  they are (their own key frames, mostly every 10-90 frames), and, labelled so, on the cuts
+  re-encoded by plain ffmpeg with a long key frame interval as cameras and web uploads
+  often have (x264 medium CRF 18 ``-g 250``, x264's scene cuts kept; ``--long-gop``, 0: not),
+  the case a seeking reader pays most for; their difference to the reference includes that
+  re-encode's loss. The archives are made from the cuts as they are (their GOPs do not
+  depend on the source's), and each reader's "x PyAV" is against PyAV seeking in the same
+  sources;
 * **full pass** with Ray Data: ``ray.data.read_videos`` over the cuts (every frame) against
   the x265 archive's ``to_ray(16, 16)`` (every whole clip), frames per second.
 
@@ -86,6 +95,28 @@ def cut(ffmpeg: str, clip: str, folder: Path, max_frames: int) -> Path:
                         "-map", "0:v:0", "-c", "copy", "-frames:v", str(max_frames),
                         str(out)], check=True)
     return out
+
+
+def long_gop(ffmpeg: str, cut_path: Path, folder: Path, keyint: int) -> Path:
+    """``cut_path`` re-encoded by plain ffmpeg as a camera or a web upload would have it:
+    x264 medium CRF 18, a key frame every ``keyint`` frames at most (x264's own scene cuts
+    may add some), B-frames; the same frames, pixel format and size (cached)."""
+    out = folder / f"{cut_path.stem}.mp4"
+    if not out.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(cut_path),
+                        "-map", "0:v:0", "-c:v", "libx264", "-preset", "medium", "-crf", "18",
+                        "-g", str(keyint), "-threads", "2", str(out)], check=True)
+    return out
+
+
+def key_interval(path: Path) -> float:
+    """Mean frames per key frame of ``path``'s video (from the packets, no decode)."""
+    import av
+
+    with av.open(str(path)) as container:
+        flags = [p.is_keyframe for p in container.demux(video=0) if p.size]
+    return len(flags) / max(1, sum(flags))
 
 
 def compress(inputs: list[Path], archive: Path, *codec: str) -> float:
@@ -239,11 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", default=",".join(CLIPS),
                         help="clips below ../shared/media, comma-separated")
     parser.add_argument("--max-frames", type=int, default=600, help="frames cut from each")
-    parser.add_argument("--preset", default="medium", help="x265 preset")
-    parser.add_argument("--crf", type=float, default=22)
+    parser.add_argument("--preset", default="medium", help="x265 and x264 preset")
+    parser.add_argument("--crf", type=float, default=22, help="x265 CRF")
+    parser.add_argument("--x264-crf", type=float, default=22,
+                        help="the x264 archive's CRF; 0: no x264 archive")
+    parser.add_argument("--long-gop", type=int, default=250,
+                        help="also read the cuts re-encoded by plain ffmpeg (x264, -g this); "
+                        "0: not")
     parser.add_argument("--reads", type=int, default=200, help="random 16-frame clips")
     parser.add_argument("--seed", type=int, default=30)
-    parser.add_argument("--short-gop", type=float, default=0.5,
+    parser.add_argument("--short-gop", type=float, default=0,
                         help="also an x265 archive with GOPs of at most this many seconds "
                         "(the default is 1 s); 0: not")
     parser.add_argument("--no-vmaf", dest="vmaf", action="store_false")
@@ -262,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [cut(ffmpeg, name, folder, args.max_frames) for name in names]
     x265, ffv1 = args.out_dir / "bench_x265.gfd", args.out_dir / "bench_ffv1.gfd"
     short = args.out_dir / "bench_x265_short.gfd"
+    x264 = args.out_dir / "bench_x264.gfd"
     print(f"clips (first {args.max_frames} frames of each, stream copy): {', '.join(names)}")
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}\n")
 
@@ -273,9 +310,12 @@ def main(argv: list[str] | None = None) -> int:
                          compress(inputs, short, *x265_args, "--gop-seconds",
                                   f"{args.short_gop:g}", "--min-gop-seconds",
                                   f"{min(0.25, args.short_gop):g}")))
+    if args.x264_crf:
+        archives.append((f"x264 CRF {args.x264_crf:g} {args.preset}", x264,
+                         compress(inputs, x264, "--codec", "x264", "--crf",
+                                  f"{args.x264_crf:g}", "--preset", args.preset)))
     archives.append(("ffv1 (lossless)", ffv1, compress(inputs, ffv1, "--codec", "ffv1")))
     lossless = gopflow.dataset.open(str(ffv1))
-    coded = gopflow.dataset.open(str(x265))
     paths = {}
     for path in inputs:
         # Video ids are the file names without extension (every cut is in one folder).
@@ -302,23 +342,32 @@ def main(argv: list[str] | None = None) -> int:
     quality = []
     work = args.out_dir / "dataset_vmaf"
     work.mkdir(parents=True, exist_ok=True)
+    lossy = [("x265", x265), *([("x264", x264)] if args.x264_crf else [])]
     for video in videos:
-        pooled, worst = coded.quality(video) or (float("nan"), float("nan"))
-        vmaf: float | str | None = None
-        if args.vmaf:
-            try:
-                vmaf = vmaf_of(x265, video, paths[video], work)
-            except Exception as exc:  # libvmaf missing, frames that do not line up
-                vmaf = f"n/a ({type(exc).__name__}: {exc})"[:60]
-        quality.append({"video": video, "frames": frames[video], "psnr_y": pooled,
-                        "worst_gop_psnr_y": worst, "vmaf": vmaf})
-    print(f"\nquality of the x265 archive, per video (PSNR-Y at encode time; VMAF every 4th "
-          f"frame)\n{'video':<28}{'frames':>7}{'PSNR-Y dB':>11}{'worst GOP':>11}{'VMAF':>8}")
+        row: dict[str, Any] = {"video": video, "frames": frames[video]}
+        for codec, root in lossy:
+            pooled, worst = (gopflow.dataset.open(str(root)).quality(video)
+                             or (float("nan"), float("nan")))
+            vmaf: float | str | None = None
+            if args.vmaf:
+                try:
+                    vmaf = vmaf_of(root, video, paths[video], work)
+                except Exception as exc:  # libvmaf missing, frames that do not line up
+                    vmaf = f"n/a ({type(exc).__name__}: {exc})"[:60]
+            row[codec] = {"psnr_y": pooled, "worst_gop_psnr_y": worst, "vmaf": vmaf}
+        quality.append(row)
+    print("\nquality of the lossy archives, per video (PSNR-Y at encode time, pooled / worst "
+          "GOP, dB; VMAF every 4th frame)\n" + f"{'video':<28}{'frames':>7}"
+          + "".join(f"{codec + ' PSNR-Y':>22}{codec + ' VMAF':>11}" for codec, _ in lossy))
     for row in quality:
-        vmaf = row["vmaf"]
-        shown = "-" if vmaf is None else (f"{vmaf:.2f}" if isinstance(vmaf, float) else vmaf)
-        print(f"{row['video']:<28}{row['frames']:>7}{row['psnr_y']:>11.2f}"
-              f"{row['worst_gop_psnr_y']:>11.2f}{shown:>8}")
+        cells = ""
+        for codec, _ in lossy:
+            got = row[codec]
+            vmaf = got["vmaf"]
+            shown = "-" if vmaf is None else (f"{vmaf:.2f}" if isinstance(vmaf, float)
+                                              else vmaf)
+            cells += f"{got['psnr_y']:>13.2f} / {got['worst_gop_psnr_y']:>5.2f}{shown:>11}"
+        print(f"{row['video']:<28}{row['frames']:>7}{cells}")
 
     pick = random.Random(args.seed)
     weighted = [v for v in videos for _ in range(max(0, frames[v] - CLIP_LEN + 1))]
@@ -328,46 +377,66 @@ def main(argv: list[str] | None = None) -> int:
         clips.append((video, pick.randrange(0, frames[video] - CLIP_LEN + 1)))
     reference = [lossless.read(v, s, CLIP_LEN) for v, s in clips[:CHECKED]]
     source_paths = {v: paths[v] for v in videos}
-    readers: list[tuple[str, Any]] = [
-        ("archive x265 (Dataset.read)", lambda: archive_reader(x265)),
-        *([(f"archive x265 {args.short_gop:g} s GOPs", lambda: archive_reader(short))]
+    long_paths = {v: long_gop(ffmpeg, p, args.out_dir / "dataset_inputs" /
+                              f"first{args.max_frames}_g{args.long_gop}", args.long_gop)
+                  for v, p in source_paths.items()} if args.long_gop else {}
+    as_is = "the cuts as they are"
+    long_label = f"re-encoded, x264 -g {args.long_gop}"
+    print(f"\nkey frame spacing (mean frames per key frame): {as_is}: "
+          + ", ".join(f"{v} {key_interval(p):.0f}" for v, p in source_paths.items())
+          + (f"\n{long_label} by plain ffmpeg: " + ", ".join(
+              f"{v} {key_interval(p):.0f}" for v, p in long_paths.items()) if long_paths
+             else ""))
+    sources = [(as_is, source_paths), *([(long_label, long_paths)] if long_paths else [])]
+    readers: list[tuple[str, str, Any]] = [
+        ("archive x265", "", lambda: archive_reader(x265)),
+        *([(f"archive x265 {args.short_gop:g} s GOPs", "", lambda: archive_reader(short))]
           if args.short_gop else []),
-        ("archive ffv1 (Dataset.read)", lambda: archive_reader(ffv1)),
-        ("PyAV seeking (the cuts)", lambda: pyav_reader(source_paths)),
-        ("torchcodec 0.17 (the cuts)", lambda: torchcodec_reader(source_paths)),
-        ("decord 0.6 (the cuts)", lambda: decord_reader(source_paths)),
+        *([("archive x264", "", lambda: archive_reader(x264))] if args.x264_crf else []),
+        ("archive ffv1", "", lambda: archive_reader(ffv1)),
     ]
+    for label, chosen in sources:
+        readers += [
+            ("PyAV seeking", label, lambda chosen=chosen: pyav_reader(chosen)),
+            ("torchcodec 0.17", label, lambda chosen=chosen: torchcodec_reader(chosen)),
+            ("decord 0.6", label, lambda chosen=chosen: decord_reader(chosen)),
+        ]
     reads = []
-    for name, make in readers:
+    for name, label, make in readers:
         try:
             read = make()
         except Exception as exc:  # not installed, its libraries missing
-            reads.append({"reader": name, "skipped": f"{type(exc).__name__}: {exc}"[:120]})
+            reads.append({"reader": name, "sources": label,
+                          "skipped": f"{type(exc).__name__}: {exc}"[:120]})
             continue
         spent, diff = timed_reads(read, clips, reference)
-        reads.append({"reader": name, "seconds": spent, "clips_per_s": len(clips) / spent,
-                      "mean_abs_diff": diff})
-    base = next((r["clips_per_s"] for r in reads if r["reader"].startswith("PyAV")
-                 and "clips_per_s" in r), None)
+        reads.append({"reader": name, "sources": label, "seconds": spent,
+                      "clips_per_s": len(clips) / spent, "mean_abs_diff": diff})
+    bases = {label: next((r["clips_per_s"] for r in reads if r["reader"] == "PyAV seeking"
+                          and r["sources"] == label and "clips_per_s" in r), float("nan"))
+             for label, _ in sources}
     print(f"\nrandom {CLIP_LEN}-frame clip reads: {len(clips)} clips (seed {args.seed}), one "
-          f"after another, files kept open\n{'reader':<32}{'clips/s':>9}{'frames/s':>10}"
+          f"after another, files kept open; x PyAV: against PyAV seeking in the same sources "
+          f"(archives: in {as_is})\n{'reader':<24}{'sources':<28}{'clips/s':>9}{'frames/s':>10}"
           f"{'x PyAV':>8}{'mean |diff|':>13}")
     for row in reads:
+        shown = row["sources"] or "(archive)"
         if "skipped" in row:
-            print(f"{row['reader']:<32} skipped: {row['skipped']}")
+            print(f"{row['reader']:<24}{shown:<28} skipped: {row['skipped']}")
             continue
-        ratio = row["clips_per_s"] / base if base else float("nan")
-        print(f"{row['reader']:<32}{row['clips_per_s']:>9.1f}"
-              f"{row['clips_per_s'] * CLIP_LEN:>10.0f}{ratio:>8.2f}{row['mean_abs_diff']:>13.3f}")
-
-    speeds = {row["reader"].split(" (")[0]: row["clips_per_s"] for row in reads
-              if "clips_per_s" in row}
-    others = {name: speed for name, speed in speeds.items() if not name.startswith("archive")}
-    for name, speed in speeds.items():
-        if name.startswith("archive x265"):
-            against = ", ".join(f"{speed / other:.2f}x {what}" for what, other in others.items())
-            print(f"{name}: {against} (goal: >= 3x PyAV seeking, ahead of torchcodec and "
-                  "decord)")
+        base = bases[row["sources"] or as_is]
+        print(f"{row['reader']:<24}{shown:<28}{row['clips_per_s']:>9.1f}"
+              f"{row['clips_per_s'] * CLIP_LEN:>10.0f}{row['clips_per_s'] / base:>8.2f}"
+              f"{row['mean_abs_diff']:>13.3f}")
+    for row in reads:
+        if "clips_per_s" not in row or not row["reader"].startswith("archive x26"):
+            continue
+        for label, _ in sources:
+            against = ", ".join(f"{row['clips_per_s'] / other['clips_per_s']:.2f}x "
+                                f"{other['reader']}" for other in reads
+                                if other["sources"] == label and "clips_per_s" in other)
+            print(f"{row['reader']} vs {label}: {against}")
+    print("(goal: >= 3x PyAV seeking, ahead of torchcodec and decord)")
 
     passes = [{"reader": name, "frames": count, "seconds": spent, "frames_per_s": count / spent}
               for name, count, spent in full_pass(inputs, x265)]
@@ -379,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out_dir / "dataset.json"
     out.write_text(json.dumps({"clips": names, "max_frames": args.max_frames,
+                               "long_gop": args.long_gop,
                                "sizes": sizes, "quality": quality, "reads": reads,
                                "full_pass": passes}, indent=2, default=str))
     print(f"\nwrote {out}")
