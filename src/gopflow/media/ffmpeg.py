@@ -303,10 +303,11 @@ def ffv1_options(threads: int = 1) -> Options:
     coder with its tuned state table and the large context model (about 10% smaller than
     the defaults on natural video), fixed slices and threads (byte-identical output
     wherever it runs), CRCs per slice; every frame a key frame (``-g 1``: the coder state
-    is reset on each, ~5% more bytes than one reset per GOP), so a read seeks straight to
-    the first frame it wants inside a GOP payload and decodes only the frames asked. FFV1
-    has no colour fields: the MP4 ``colr`` box carries the range (a full-range source read
-    back as limited range would be off by ~8 per RGB sample)."""
+    is reset on each, 11-12% more bytes than one reset per GOP on bench/dataset.py's
+    clips), so a read seeks straight to the first frame it wants inside a GOP payload and
+    decodes only the frames asked. FFV1 has no colour fields: the MP4 ``colr`` box carries
+    the range (a full-range source read back as limited range would be off by ~8 per RGB
+    sample)."""
     return {"c:v": "ffv1", "level": "3", "coder": "range_tab", "context": "1",
             "slices": "4", "slicecrc": "1", "g": "1", "threads": str(threads),
             "movflags": "+write_colr"}
