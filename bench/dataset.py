@@ -42,9 +42,13 @@ optional readers come with ``pip install -e '.[bench]' -c constraints.txt``.
 
 Usage::
 
-    .venv/bin/python bench/dataset.py                    # the full run
-    .venv/bin/python bench/dataset.py --max-frames 48 --reads 20 --no-vmaf \\
-        --clips asl_again_640x480.mkv,train/stream_of_water.mp4   # a quick check
+    flock /tmp/gopflow-bench.lock .venv/bin/python bench/dataset.py     # the full run
+    C=car_traffic_768x432.mp4,his_girl_friday_640x480.mp4          # a quick check:
+    C=$C,train/bottles_conveyor.mp4,asl_again_640x480.mkv
+    flock /tmp/gopflow-bench.lock .venv/bin/python bench/dataset.py --max-frames 240 \\
+        --reads 60 --no-vmaf --clips $C
+
+(the lock keeps benchmarks on this shared machine from overlapping).
 
 Prints the tables and writes them as JSON to ``--out-dir/dataset.json``. Nothing here is a
 test.
