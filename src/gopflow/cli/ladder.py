@@ -42,7 +42,8 @@ def add_ladder_parser(commands: Any, epilog: str) -> argparse.ArgumentParser:
     rungs.add_argument("--rungs", type=int, help="number of rungs (default: the fewest with "
                        "neighbours at most 2x apart)")
     rungs.add_argument("--max-height", type=int, help="tallest rung (default: the source's)")
-    rungs.add_argument("--top-vmaf", type=float, help="VMAF of the top rung (95)")
+    rungs.add_argument("--top-vmaf", type=float, help="VMAF of the top rung (95; with "
+                       "--precoder dvp the hull is scored in VMAF NEG, and so is this)")
     rungs.add_argument("--floor-bitrate", help="bottom rung's bitrate (150k)")
     rungs.add_argument("--max-bitrate", help="top rung's bitrate at most this")
     rungs.add_argument("--precoder", choices=PRECODERS,
@@ -85,7 +86,8 @@ def run_ladder_command(args: argparse.Namespace) -> int:
         scaled = f" ({how})" if how not in ("", "none") else ""
         print(f"  {track.name}: {rung.width}x{rung.height}{scaled}, target {rung.kbps:.0f} kbit/s, "
               f"measured average {track.average_kbps:.0f}, peak {track.peak_kbps:.0f} kbit/s, "
-              f"VMAF ~{rung.vmaf:.1f}", file=sys.stderr)
+              f"{'VMAF NEG' if config.hull_metric == 'vmaf_neg' else 'VMAF'} ~{rung.vmaf:.1f}",
+              file=sys.stderr)
     print(f"wrote {report.output_dir}: {len(report.ladder.rungs)} rungs, master.m3u8, "
           f"manifest.mpd ({report.wall_seconds:.1f} s)", file=sys.stderr)
     return 0

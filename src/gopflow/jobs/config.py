@@ -473,6 +473,13 @@ class LadderConfig:
     """``dvp``: rungs below the source's height are downscaled by the learned DVP
     downscalers (probe encodes included); ``none``: Lanczos."""
 
+    @property
+    def hull_metric(self) -> str:
+        """What the probes score and ``top_vmaf`` is measured in: VMAF NEG (no enhancement
+        gain) for DVP rungs, whose learned sharpening plain VMAF rewards beyond what it
+        is worth (a VMAF hull then ships only the smallest DVP heights); else VMAF."""
+        return "vmaf_neg" if self.precoder == "dvp" else "vmaf"
+
 
 LADDER_PRECODERS = ("none", "dvp")
 """A ladder's precoders: encoder-side only (standard players show the rungs)."""

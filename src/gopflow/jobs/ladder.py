@@ -269,7 +269,7 @@ def run_ladder(config: LadderConfig, log: Callable[[str], None] | None = None) -
                         workers=max(1, min(4, os.cpu_count() or 1)), threads=1,
                         keyint=config.plan.keyint(info), floor_kbps=config.floor_kbps,
                         top_vmaf=config.top_vmaf, max_kbps=config.max_kbps,
-                        precoder=config.precoder)
+                        precoder=config.precoder, metric=config.hull_metric)
     mark("hull_probed")
     chosen = choose_rungs(
         probed.points, source_height=min(info.height, config.max_height or info.height),
@@ -326,7 +326,8 @@ def run_ladder(config: LadderConfig, log: Callable[[str], None] | None = None) -
                         "plan": config.plan.to_dict(), "top_vmaf": config.top_vmaf,
                         "floor_kbps": config.floor_kbps, "max_kbps": config.max_kbps,
                         "segment_seconds": config.segment_seconds,
-                        "probe_preset": config.probe_preset, "precoder": config.precoder}
+                        "probe_preset": config.probe_preset, "precoder": config.precoder,
+                        "hull_metric": config.hull_metric}
             def describe(packaged: PackagedLadder) -> dict[str, bytes]:
                 # ladder.json goes into the temporary folder, so it lands with the rename.
                 mark("packaged")

@@ -233,6 +233,7 @@ def probe_grid(
     top_vmaf: float | None = None,
     max_kbps: float | None = None,
     precoder: str = "none",
+    metric: str = "vmaf",
 ) -> ProbeResult:
     """Encode ``ranges`` of ``source`` ((first frame, frame count) pairs; default: the
     first 4 seconds) at the (height, CRF) grid points and score each with VMAF at the
@@ -240,10 +241,13 @@ def probe_grid(
     ladder can use (see the module's docstring). Encoder options are the rungs' own
     (``codec``, ``preset``, ``keyint``). ``workers`` points run at once, each encode and
     score with ``threads`` threads (default: the CPUs over ``workers``). ``precoder="dvp"``
-    makes the pictures below the source's height with DVP (see the module's docstring)."""
+    makes the pictures below the source's height with DVP (see the module's docstring).
+    ``metric`` (``vmaf`` or ``vmaf_neg``) is the score of every point (``top_vmaf`` too)."""
     began = time.perf_counter()
     if codec not in ("x264", "x265", "svtav1"):
         raise UsageError(f"unknown codec {codec!r}; choose x264, x265 or svtav1")
+    if metric not in ("vmaf", "vmaf_neg"):
+        raise UsageError(f"a ladder probe scores vmaf or vmaf_neg, not {metric!r}")
     if precoder not in ("none", "dvp"):
         raise UsageError(f"a ladder probe's precoder is none or dvp, not {precoder!r}")
     tool = find_ffmpeg()
@@ -306,10 +310,10 @@ def probe_grid(
                     raise EncoderError(f"probe encode {codec} {height}p CRF {crf:g}: {last}")
                 total_bytes += _packet_bytes(output)
                 tick = time.perf_counter()
-                scores = vmaf_scores(reference, output, ("vmaf",), scale=not same,
+                scores = vmaf_scores(reference, output, (metric,), scale=not same,
                                      threads=threads, subsample=vmaf_subsample)
                 score += time.perf_counter() - tick
-                weighted += scores.summary()["vmaf"].mean * count
+                weighted += scores.summary()[metric].mean * count
                 os.unlink(output)
             kbps = total_bytes * 8 / seconds / 1000
             return RatePoint(width, height, float(crf), kbps, weighted / frames), enc, score
