@@ -152,29 +152,33 @@ def measure(command: list[str], log: Path) -> dict[str, Any]:
 
 
 def rung_point(source: Path, video: Path, files: list[Path], seconds: float,
-               threads: int) -> dict[str, Any]:
-    """Bitrate from the bytes of ``files``; VMAF of ``video`` at the source size."""
+               threads: int, models: tuple[str, ...] = ("vmaf",)) -> dict[str, Any]:
+    """Bitrate from the bytes of ``files``; each of ``models`` (VMAF, VMAF NEG) of ``video``
+    at the source size."""
     size = sum(f.stat().st_size for f in files)
-    scores = vmaf_scores(str(source), str(video), ("vmaf",), scale=True, threads=threads)
+    scores = vmaf_scores(str(source), str(video), models, scale=True, threads=threads)
+    summary = scores.summary()
     info = probe(str(video))
     return {"width": info.width, "height": info.height, "bytes": size,
             "kbps": round(size * 8 / seconds / 1000, 1),
-            "vmaf": round(scores.summary()["vmaf"].mean, 3), "frames": scores.frames}
+            **{model: round(summary[model].mean, 3) for model in models},
+            "frames": scores.frames}
 
 
 def per_title_points(source: Path, out: Path, seconds: float, threads: int,
-                     scratch: Path) -> list[dict[str, Any]]:
+                     scratch: Path, models: tuple[str, ...] = ("vmaf",)) -> list[dict[str, Any]]:
+    """Each rung of the ladder in ``out``, measured by :func:`rung_point` on its CMAF init
+    and media segments joined, with how ``ladder.json`` says it was made."""
     summary = json.loads((out / "ladder.json").read_text())
     points = []
     for rung in summary["rungs"]:
         folder = out / rung["name"]
         files = [folder / "init.mp4", *sorted(folder.glob("seg_*.m4s"))]
         joined = scratch / f"{rung['name']}.mp4"
-        with open(joined, "wb") as sink:
-            for part in files:
-                sink.write(part.read_bytes())
-        point = rung_point(source, joined, files, seconds, threads)
-        points.append({"name": rung["name"], **point})
+        joined.write_bytes(b"".join(part.read_bytes() for part in files))
+        point = rung_point(source, joined, files, seconds, threads, models)
+        points.append({"name": rung["name"], **point,
+                       "downscale": rung.get("downscale", "?"), "crf": rung["crf"]})
         joined.unlink()
     return points
 

@@ -36,32 +36,7 @@ from gopflow.errors import BdRateError
 from gopflow.media.ffmpeg import find_ffmpeg
 from gopflow.media.probe import probe
 from gopflow.quality.bd import bd_rate
-from gopflow.quality.vmaf import vmaf_scores
-from ladder import MEDIA, ROOT, TUNING_NOTE, make_input, measure
-
-
-def rung_points(source: Path, out: Path, seconds: float, threads: int,
-                scratch: Path) -> list[dict[str, Any]]:
-    """Each rung of the ladder in ``out``: bitrate from its files' bytes, VMAF and VMAF NEG
-    at the source size (bicubic upscale)."""
-    summary = json.loads((out / "ladder.json").read_text())
-    points = []
-    for rung in summary["rungs"]:
-        folder = out / rung["name"]
-        files = [folder / "init.mp4", *sorted(folder.glob("seg_*.m4s"))]
-        joined = scratch / f"{rung['name']}.mp4"
-        joined.write_bytes(b"".join(part.read_bytes() for part in files))
-        scores = vmaf_scores(str(source), str(joined), ("vmaf", "vmaf_neg"), scale=True,
-                             threads=threads).summary()
-        info = probe(str(joined))
-        joined.unlink()
-        size = sum(f.stat().st_size for f in files)
-        points.append({"name": rung["name"], "width": info.width, "height": info.height,
-                       "bytes": size, "kbps": round(size * 8 / seconds / 1000, 1),
-                       "vmaf": round(scores["vmaf"].mean, 3),
-                       "vmaf_neg": round(scores["vmaf_neg"].mean, 3),
-                       "downscale": rung.get("downscale", "?"), "crf": rung["crf"]})
-    return points
+from ladder import MEDIA, ROOT, TUNING_NOTE, make_input, measure, per_title_points
 
 
 def bd(reference: list[dict[str, Any]], test: list[dict[str, Any]], metric: str) -> float | str:
@@ -79,7 +54,8 @@ def run_ladder(source: Path, out: Path, preset: str, extra: list[str], log: Path
                    "--preset", preset, "--no-progress", *extra], log)
     summary = json.loads((out / "ladder.json").read_text())
     with tempfile.TemporaryDirectory(prefix="ladder-dvp-", dir=out.parent) as scratch:
-        points = rung_points(source, out, seconds, threads, Path(scratch))
+        points = per_title_points(source, out, seconds, threads, Path(scratch),
+                                  ("vmaf", "vmaf_neg"))
     return {"run": run, "probe_s": summary.get("probe_seconds"),
             "phases": summary.get("phases"), "points": points,
             "probe_points": summary["points"]}

@@ -72,11 +72,6 @@ def stream_scene_cuts(
     yield info.frame_count, [c for c in cuts if 0 < c < info.frame_count]
 
 
-def detect_scene_cuts(info: VideoInfo, threshold: float = DEFAULT_SCENE_THRESHOLD) -> list[int]:
-    """Frame indices that start a new scene (sorted, without 0)."""
-    return [cut for _, cuts in stream_scene_cuts(info, threshold) for cut in cuts]
-
-
 class GopPlanner:
     """Splits ``frame_count`` frames into closed GOPs, left to right, as cuts become known.
 

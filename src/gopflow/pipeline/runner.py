@@ -410,8 +410,7 @@ class RayRunner:
                     pull(actor)
                 if not lanes[actor]:
                     # Steal the far half of the lane with the most work left, in order: both
-                    # actors go on reading consecutive GOPs (one seek for the thief, not one
-                    # per GOP, as stealing a GOP at a time from the far end would cost).
+                    # actors go on reading consecutive GOPs, and the thief seeks once.
                     donor = max(range(slots), key=lambda i: lane_cost(lanes[i]))
                     if not lanes[donor]:
                         return None
