@@ -7,10 +7,10 @@ retries, and results yielded as they arrive (any order; assembly restores order 
 
 ``map_groups`` runs stateful stages (``factory() -> stage``, ``stage(item)``) in one Ray
 actor per slot over a stream of groups (one video's GOPs each: a batch's files, or the one
-file of a transcode). Each actor works through a contiguous lane of one group, so it sees
-consecutive GOPs and can keep its decoder running; an actor whose lane runs dry pulls the
-next group, then steals from the far end of the longest remaining lane (work stealing), so
-no core idles while work is left and the next video starts while the last one finishes.
+file of a transcode). Each actor works through a lane of consecutive GOPs, so it can keep
+its decoder running; an actor whose lane runs dry pulls the next group, then steals the far
+half of the longest remaining lane (``lanes.LaneScheduler``), so no core idles while work is
+left and the next video starts while the last one finishes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from gopflow.errors import ClusterError, EncoderError, GopFailedError, GopflowError
 from gopflow.pipeline import reaper
+from gopflow.pipeline.lanes import LaneScheduler
 
 _LOG = logging.getLogger("gopflow.ray")
 Item = TypeVar("Item")
@@ -113,14 +114,40 @@ class _NodeWatch:
     ``interval`` seconds the watch asks the GCS which nodes are alive; an actor on a dead
     node is stopped for good and its slot retired, and the caller hands its tasks to the
     others. A worker process that dies on a live node is still Ray's to restart.
+
+    The GCS takes several seconds to call a crashed node dead, and meanwhile every task sent
+    to its actor fails at once. An actor that failed under a task is therefore benched for
+    ``rest`` seconds, while another slot can work (the watch is a container of the slots that
+    take no work: lost or benched); it rejoins after that, when its node is still alive.
     """
 
     interval = 2.0
+    rest = 30.0
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
         self.where: dict[int, Any] = {}  # slot -> node id, or the ref that will tell it
         self.lost: set[int] = set()
+        self.benched: dict[int, float] = {}  # slot -> when it may work again
         self._checked = time.monotonic()
+
+    def __contains__(self, slot: object) -> bool:
+        return slot in self.lost or slot in self.benched
+
+    def bench(self, slot: int) -> None:
+        """``slot``'s actor failed under a task: no work for it for a while, if another
+        slot can work; the nodes are looked at on the next ``reclaim``."""
+        if any(s != slot and s not in self for s in range(self.slots)):
+            self.benched[slot] = time.monotonic() + self.rest
+        self._checked = -self.interval
+
+    def rejoined(self) -> list[int]:
+        """The benched slots whose rest is over (each returned once)."""
+        now = time.monotonic()
+        back = [slot for slot, until in self.benched.items() if until <= now]
+        for slot in back:
+            del self.benched[slot]
+        return [slot for slot in back if slot not in self.lost]
 
     def placed(self, slot: int, handle: Any) -> None:
         self.where[slot] = handle.node.remote()
@@ -152,6 +179,7 @@ class _NodeWatch:
             if where in alive:
                 continue
             self.lost.add(slot)
+            self.benched.pop(slot, None)
             with contextlib.suppress(Exception):
                 ray.kill(pool[slot], no_restart=True)
             for ref, (owner, position) in list(pending.items()):
@@ -180,23 +208,22 @@ def _release(pending: dict[Any, Any], pool: list[Any]) -> None:
 
 def _hand_over(
     taken: list[tuple[int, int]],
-    lanes: list[deque[int]],
-    busy: list[int],
+    lanes: LaneScheduler[Any],
     submit: Callable[[int], bool],
     depth: int,
+    elsewhere: bool = False,
 ) -> None:
-    """Put the tasks taken off lost actors back in their lanes, for the other actors to
-    steal, and fill every actor that has room; a :class:`ClusterError` (resumable) when no
-    actor is left to run them."""
+    """Put the tasks taken off lost actors back in their lanes (``elsewhere``: in other
+    actors' lanes), for the other actors to steal, and fill every actor that has room; a
+    :class:`ClusterError` (resumable) when no actor is left to run them."""
     if not taken:
         return
     for slot, position in taken:
-        busy[slot] -= 1
-        lanes[slot].append(position)
-    for slot in range(len(busy)):
-        while busy[slot] < depth and submit(slot):
+        lanes.put_back(slot, position, elsewhere)
+    for slot in range(lanes.slots):
+        while lanes.busy[slot] < depth and submit(slot):
             pass
-    if not any(busy) and any(lanes):  # no actor left to take them
+    if not any(lanes.busy) and any(lanes.lanes):  # no actor left to take them
         raise ClusterError("lost the Ray nodes running every worker; run again with --resume")
 
 
@@ -225,19 +252,6 @@ def _local_cluster_pids() -> list[int]:
         )
     except Exception:  # a private API: without it there is just no reaper
         return []
-
-
-def split_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
-    """Split positions ``0..n-1`` into at most ``lanes`` contiguous runs of similar cost."""
-    total = float(sum(costs))
-    lanes = max(1, min(lanes, len(costs)))
-    runs: list[list[int]] = [[] for _ in range(lanes)]
-    done = 0.0
-    for position, cost in enumerate(costs):
-        lane = min(lanes - 1, int(done / total * lanes)) if total > 0 else position % lanes
-        runs[lane].append(position)
-        done += cost
-    return [run for run in runs if run]
 
 
 def _failure(item_text: str, exc: BaseException, max_retries: int) -> GopflowError:
@@ -332,11 +346,9 @@ class RayRunner:
         A group is a run of one video's GOPs in stream order (a video comes as one group or
         as several, as its plan advances). The groups are pulled lazily, when an actor runs
         out of work, so a caller can plan while earlier GOPs encode. Idle actors share the
-        group they pull in contiguous lanes of similar cost; an actor whose lane runs dry
-        pulls the next group whole, and once the groups are exhausted it steals the far half
-        of the longest remaining lane. An actor so sees consecutive GOPs and keeps its
-        decoder running, and no core idles while work is left. Items of a
-        group for which ``dropped(group)`` turns true (its video failed) are not started.
+        work in lanes of consecutive GOPs (:class:`~gopflow.pipeline.lanes.LaneScheduler`),
+        so an actor keeps its decoder running, and no core idles while work is left. Items
+        of a group for which ``dropped(group)`` turns true (its video failed) are not started.
         At most ``actors * depth`` items are in flight.
         """
         import ray
@@ -346,92 +358,23 @@ class RayRunner:
         )
         slots = max(1, actors)
         pool: list[Any] = [None] * slots  # actors start with their first item
-        lanes: list[deque[int]] = [deque() for _ in range(slots)]
-        busy = [0] * slots
-        last_sent = [-2] * slots  # the position each actor was last sent
-        items: dict[int, tuple[int, Item]] = {}  # position -> (group, item)
         pending: dict[Any, tuple[int, int]] = {}  # ref -> (actor, item position)
-        source = iter(groups)
-        pulled = 0
-        next_position = 0
-        watch = _NodeWatch()
+        watch = _NodeWatch(slots)
+        lanes: LaneScheduler[Item] = LaneScheduler(groups, slots, cost, dropped, watch)
         lost_tries: dict[int, int] = {}  # position -> times its actor was lost under it
 
-        def lane_cost(lane: deque[int]) -> float:
-            return sum(cost(items[p][1]) for p in lane)
-
-        def tail(actor: int) -> int:
-            """The last position given to ``actor``: its lane's end, else its last sent."""
-            return lanes[actor][-1] if lanes[actor] else last_sent[actor]
-
-        def pull(actor: int) -> bool:
-            """Give the next group to the actor whose work it continues (a video planned in
-            batches: its GOPs stay on one decoder; ``actor`` then steals the far half), else
-            split it among ``actor`` and the other idle actors (``actor``'s lane first);
-            False once the groups are spent."""
-            nonlocal pulled, next_position
-            for group in source:
-                ordinal, pulled = pulled, pulled + 1
-                if not group:
-                    continue
-                positions = list(range(next_position, next_position + len(group)))
-                next_position += len(group)
-                for position, item in zip(positions, group, strict=True):
-                    items[position] = (ordinal, item)
-                follows = [
-                    a for a in range(slots)
-                    if a != actor and a not in watch.lost and tail(a) == positions[0] - 1
-                ]
-                if follows and tail(actor) != positions[0] - 1:
-                    lanes[follows[0]].extend(positions)
-                    return True
-                idle = [actor] + [
-                    a
-                    for a in range(slots)
-                    if a != actor and not busy[a] and not lanes[a] and a not in watch.lost
-                ]
-                runs = split_lanes([cost(item) for item in group], len(idle))
-                for owner, run in zip(idle, runs, strict=False):
-                    lanes[owner].extend(positions[i] for i in run)
-                return True
-            return False
-
-        def far_half(lane: deque[int]) -> list[int]:
-            """Take the far end of ``lane`` that holds about half its cost (at least one)."""
-            half, got, taken = lane_cost(lane) / 2, 0.0, []
-            while lane and got < half:
-                taken.append(lane.pop())
-                got += cost(items[taken[-1]][1])
-            return taken[::-1]
-
-        def take(actor: int) -> int | None:
-            while True:
-                if not lanes[actor]:
-                    pull(actor)
-                if not lanes[actor]:
-                    # Steal the far half of the lane with the most work left, in order: both
-                    # actors go on reading consecutive GOPs, and the thief seeks once.
-                    donor = max(range(slots), key=lambda i: lane_cost(lanes[i]))
-                    if not lanes[donor]:
-                        return None
-                    lanes[actor].extend(far_half(lanes[donor]))
-                position = lanes[actor].popleft()
-                if not dropped(items[position][0]):
-                    return position
-                del items[position]
-
         def submit(actor: int) -> bool:
-            position = None if actor in watch.lost else take(actor)
+            position = lanes.take(actor)
             if position is None:
                 return False
             if pool[actor] is None:
                 pool[actor] = actor_class.remote(factory)
                 watch.placed(actor, pool[actor])
-            item = items[position][1]
-            ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(item)
+            ref = pool[actor].run.options(retry_exceptions=list(RETRYABLE)).remote(
+                lanes.item(position)
+            )
             pending[ref] = (actor, position)
-            last_sent[actor] = position
-            busy[actor] += 1
+            lanes.sent(actor, position)
             return True
 
         try:
@@ -440,28 +383,34 @@ class RayRunner:
                     submit(actor)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=watch.interval)
-                _hand_over(watch.reclaim(pool, pending), lanes, busy, submit, depth)
+                _hand_over(watch.reclaim(pool, pending), lanes, submit, depth)
+                for slot in watch.rejoined():
+                    while lanes.busy[slot] < depth and submit(slot):
+                        pass
                 for ref in ready:
                     if ref not in pending:
                         continue  # taken off a lost actor just now
                     actor, position = pending.pop(ref)
-                    busy[actor] -= 1
-                    group, item = items.pop(position)
                     try:
                         placed: Placed = ray.get(ref)
                     except ray.exceptions.RayError as exc:
                         if _actor_lost(exc, position, lost_tries, max_retries):
-                            items[position] = (group, item)
-                            busy[actor] += 1  # counted off again by _hand_over
-                            _hand_over([(actor, position)], lanes, busy, submit, depth)
+                            # Its node may be dying: the task goes to another actor.
+                            watch.bench(actor)
+                            _hand_over([(actor, position)], lanes, submit, depth, True)
                             continue
+                        group, item = lanes.done(actor, position)
                         outcome = Outcome(
                             group, item, error=_failure(describe(item), exc, max_retries)
                         )
                     else:
+                        group, item = lanes.done(actor, position)
                         outcome = Outcome(group, item, placed.value, placed.node_id)
-                    submit(actor)
+                    while lanes.busy[actor] < depth and submit(actor):
+                        pass
                     yield outcome
+            if lanes.queued():
+                raise ClusterError("no Ray worker left to run the rest; run again with --resume")
         finally:
             _release(pending, [handle for handle in pool if handle is not None])
 
