@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import media
+from conftest import make_clip, media
+from gopflow.media.y4m import read_y4m_rgb
+from gopflow.pipeline.stages import frames_digest
 from integration.helpers import ray_cluster, stop_ray_node
 
 CLIP = "car_traffic_768x432.mp4"  # 377 frames at 12.5 fps: 16 GOPs
@@ -88,3 +91,52 @@ def test_a_node_lost_mid_job_its_gops_rerun_on_the_other(
     assert job.returncode == 0, stderr
     assert stderr.strip().splitlines()[-1].startswith(f"wrote {output}"), stderr
     assert output.read_bytes() == reference.read_bytes()
+
+
+def test_a_node_crashed_mid_decode_its_gops_decode_on_the_other(
+    tmp_path: Path, two_nodes: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """``gopflow decode`` (``map_ordered``) watches its actors' nodes too: the crashed node's
+    GOPs decode on the node left, to exactly the encoder's frames."""
+    address, worker = two_nodes
+    clip = make_clip(tmp_path / "foreman.mkv", "-i", media("foreman_cif_352x288.264"),
+                     "-frames:v", "80", "-c:v", "ffv1")
+    coded, report = tmp_path / "foreman.gflv", tmp_path / "report.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gopflow", "transcode", clip, "-o", str(coded), "--codec", "dvc",
+         "--quality", "2", "--no-rdo", "--no-adaptive-intra", "--gop-seconds", "0.4",
+         "--min-gop-seconds", "0.2", "--no-progress", "--report", str(report)],
+        capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert done.returncode == 0, done.stderr
+    gops = json.loads(report.read_text())["gops"]
+    assert len(gops) >= 6
+
+    out_dir = tmp_path / "decoded"
+    out_dir.mkdir()
+    output = out_dir / "foreman.y4m"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "gopflow", "decode", str(coded), "-o", str(output),
+         "--no-progress", "--ray-address", address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + TIMEOUT_S
+    while job.poll() is None and time.monotonic() < deadline:
+        # The first GOP is written (in order) to the temporary output.
+        if any(path.stat().st_size > 1 << 20 for path in out_dir.glob(".*.tmp")):
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, "the decode finished before a node could be lost"
+    _crash(worker)
+    try:
+        _, stderr = job.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        job.communicate()
+        pytest.fail("the decode hung after losing a node")
+    assert job.returncode == 0 and "Traceback" not in stderr, stderr
+    with open(output, "rb") as handle:
+        decoded = list(read_y4m_rgb(handle)[3])
+    assert len(decoded) == 80
+    for gop in gops:
+        part = slice(gop["start_frame"], gop["start_frame"] + gop["frames"])
+        assert frames_digest(decoded[part]) == gop["details"]["recon_sha256"], gop["start_frame"]

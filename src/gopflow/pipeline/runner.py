@@ -16,6 +16,7 @@ left and the next video starts while the last one finishes.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import subprocess
@@ -428,7 +429,8 @@ class RayRunner:
 
         For consumers that write a stream (decoding to a file): items go to whichever actor is
         free, at most ``window`` of them past the next one to yield, so the driver holds at
-        most ``window`` results while it waits for a slow one.
+        most ``window`` results while it waits for a slow one. The node watch hands the items
+        of an actor whose node died to the others, as in :meth:`map_groups`.
         """
         import ray
 
@@ -439,32 +441,57 @@ class RayRunner:
             num_cpus=cpus_per_item, max_restarts=max_retries, max_task_retries=max_retries
         )
         pool = [actor_class.remote(factory) for _ in range(max(1, min(actors, len(items))))]
+        watch = _NodeWatch(len(pool))
+        for slot, handle in enumerate(pool):
+            watch.placed(slot, handle)
         idle = deque(range(len(pool)))
+        redo: list[int] = []  # positions taken off lost actors, to run again (a heap)
+        lost_tries: dict[int, int] = {}
         pending: dict[Any, tuple[int, int]] = {}  # ref -> (actor, item position)
         done: dict[int, Any] = {}
         submitted = emitted = 0
+
+        def free(actor: int) -> None:
+            if actor not in watch:  # a lost or benched slot takes no work
+                idle.append(actor)
+
         try:
             while emitted < len(items):
-                while idle and submitted < len(items) and submitted - emitted < window:
+                idle.extend(watch.rejoined())
+                while idle and (redo or (submitted < len(items) and submitted - emitted < window)):
                     actor = idle.popleft()
+                    if redo:
+                        position = heapq.heappop(redo)
+                    else:
+                        position, submitted = submitted, submitted + 1
                     ref = (
                         pool[actor]
                         .run.options(retry_exceptions=list(RETRYABLE))
-                        .remote(items[submitted])
+                        .remote(items[position])
                     )
-                    pending[ref] = (actor, submitted)
-                    submitted += 1
-                if emitted not in done:
-                    ready, _ = ray.wait(list(pending), num_returns=1)
-                    for ref in ready:
-                        actor, position = pending.pop(ref)
-                        idle.append(actor)
-                        try:
-                            done[position] = ray.get(ref).value
-                        except ray.exceptions.RayError as exc:
-                            raise _failure(describe(items[position]), exc, max_retries) from None
+                    pending[ref] = (actor, position)
+                if emitted in done:
+                    yield items[emitted], done.pop(emitted)
+                    emitted += 1
                     continue
-                yield items[emitted], done.pop(emitted)
-                emitted += 1
+                if not pending:  # every slot lost (a benched one always leaves another)
+                    raise ClusterError(
+                        "lost the Ray nodes running every worker; run the job again"
+                    )
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=watch.interval)
+                for _, position in watch.reclaim(pool, pending):
+                    heapq.heappush(redo, position)
+                for ref in ready:
+                    if ref not in pending:
+                        continue  # taken off a lost actor just now
+                    actor, position = pending.pop(ref)
+                    try:
+                        done[position] = ray.get(ref).value
+                    except ray.exceptions.RayError as exc:
+                        if not _actor_lost(exc, position, lost_tries, max_retries):
+                            raise _failure(describe(items[position]), exc, max_retries) from None
+                        watch.bench(actor)  # its node may be dying: another actor runs it
+                        heapq.heappush(redo, position)
+                    free(actor)
         finally:
             _release(pending, pool)
