@@ -48,14 +48,14 @@ class LaneScheduler(Generic[Item]):
         slots: int,
         cost: Callable[[Item], float],
         dropped: Callable[[int], bool] = lambda group: False,
-        lost: Container[int] = frozenset(),
+        unavailable: Container[int] = frozenset(),
     ) -> None:
         self.slots = max(1, slots)
         self.lanes: list[deque[int]] = [deque() for _ in range(self.slots)]
         self.busy = [0] * self.slots  # items sent to each actor and not yet done
         self._cost = cost
         self._dropped = dropped
-        self._lost = lost  # slots retired for good (their node died)
+        self._unavailable = unavailable  # slots that take no work (node lost, or benched)
         self._source = iter(groups)
         self._items: dict[int, tuple[int, Item]] = {}  # position -> (group, item)
         self._last_sent = [-2] * self.slots
@@ -67,8 +67,9 @@ class LaneScheduler(Generic[Item]):
 
     def take(self, actor: int) -> int | None:
         """The next position for ``actor`` (pulling or stealing as needed); None when no
-        work is left for it, or when the slot is retired."""
-        if actor in self._lost:
+        work is left for it, when its slot is unavailable, or when it has work in flight
+        and only another live lane's last item is left."""
+        if actor in self._unavailable:
             return None
         while True:
             if not self.lanes[actor]:
@@ -79,7 +80,8 @@ class LaneScheduler(Generic[Item]):
                     return None
                 # An actor with work in flight takes no live lane's last item: its owner
                 # reads it next without a seek, and the thief would seek for one item.
-                if self.busy[actor] and len(self.lanes[donor]) < 2 and donor not in self._lost:
+                live = donor not in self._unavailable
+                if self.busy[actor] and len(self.lanes[donor]) < 2 and live:
                     return None
                 self.lanes[actor].extend(self._far_half(self.lanes[donor]))
             position = self.lanes[actor].popleft()
@@ -107,7 +109,7 @@ class LaneScheduler(Generic[Item]):
         failed under it and may be gone) at the end of the shortest lane of another live
         actor, so it is not sent to the same actor again."""
         self.busy[actor] -= 1
-        others = [a for a in range(self.slots) if a != actor and a not in self._lost]
+        others = [a for a in range(self.slots) if a != actor and a not in self._unavailable]
         if elsewhere and others:
             actor = min(others, key=lambda a: (self._lane_cost(self.lanes[a]), a))
         self.lanes[actor].append(position)
@@ -119,8 +121,8 @@ class LaneScheduler(Generic[Item]):
         """The last position given to ``actor``: its lane's end, else its last sent."""
         return self.lanes[actor][-1] if self.lanes[actor] else self._last_sent[actor]
 
-    def _pull(self, actor: int) -> bool:
-        """Place the next non-empty group; False once the groups are spent."""
+    def _pull(self, actor: int) -> None:
+        """Place the next non-empty group, if any is left."""
         for group in self._source:
             ordinal, self._pulled = self._pulled, self._pulled + 1
             if not group:
@@ -132,21 +134,20 @@ class LaneScheduler(Generic[Item]):
                 self._items[position] = (ordinal, item)
             follows = [
                 a for a in range(self.slots)
-                if a != actor and a not in self._lost and self._tail(a) == first - 1
+                if a != actor and a not in self._unavailable and self._tail(a) == first - 1
             ]
             if follows and self._tail(actor) != first - 1:
                 self.lanes[follows[0]].extend(positions)
-                return True
+                return
             idle = [actor] + [
                 a
                 for a in range(self.slots)
-                if a != actor and not self.busy[a] and not self.lanes[a] and a not in self._lost
+                if a != actor and not (self.busy[a] or self.lanes[a] or a in self._unavailable)
             ]
             runs = split_lanes([self._cost(item) for item in group], len(idle))
             for owner, run in zip(idle, runs, strict=False):
                 self.lanes[owner].extend(positions[i] for i in run)
-            return True
-        return False
+            return
 
     def _far_half(self, lane: deque[int]) -> list[int]:
         """Take the far end of ``lane`` that holds about half its cost (at least one)."""

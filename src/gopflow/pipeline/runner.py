@@ -210,8 +210,7 @@ def _release(pending: dict[Any, Any], pool: list[Any]) -> None:
 def _hand_over(
     taken: list[tuple[int, int]],
     lanes: LaneScheduler[Any],
-    submit: Callable[[int], bool],
-    depth: int,
+    fill: Callable[[int], None],
     elsewhere: bool = False,
 ) -> None:
     """Put the tasks taken off lost actors back in their lanes (``elsewhere``: in other
@@ -222,9 +221,8 @@ def _hand_over(
     for slot, position in taken:
         lanes.put_back(slot, position, elsewhere)
     for slot in range(lanes.slots):
-        while lanes.busy[slot] < depth and submit(slot):
-            pass
-    if not any(lanes.busy) and any(lanes.lanes):  # no actor left to take them
+        fill(slot)
+    if not any(lanes.busy) and lanes.queued():  # no actor left to take them
         raise ClusterError("lost the Ray nodes running every worker; run again with --resume")
 
 
@@ -378,16 +376,21 @@ class RayRunner:
             lanes.sent(actor, position)
             return True
 
+        def fill(actor: int) -> None:
+            """Send ``actor`` work until it has ``depth`` items in flight or none is left
+            for it."""
+            while lanes.busy[actor] < depth and submit(actor):
+                pass
+
         try:
             for _ in range(depth):
                 for actor in range(slots):
                     submit(actor)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=watch.interval)
-                _hand_over(watch.reclaim(pool, pending), lanes, submit, depth)
+                _hand_over(watch.reclaim(pool, pending), lanes, fill)
                 for slot in watch.rejoined():
-                    while lanes.busy[slot] < depth and submit(slot):
-                        pass
+                    fill(slot)
                 for ref in ready:
                     if ref not in pending:
                         continue  # taken off a lost actor just now
@@ -398,7 +401,7 @@ class RayRunner:
                         if _actor_lost(exc, position, lost_tries, max_retries):
                             # Its node may be dying: the task goes to another actor.
                             watch.bench(actor)
-                            _hand_over([(actor, position)], lanes, submit, depth, True)
+                            _hand_over([(actor, position)], lanes, fill, elsewhere=True)
                             continue
                         group, item = lanes.done(actor, position)
                         outcome = Outcome(
@@ -407,8 +410,7 @@ class RayRunner:
                     else:
                         group, item = lanes.done(actor, position)
                         outcome = Outcome(group, item, placed.value, placed.node_id)
-                    while lanes.busy[actor] < depth and submit(actor):
-                        pass
+                    fill(actor)
                     yield outcome
             if lanes.queued():
                 raise ClusterError("no Ray worker left to run the rest; run again with --resume")
